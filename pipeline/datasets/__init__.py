@@ -1,0 +1,10 @@
+"""Datasets: the real MNIST digits bundled offline, local MNIST folders, and Morpho-MNIST.
+
+Example:
+    >>> from pipeline.datasets import load_mnist5k, mnist5k_split
+    >>> images, labels = load_mnist5k()
+    >>> train_idx, test_idx = mnist5k_split()
+"""
+from pipeline.datasets.mnist import MNIST5K_SPLIT_SEED, load_mnist5k, load_mnist_folder, mnist5k_split, read_idx
+
+__all__ = ["MNIST5K_SPLIT_SEED", "load_mnist5k", "load_mnist_folder", "mnist5k_split", "read_idx"]
