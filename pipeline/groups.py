@@ -1,0 +1,144 @@
+"""Guidance groups for DCFG, derived from the causal graph.
+
+DCFG (arXiv 2506.14399) splits the image's parents into groups and gives each group its own guidance
+weight. The default grouping follows the DAG:
+
+* ``affected``: the intervened nodes and all their descendants, restricted to the parents of the
+  image. These are the attributes that *should* change, so they are amplified (weight = scale).
+* ``invariant``: every other parent of the image. These must stay as they were, so they are
+  conditioned on but not amplified (weight 1.0 by default).
+
+Example:
+    >>> from scm import CausalGraph
+    >>> g = CausalGraph.from_dict({
+    ...     "nodes": {"t": {"kind": "positive"}, "i": {"kind": "real"},
+    ...               "y": {"kind": "categorical", "cardinality": 10},
+    ...               "x": {"kind": "image", "shape": [1, 28, 28]}},
+    ...     "edges": [["t", "i"], ["t", "x"], ["i", "x"], ["y", "x"]]})
+    >>> derive_groups(g, ["t"])
+    GuidanceGroups(affected=('t', 'i'), invariant=('y',))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scm import CausalGraph
+
+
+@dataclass(frozen=True)
+class GuidanceGroups:
+    """The DAG-derived partition of the image's parents.
+
+    Attributes:
+        affected: intervened image parents and image parents downstream of an intervention.
+        invariant: the remaining image parents.
+    """
+
+    affected: tuple[str, ...]
+    invariant: tuple[str, ...]
+
+    def as_lists(self) -> list[list[str]]:
+        """Non-empty groups in the order (affected, invariant)."""
+        return [list(g) for g in (self.affected, self.invariant) if g]
+
+
+def derive_groups(graph: "CausalGraph", intervened: Iterable[str]) -> GuidanceGroups:
+    """Split the image's parents into the ``affected`` and ``invariant`` groups.
+
+    Args:
+        graph: the causal graph; it must have an image node.
+        intervened: names of the intervened (non-image) nodes.
+
+    Returns:
+        The two groups, each in the topological order of ``graph.image_parents()``.
+
+    Raises:
+        ValueError: if a name is not a node of the graph, or names the image node.
+    """
+    image_parents = list(graph.image_parents())
+    nodes = set(graph.nodes)
+    changed: set[str] = set()
+    for name in intervened:
+        if name not in nodes:
+            raise ValueError(
+                f"unknown node {name!r} in the intervention; known nodes are {sorted(nodes)}")
+        if name == graph.image_node:
+            raise ValueError(
+                f"cannot intervene on the image node {name!r}: intervene on its parents "
+                f"{image_parents} instead")
+        changed.add(name)
+        changed.update(graph.descendants(name))
+    affected = tuple(p for p in image_parents if p in changed)
+    invariant = tuple(p for p in image_parents if p not in changed)
+    return GuidanceGroups(affected=affected, invariant=invariant)
+
+
+def resolve_guidance(
+    graph: "CausalGraph",
+    intervened: Sequence[str],
+    guidance: str,
+    scale: float,
+    groups: Sequence[Sequence[str]] | str | None = None,
+    weights: Sequence[float] | None = None,
+    invariant_weight: float = 1.0,
+) -> tuple[list[list[str]], list[float]]:
+    """Turn the user's guidance arguments into explicit ``(groups, weights)``.
+
+    * ``guidance="none"``: one group holding every image parent, weight 1 (the plain conditional).
+    * ``guidance="cfg"``: one group holding every image parent, weight ``scale`` (global CFG).
+    * ``guidance="dcfg"``: the DAG groups (affected -> ``scale``, invariant -> ``invariant_weight``),
+      or ``groups="per_attribute"`` (one group per image parent, affected ones at ``scale``), or
+      explicit ``groups`` and ``weights``.
+
+    Returns:
+        ``(groups, weights)`` with the groups partitioning the image's parents.
+    """
+    if guidance not in ("none", "cfg", "dcfg"):
+        raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
+    if not isinstance(scale, (int, float)) or scale != scale or scale in (float("inf"), float("-inf")):
+        raise ValueError(f"scale={scale!r} must be a finite number (e.g. 3.0)")
+    parents = list(graph.image_parents())
+    if guidance in ("none", "cfg"):
+        if groups is not None or weights is not None:
+            raise ValueError(f"groups/weights only apply to guidance='dcfg', not {guidance!r}")
+        return [parents], [1.0 if guidance == "none" else float(scale)]
+    dag = derive_groups(graph, intervened)
+    if groups is None or groups == "dag":
+        if weights is not None:
+            raise ValueError("weights without groups: pass both, or neither to use the DAG groups")
+        out_groups, out_weights = [], []
+        if dag.affected:
+            out_groups.append(list(dag.affected))
+            out_weights.append(float(scale))
+        if dag.invariant:
+            out_groups.append(list(dag.invariant))
+            out_weights.append(float(invariant_weight))
+        return out_groups, out_weights
+    if groups == "per_attribute":
+        if weights is not None:
+            raise ValueError("weights cannot be combined with groups='per_attribute'")
+        return ([[p] for p in parents],
+                [float(scale) if p in dag.affected else float(invariant_weight) for p in parents])
+    if isinstance(groups, str):
+        raise ValueError(
+            f"groups={groups!r} is not understood: use 'dag', 'per_attribute' or a list of lists of "
+            f"attribute names partitioning {parents}")
+    out_groups = [list(g) for g in groups]
+    seen: list[str] = [n for g in out_groups for n in g]
+    unknown = [n for n in seen if n not in parents]
+    if unknown:
+        raise ValueError(f"groups name {unknown}, which are not parents of the image {parents}")
+    if sorted(seen) != sorted(parents) or len(set(seen)) != len(seen):
+        raise ValueError(
+            f"groups {out_groups} must partition the image's parents {parents}: each exactly once")
+    if weights is None:
+        out_weights = [float(scale) if any(n in dag.affected for n in g) else float(invariant_weight)
+                       for g in out_groups]
+    else:
+        out_weights = [float(w) for w in weights]
+        if len(out_weights) != len(out_groups):
+            raise ValueError(
+                f"got {len(out_weights)} weights for {len(out_groups)} groups: give one weight per group")
+    return out_groups, out_weights

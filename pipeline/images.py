@@ -1,0 +1,94 @@
+"""Reading and writing images for the CLI (PNG/JPEG <-> tensors in [-1, 1]), atomically.
+
+Example:
+    >>> import tempfile, os, torch
+    >>> d = tempfile.mkdtemp()
+    >>> x = torch.linspace(-1, 1, 28 * 28).reshape(1, 1, 28, 28)
+    >>> save_image(x, os.path.join(d, "x.png"))
+    >>> y = read_image(os.path.join(d, "x.png"), channels=1)
+    >>> y.shape, bool((x - y).abs().max() < 1 / 127)
+    (torch.Size([1, 1, 28, 28]), True)
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def read_image(path: str | os.PathLike, channels: int = 1, size: tuple[int, int] | None = None) -> Tensor:
+    """Read a PNG/JPEG as a (1, C, H, W) float tensor in [-1, 1].
+
+    Args:
+        path: the image file.
+        channels: 1 (grey) or 3 (RGB); the file is converted.
+        size: expected ``(H, W)``; a different size is an error (resize it yourself, on purpose).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{str(path)!r} is not a readable PNG/JPEG image ({e})") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    if size is not None and tuple(arr.shape[1:]) != tuple(size):
+        raise ValueError(f"{str(path)!r} is {arr.shape[2]}x{arr.shape[1]} pixels, but the pipeline "
+                         f"expects {size[1]}x{size[0]}; resize it first")
+    return torch.from_numpy(arr.copy()).float().div(127.5).sub(1.0)[None]
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(C, H, W) or (H, W) tensor in [-1, 1] -> uint8 array (H, W) or (H, W, C)."""
+    x = x.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    if x.dim() == 3:
+        x = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+    return x.numpy()
+
+
+def save_image(x: Tensor, path: str | os.PathLike, upscale: int = 1) -> None:
+    """Write one image ((1, C, H, W) or (C, H, W), in [-1, 1]) as PNG, atomically."""
+    from PIL import Image
+
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise ValueError(f"save_image writes one image; got a batch of {x.shape[0]} (use save_grid)")
+        x = x[0]
+    im = Image.fromarray(to_uint8(x))
+    if upscale > 1:
+        im = im.resize((im.width * upscale, im.height * upscale), Image.NEAREST)
+    atomic_save(lambda f: im.save(f, format="PNG"), path)
+
+
+def save_grid(x: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> None:
+    """Write a batch (B, C, H, W) in [-1, 1] as one PNG grid (torchvision ``make_grid``), atomically."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(x.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=padding, pad_value=1.0)
+    save_image(grid, path)
+
+
+def atomic_save(write, path: str | os.PathLike) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
