@@ -1,0 +1,73 @@
+"""DCFG groups derived from the DAG.
+
+Toy graph (4 attribute nodes + image):
+
+    a --> b --> c
+          |     |
+          v     v
+    d --> image <-- (b, c, d)
+
+do(a) touches b and c downstream (a itself is not an image parent); do(b) -> {b, c}; do(d) -> {d}.
+"""
+import pytest
+
+from pipeline.groups import GuidanceGroups, derive_groups, resolve_guidance
+from scm import CausalGraph
+
+GRAPH = {
+    "nodes": {"a": {"kind": "real"}, "b": {"kind": "real"}, "c": {"kind": "positive"},
+              "d": {"kind": "categorical", "cardinality": 3},
+              "image": {"kind": "image", "shape": [1, 8, 8]}},
+    "edges": [["a", "b"], ["b", "c"], ["b", "image"], ["c", "image"], ["d", "image"]],
+}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return CausalGraph.from_dict(GRAPH)
+
+
+@pytest.mark.parametrize("do, affected, invariant", [
+    ([], (), ("b", "c", "d")),
+    (["a"], ("b", "c"), ("d",)),
+    (["b"], ("b", "c"), ("d",)),
+    (["c"], ("c",), ("b", "d")),
+    (["d"], ("d",), ("b", "c")),
+    (["c", "d"], ("c", "d"), ("b",)),
+])
+def test_groups_follow_descendants(graph, do, affected, invariant):
+    assert derive_groups(graph, do) == GuidanceGroups(affected, invariant)
+
+
+def test_unknown_and_image_nodes_are_rejected(graph):
+    with pytest.raises(ValueError, match="unknown node 'zz'"):
+        derive_groups(graph, ["zz"])
+    with pytest.raises(ValueError, match="image node 'image'"):
+        derive_groups(graph, ["image"])
+
+
+def test_resolve_guidance_modes(graph):
+    assert resolve_guidance(graph, ["b"], "dcfg", 3.0) == ([["b", "c"], ["d"]], [3.0, 1.0])
+    assert resolve_guidance(graph, ["b"], "cfg", 2.0) == ([["b", "c", "d"]], [2.0])
+    assert resolve_guidance(graph, ["b"], "none", 5.0) == ([["b", "c", "d"]], [1.0])
+    assert resolve_guidance(graph, [], "dcfg", 3.0) == ([["b", "c", "d"]], [1.0])
+    assert resolve_guidance(graph, ["c"], "dcfg", 4.0, groups="per_attribute") == (
+        [["b"], ["c"], ["d"]], [1.0, 4.0, 1.0])
+    assert resolve_guidance(graph, ["c"], "dcfg", 4.0, groups=[["b", "d"], ["c"]],
+                            weights=[1.5, 2.5]) == ([["b", "d"], ["c"]], [1.5, 2.5])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(guidance="dcfg", groups=[["b"], ["c"]]), "partition"),
+    (dict(guidance="dcfg", groups=[["b", "c"], ["c", "d"]]), "partition"),
+    (dict(guidance="dcfg", groups=[["b", "zz"], ["c", "d"]]), "not parents of the image"),
+    (dict(guidance="dcfg", groups=[["b", "c"], ["d"]], weights=[1.0]), "one weight per group"),
+    (dict(guidance="dcfg", groups="everything"), "not understood"),
+    (dict(guidance="cfg", groups=[["b", "c", "d"]]), "only apply to guidance='dcfg'"),
+    (dict(guidance="magic"), "not one of"),
+    (dict(guidance="dcfg", scale=float("nan")), "finite"),
+])
+def test_resolve_guidance_errors(graph, kwargs, match):
+    kwargs.setdefault("scale", 3.0)
+    with pytest.raises(ValueError, match=match):
+        resolve_guidance(graph, ["b"], **kwargs)
