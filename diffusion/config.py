@@ -1,0 +1,317 @@
+"""Frozen, JSON-serialisable configs of the image mechanism.
+
+Three small dataclasses:
+
+* :class:`AttributeSpec`: one conditioning attribute (a parent of the image node).
+* :class:`ImageModelConfig`: the denoiser: image shape, attributes, UNet backbone, noise schedule.
+* :class:`TrainConfig`: DDPM training hyper-parameters (optimiser, EMA, condition dropout, checkpoints).
+
+Each round-trips through ``to_dict`` / ``from_dict`` (and JSON) and validates itself on creation, so a
+bad value is reported where it is written, not deep inside a forward pass.
+
+Example:
+    >>> spec = AttributeSpec("digit", "categorical", cardinality=10)
+    >>> cfg = ImageModelConfig(attributes=(AttributeSpec("thickness", "continuous", mean=2.5, std=1.0), spec))
+    >>> ImageModelConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+ATTRIBUTE_KINDS = ("continuous", "categorical")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+DROPOUT_MODES = ("per_group", "whole")
+#: TrainConfig fields that may differ between a run and its resumption (they leave the loss sequence unchanged).
+RESUMABLE_CHANGES = ("steps", "ckpt_every", "log_every")
+_CONFIG_FORMAT = "dcfg.diffusion.ImageModelConfig/1"
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    """One conditioning attribute of the image.
+
+    Args:
+        name: the attribute's name (the DAG node's name); used as the key of ``attrs`` dicts.
+        kind: ``"continuous"`` (a real number, standardised with ``mean``/``std`` before its MLP) or
+            ``"categorical"`` (int64 class indices in ``[0, cardinality)``, through ``nn.Embedding``).
+        cardinality: number of classes; required for categorical attributes, ``None`` otherwise.
+        mean: the value subtracted before a continuous attribute's MLP (e.g. its training mean).
+        std: the value divided by after subtracting ``mean`` (e.g. its training std); must be > 0.
+
+    Example:
+        >>> AttributeSpec("thickness", "continuous", mean=2.5, std=0.8).kind
+        'continuous'
+    """
+
+    name: str
+    kind: Literal["continuous", "categorical"]
+    cardinality: int | None = None
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"attribute name {self.name!r} must be a non-empty string, e.g. 'thickness'")
+        if self.kind not in ATTRIBUTE_KINDS:
+            raise ValueError(
+                f"attribute {self.name!r}: kind={self.kind!r} is not one of {ATTRIBUTE_KINDS}")
+        if self.kind == "categorical":
+            if isinstance(self.cardinality, bool) or not isinstance(self.cardinality, int) or self.cardinality < 2:
+                raise ValueError(
+                    f"categorical attribute {self.name!r}: cardinality={self.cardinality!r} must be an "
+                    f"integer >= 2 (the number of classes)")
+        elif self.cardinality is not None:
+            raise ValueError(
+                f"continuous attribute {self.name!r}: cardinality={self.cardinality!r} must be None; "
+                f"use kind='categorical' for a discrete attribute")
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean)):
+            raise ValueError(f"attribute {self.name!r}: mean={self.mean!r} must be a finite number")
+        if not (isinstance(self.std, (int, float)) and math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"attribute {self.name!r}: std={self.std!r} must be a finite number > 0")
+
+
+def _tuple(value: Any) -> Any:
+    """Lists (from JSON) back to tuples, recursively."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuple(v) for v in value)
+    return value
+
+
+@dataclass(frozen=True)
+class ImageModelConfig:
+    """The conditional denoiser: image shape, attributes, UNet backbone and noise schedule.
+
+    The defaults are a 28x28 grey-scale UNet of about 1.1M parameters (resolutions 28 -> 14 -> 7, self-attention
+    at 7x7 and in the middle block), which takes about 1 s per training batch of 64 on 2 CPU cores.
+
+    Args:
+        image_shape: ``(C, H, W)``; ``H`` and ``W`` must be divisible by ``2 ** (len(block_out_channels) - 1)``.
+        attributes: the conditioning attributes, in the order of their blocks in the embedding.
+        block_dim: width ``d`` of each attribute's embedding block.
+        block_out_channels: UNet channels per resolution level.
+        layers_per_block: ResNet layers per UNet level.
+        attention_levels: per level, whether its down/up blocks use self-attention.
+        mid_attention: whether the UNet's middle block has self-attention.
+        attention_head_dim: channels per attention head.
+        norm_num_groups: GroupNorm groups; must divide every entry of ``block_out_channels``.
+        time_embedding_dim: width of the UNet's time embedding (also the conditioning width);
+            ``None`` means ``4 * block_out_channels[0]``.
+        dropout: dropout inside the UNet's ResNet blocks.
+        num_train_timesteps: ``T``, the number of DDPM steps.
+        beta_schedule: ``"linear"``, ``"scaled_linear"`` or ``"squaredcos_cap_v2"`` (as in diffusers).
+        beta_start: first beta of the (scaled) linear schedules.
+        beta_end: last beta of the (scaled) linear schedules.
+
+    Example:
+        >>> cfg = ImageModelConfig(attributes=(AttributeSpec("digit", "categorical", cardinality=10),))
+        >>> cfg.cond_dim
+        128
+    """
+
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    attributes: tuple[AttributeSpec, ...] = ()
+    block_dim: int = 32
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    mid_attention: bool = True
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    time_embedding_dim: int | None = None
+    dropout: float = 0.0
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        # Normalise JSON lists / dicts into tuples / specs, so that equality and hashing work.
+        object.__setattr__(self, "image_shape", _tuple(self.image_shape))
+        object.__setattr__(self, "block_out_channels", _tuple(self.block_out_channels))
+        object.__setattr__(self, "attention_levels", _tuple(self.attention_levels))
+        attrs = tuple(a if isinstance(a, AttributeSpec) else AttributeSpec(**a) for a in self.attributes)
+        object.__setattr__(self, "attributes", attrs)
+        self._validate()
+
+    def _validate(self) -> None:
+        shape = self.image_shape
+        if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise ValueError(f"image_shape={shape!r} must be three positive integers (C, H, W), e.g. (1, 28, 28)")
+        names = [a.name for a in self.attributes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"attribute names {dup} appear more than once in {names}; names must be unique")
+        for key in ("block_dim", "layers_per_block", "attention_head_dim", "norm_num_groups", "num_train_timesteps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key}={value!r} must be a positive integer")
+        chans = self.block_out_channels
+        if not chans or not all(isinstance(c, int) and c > 0 for c in chans):
+            raise ValueError(f"block_out_channels={chans!r} must be a non-empty tuple of positive integers")
+        bad = [c for c in chans if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"block_out_channels {bad} are not divisible by norm_num_groups={self.norm_num_groups}; "
+                f"pick channels that are multiples of it")
+        if len(self.attention_levels) != len(chans):
+            raise ValueError(
+                f"attention_levels={self.attention_levels!r} needs one bool per level of "
+                f"block_out_channels={chans!r} ({len(chans)} levels)")
+        factor = 2 ** (len(chans) - 1)
+        if shape[1] % factor or shape[2] % factor:
+            raise ValueError(
+                f"image size {shape[1]}x{shape[2]} is not divisible by {factor}, the UNet's downsampling factor "
+                f"for {len(chans)} levels; use fewer levels or pad the image")
+        if self.time_embedding_dim is not None and (
+                isinstance(self.time_embedding_dim, bool) or not isinstance(self.time_embedding_dim, int)
+                or self.time_embedding_dim < 1):
+            raise ValueError(f"time_embedding_dim={self.time_embedding_dim!r} must be None or a positive integer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule={self.beta_schedule!r} is not one of {BETA_SCHEDULES}")
+        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+            raise ValueError(
+                f"beta_start={self.beta_start!r}, beta_end={self.beta_end!r} must satisfy 0 < beta_start < "
+                f"beta_end < 1")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        """Names of the conditioning attributes, in block order."""
+        return tuple(a.name for a in self.attributes)
+
+    @property
+    def cond_dim(self) -> int:
+        """Width of the conditioning vector (= the UNet's time-embedding width)."""
+        return self.time_embedding_dim or 4 * self.block_out_channels[0]
+
+    def attribute(self, name: str) -> AttributeSpec:
+        """The spec of attribute ``name``; ``KeyError`` naming the known attributes otherwise."""
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        raise KeyError(f"unknown attribute {name!r}; the model knows {list(self.attribute_names)}")
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        out = asdict(self)
+        out["format"] = _CONFIG_FORMAT
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageModelConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        data = dict(data)
+        fmt = data.pop("format", _CONFIG_FORMAT)
+        if fmt != _CONFIG_FORMAT:
+            raise ValueError(f"config format {fmt!r} is not {_CONFIG_FORMAT!r}; this is not an ImageModelConfig")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ImageModelConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        """The config as a JSON string."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ImageModelConfig":
+        """Parse :meth:`to_json`'s output."""
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """DDPM epsilon-prediction training hyper-parameters.
+
+    Condition dropout (what makes classifier-free guidance possible):
+
+    * ``dropout_mode="per_group"``: every attribute's block is dropped independently with probability
+      ``p_attr``, and the whole condition with probability ``p_all``. The model then sees every partial
+      condition that DCFG queries; ``p_attr=0.5`` draws the kept subset uniformly over all subsets.
+    * ``dropout_mode="whole"``: only the whole condition is dropped, with probability ``p_all`` (the paper's
+      recipe, kept for comparison).
+
+    Args:
+        steps: total number of optimiser steps (a resumed run continues up to this number).
+        batch_size: global batch size (split evenly across processes under ``torchrun``).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        adam_betas: AdamW ``(beta1, beta2)``.
+        ema_decay: decay of the exponential moving average of the weights (warmed up as
+            ``min(ema_decay, (1 + n) / (10 + n))``).
+        grad_clip: maximum global gradient norm (``0`` disables clipping).
+        warmup: linear learning-rate warm-up steps.
+        seed: seeds the initial weights, the data order, the noise, the timesteps and the dropout masks.
+        dropout_mode: ``"per_group"`` or ``"whole"`` (see above).
+        p_attr: per-attribute drop probability (``per_group`` mode only).
+        p_all: whole-condition drop probability.
+        ckpt_every: write a checkpoint every this many steps (and always at exit).
+        log_every: flush ``loss.csv`` every this many steps.
+
+    Example:
+        >>> TrainConfig(steps=100, batch_size=16).dropout_mode
+        'per_group'
+    """
+
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    warmup: int = 200
+    seed: int = 0
+    dropout_mode: Literal["per_group", "whole"] = "per_group"
+    p_attr: float = 0.25
+    p_all: float = 0.1
+    ckpt_every: int = 500
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adam_betas", _tuple(self.adam_betas))
+        for key in ("steps", "batch_size", "ckpt_every", "log_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{key}={value!r} must be a positive integer")
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"TrainConfig.warmup={self.warmup!r} must be a non-negative integer")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"TrainConfig.seed={self.seed!r} must be a non-negative integer")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"TrainConfig.lr={self.lr!r} must be a finite number > 0, e.g. 3e-4")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay={self.weight_decay!r} must be >= 0")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ValueError(f"TrainConfig.adam_betas={self.adam_betas!r} must be two numbers in [0, 1)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"TrainConfig.ema_decay={self.ema_decay!r} must be in [0, 1), e.g. 0.999")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"TrainConfig.grad_clip={self.grad_clip!r} must be >= 0 (0 disables clipping)")
+        if self.dropout_mode not in DROPOUT_MODES:
+            raise ValueError(f"TrainConfig.dropout_mode={self.dropout_mode!r} is not one of {DROPOUT_MODES}")
+        for key in ("p_attr", "p_all"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"TrainConfig.{key}={value!r} must be a probability in [0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)

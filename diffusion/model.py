@@ -1,0 +1,206 @@
+"""The conditional denoiser: an attribute-split embedding in front of a diffusers ``UNet2DModel``.
+
+Conditioning route: the masked attribute blocks are concatenated and projected (bias-free, linearly) to the
+UNet's time-embedding width, then added to the time embedding through ``class_embed_type="identity"``; every
+ResNet block of the UNet sees ``temb + c``. A fully nulled condition gives ``c = 0``: the unconditional model.
+See :mod:`diffusion.embedding` for why the projection is linear and bias-free.
+
+Example:
+    >>> import torch
+    >>> from diffusion.config import AttributeSpec, ImageModelConfig
+    >>> cfg = ImageModelConfig(image_shape=(1, 8, 8), attributes=(AttributeSpec("y", "categorical", cardinality=3),),
+    ...                        block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False),
+    ...                        mid_attention=False, norm_num_groups=4)
+    >>> net = ConditionalUNet(cfg)
+    >>> x = torch.randn(2, 1, 8, 8)
+    >>> net.eps(x, torch.tensor([10, 500]), {"y": torch.tensor([0, 2])}).shape
+    torch.Size([2, 1, 8, 8])
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from diffusers import UNet2DModel
+from torch import nn
+
+from diffusion._io import atomic_write_json, load_tensors, save_tensors
+from diffusion.config import ImageModelConfig
+from diffusion.embedding import AttributeSplitEmbedding
+from diffusion.schedule import alphas_cumprod as _alphas_cumprod
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _build_unet(config: ImageModelConfig) -> UNet2DModel:
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention_levels))
+    c, h, w = config.image_shape
+    return UNet2DModel(
+        sample_size=(h, w), in_channels=c, out_channels=c,
+        block_out_channels=config.block_out_channels, layers_per_block=config.layers_per_block,
+        down_block_types=down, up_block_types=up, add_attention=config.mid_attention,
+        attention_head_dim=config.attention_head_dim, norm_num_groups=config.norm_num_groups,
+        time_embedding_dim=config.cond_dim, dropout=config.dropout,
+        class_embed_type="identity" if config.attributes else None,
+    )
+
+
+class ConditionalUNet(nn.Module):
+    """epsilon-prediction denoiser conditioned on named attributes with per-attribute keep-masks.
+
+    Args:
+        config: the :class:`~diffusion.config.ImageModelConfig`.
+
+    Attributes:
+        config: the config the module was built from.
+        embedding: the :class:`~diffusion.embedding.AttributeSplitEmbedding`.
+        unet: the diffusers ``UNet2DModel`` backbone.
+    """
+
+    def __init__(self, config: ImageModelConfig) -> None:
+        super().__init__()
+        if not isinstance(config, ImageModelConfig):
+            raise TypeError(f"config must be an ImageModelConfig, got {type(config).__name__}")
+        self.config = config
+        self.embedding = AttributeSplitEmbedding(config.attributes, config.block_dim, config.cond_dim)
+        self.unet = _build_unet(config)
+        self._abar_cpu = _alphas_cumprod(config)
+
+    # ------------------------------------------------------------------ schedule
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """alpha-bar_t (float64, shape ``(T,)``) on the module's device."""
+        return self._abar_cpu.to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the module's parameters."""
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ forward
+    def _check_inputs(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 4 or tuple(x_t.shape[1:]) != self.config.image_shape:
+            shape = tuple(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t has shape {shape}; expected (B, {', '.join(map(str, self.config.image_shape))})")
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(f"timesteps t must be integers (int64), got dtype {t.dtype}")
+        if t.dim() == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ValueError(f"timesteps t have shape {tuple(t.shape)}; expected () or ({b},)")
+        T = self.config.num_train_timesteps
+        if b and (int(t.min()) < 0 or int(t.max()) >= T):
+            raise ValueError(f"timesteps must lie in [0, {T - 1}], got values in [{int(t.min())}, {int(t.max())}]")
+        return t.long()
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int, attrs: Mapping[str, torch.Tensor] | None = None,
+            keep_mask: Mapping[str, torch.Tensor] | None = None, *, validate: bool = True) -> torch.Tensor:
+        """Predict the noise in ``x_t`` at timestep ``t`` under the (partially) kept attributes.
+
+        Args:
+            x_t: noisy images ``(B, C, H, W)``.
+            t: int64 timesteps ``(B,)`` or a scalar, in ``[0, T)``.
+            attrs: name -> tensor ``(B,)``; an attribute absent from ``attrs`` is nulled, so passing only the
+                attributes to keep is the same as masking the others.
+            keep_mask: name -> bool ``(B,)``; False nulls that attribute's block in that row. ``None`` keeps all.
+            validate: check the inputs first (on by default).
+
+        Returns:
+            The predicted noise, same shape and dtype as ``x_t``.
+
+        Example:
+            >>> import torch
+            >>> from diffusion.config import ImageModelConfig
+            >>> net = ConditionalUNet(ImageModelConfig(image_shape=(1, 8, 8), block_out_channels=(8, 8),
+            ...                       attention_levels=(False, False), mid_attention=False, norm_num_groups=4))
+            >>> net.eps(torch.zeros(1, 1, 8, 8), 999).shape
+            torch.Size([1, 1, 8, 8])
+        """
+        attrs = {} if attrs is None else attrs
+        if validate:
+            t = self._check_inputs(x_t, t)
+        else:
+            t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
+        param = self.embedding.proj.weight
+        x_in = x_t.to(param.dtype)
+        cond = None
+        if self.config.attributes:
+            cond = self.embedding(attrs, keep_mask, batch_size=x_t.shape[0], validate=validate)
+        elif attrs and validate:
+            self.embedding._check(attrs, keep_mask, x_t.shape[0])  # raises: unknown attributes
+        out = self.unet(x_in, t, class_labels=cond).sample
+        return out.to(x_t.dtype)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, attrs: Mapping[str, torch.Tensor] | None = None,
+                keep_mask: Mapping[str, torch.Tensor] | None = None, *, validate: bool = True) -> torch.Tensor:
+        """Same as :meth:`eps` (so that ``DistributedDataParallel`` can wrap the module)."""
+        return self.eps(x_t, t, attrs, keep_mask, validate=validate)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory``, each atomically.
+
+        Example:
+            >>> import tempfile
+            >>> from diffusion.config import ImageModelConfig
+            >>> net = ConditionalUNet(ImageModelConfig(image_shape=(1, 8, 8), block_out_channels=(8, 8),
+            ...                       attention_levels=(False, False), mid_attention=False, norm_num_groups=4))
+            >>> d = net.save_pretrained(tempfile.mkdtemp())
+            >>> ConditionalUNet.from_pretrained(d).config == net.config
+            True
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_tensors(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
+        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None
+                        ) -> "ConditionalUNet":
+        """Load a directory written by :meth:`save_pretrained` (safetensors only; nothing is unpickled).
+
+        Raises:
+            FileNotFoundError: if ``config.json`` or ``model.safetensors`` is missing.
+            ValueError: if the weights do not match the config (missing, unexpected or mis-shaped tensors).
+        """
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found; a saved ConditionalUNet directory holds "
+                                        f"{CONFIG_NAME} and {WEIGHTS_NAME} (written by save_pretrained)")
+        config = ImageModelConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        model = cls(config)
+        tensors, _ = load_tensors(directory / WEIGHTS_NAME)
+        load_state_checked(model, tensors, source=str(directory / WEIGHTS_NAME))
+        model.eval()
+        if device is not None:
+            model.to(device)
+        return model
+
+
+def load_state_checked(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(tensors)`` with a clear ``ValueError`` when config and weights disagree."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            parts.append("mis-shaped " + ", ".join(
+                f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(expected[k].shape)}" for k in shapes[:5]))
+        raise ValueError(f"the weights in {source} do not match the config ({'; '.join(parts)}); the config.json "
+                         f"and the weights must come from the same save_pretrained call")
+    module.load_state_dict(dict(tensors), strict=True)

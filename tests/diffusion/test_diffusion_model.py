@@ -1,0 +1,109 @@
+"""ConditionalUNet: the eps() contract, masking through the backbone, save/load without pickle."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from diffusion import ConditionalUNet
+from diffusion.schedule import alphas_cumprod
+
+from diffusion_helpers import random_attrs, tiny_config
+
+
+@pytest.fixture
+def net(config):
+    torch.manual_seed(0)
+    return ConditionalUNet(config).eval()
+
+
+def test_eps_shape_dtype_and_conditioning(net):
+    x = torch.randn(4, 1, 8, 8)
+    attrs = random_attrs(4)
+    e = net.eps(x, torch.tensor([0, 10, 500, 999]), attrs)
+    assert e.shape == x.shape and e.dtype == x.dtype
+    # scalar t broadcasts
+    torch.testing.assert_close(net.eps(x, 500, attrs), net.eps(x, torch.full((4,), 500), attrs))
+    # the condition matters: a different digit changes the prediction
+    other = dict(attrs, digit=(attrs["digit"] + 1) % 10)
+    assert not torch.allclose(net.eps(x, 500, attrs), net.eps(x, 500, other))
+
+
+def test_missing_attribute_equals_masked(net):
+    x, attrs = torch.randn(3, 1, 8, 8), random_attrs(3)
+    masked = net.eps(x, 100, attrs, {"digit": torch.zeros(3, dtype=torch.bool)})
+    missing = net.eps(x, 100, {k: v for k, v in attrs.items() if k != "digit"})
+    torch.testing.assert_close(masked, missing, rtol=0, atol=0)
+    torch.testing.assert_close(net.eps(x, 100, attrs, None),
+                               net.eps(x, 100, attrs, {k: torch.ones(3, dtype=torch.bool) for k in attrs}))
+
+
+def test_null_condition_ignores_attribute_values(net):
+    x = torch.randn(3, 1, 8, 8)
+    off = {k: torch.zeros(3, dtype=torch.bool) for k in ("thickness", "intensity", "digit")}
+    a, b = random_attrs(3, seed=1), random_attrs(3, seed=2)
+    torch.testing.assert_close(net.eps(x, 7, a, off), net.eps(x, 7, b, off), rtol=0, atol=0)
+    torch.testing.assert_close(net.eps(x, 7, a, off), net.eps(x, 7, {}), rtol=0, atol=0)
+
+
+def test_rows_are_independent(net):
+    """Masking row 0 must not change row 1's prediction (no batch coupling)."""
+    x, attrs = torch.randn(2, 1, 8, 8), random_attrs(2)
+    mask = {"digit": torch.tensor([False, True])}
+    torch.testing.assert_close(net.eps(x, 5, attrs, mask)[1], net.eps(x, 5, attrs)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_alphas_cumprod_buffer(net, config):
+    assert net.alphas_cumprod.dtype == torch.float64
+    torch.testing.assert_close(net.alphas_cumprod, alphas_cumprod(config), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("x_shape, t, exc, match", [
+    ((2, 1, 9, 8), 3, ValueError, r"expected \(B, 1, 8, 8\)"),
+    ((2, 1, 8, 8), 1000, ValueError, r"timesteps must lie in \[0, 999\]"),
+    ((2, 1, 8, 8), 0.5, TypeError, "timesteps t must be integers"),
+    ((2, 1, 8, 8), torch.tensor([1, 2, 3]), ValueError, r"expected \(\) or \(2,\)"),
+])
+def test_eps_input_errors(net, x_shape, t, exc, match):
+    with pytest.raises(exc, match=match):
+        net.eps(torch.zeros(x_shape), t, random_attrs(2))
+
+
+def test_save_load_round_trip(net, tmp_path):
+    d = net.save_pretrained(tmp_path / "m")
+    assert sorted(os.listdir(d)) == ["config.json", "model.safetensors"]
+    back = ConditionalUNet.from_pretrained(d)
+    assert back.config == net.config
+    x, attrs = torch.randn(2, 1, 8, 8), random_attrs(2)
+    torch.testing.assert_close(back.eps(x, 3, attrs), net.eps(x, 3, attrs), rtol=0, atol=0)
+
+
+def test_load_rejects_mismatched_config(net, tmp_path):
+    d = net.save_pretrained(tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["block_dim"] = 6
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="do not match the config.*mis-shaped"):
+        ConditionalUNet.from_pretrained(d)
+
+
+def test_load_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ConditionalUNet.from_pretrained(tmp_path)
+
+
+def test_unconditional_model_rejects_attributes():
+    net = ConditionalUNet(tiny_config(attributes=()))
+    x = torch.randn(2, 1, 8, 8)
+    assert net.eps(x, 1).shape == x.shape
+    with pytest.raises(ValueError, match="unknown attributes"):
+        net.eps(x, 1, {"digit": torch.tensor([1, 2])})
+
+
+def test_default_config_is_about_one_million_parameters():
+    from diffusion import ImageModelConfig
+    from diffusion_helpers import ATTRS
+    n = sum(p.numel() for p in ConditionalUNet(ImageModelConfig(attributes=ATTRS)).parameters())
+    assert 0.9e6 < n < 1.3e6
