@@ -3,6 +3,7 @@
 * :class:`AttributeSpec`, :class:`ImageModelConfig`, :class:`TrainConfig`: frozen JSON configs.
 * :class:`AttributeSplitEmbedding`, :class:`ConditionalUNet`: the denoiser ``eps(x_t, t, attrs, keep_mask)``.
 * :func:`alphas_cumprod`: the float64 noise schedule of a config.
+* :func:`train`: DDPM training with per-group condition dropout, EMA, atomic resumable checkpoints, DDP.
 
 This package never imports ``scm`` or ``pipeline``.
 """
@@ -10,6 +11,7 @@ from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.model import ConditionalUNet
 from diffusion.schedule import alphas_cumprod
+from diffusion.training import TrainResult, train
 
 __all__ = [
     "AttributeSpec",
@@ -17,5 +19,7 @@ __all__ = [
     "ConditionalUNet",
     "ImageModelConfig",
     "TrainConfig",
+    "TrainResult",
     "alphas_cumprod",
+    "train",
 ]

@@ -32,3 +32,27 @@ def random_attrs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"thickness": 1.0 + 3.0 * torch.rand(batch, generator=g),
             "intensity": 64.0 + 191.0 * torch.rand(batch, generator=g),
             "digit": torch.randint(0, 10, (batch,), generator=g)}
+
+
+class ToyImages(torch.utils.data.Dataset):
+    """Deterministic toy data: a bright square whose size follows ``thickness`` and brightness ``intensity``,
+    placed in a quadrant chosen by ``digit``; items are ``(image (1, 8, 8) in [-1, 1], attrs)``."""
+
+    def __init__(self, n: int = 20, seed: int = 0, size: int = 8) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.attrs = random_attrs(n, seed)
+        self.images = torch.full((n, 1, size, size), -1.0)
+        for i in range(n):
+            s = int(self.attrs["thickness"][i].round())
+            q = int(self.attrs["digit"][i]) % 4
+            r0, c0 = (q // 2) * size // 2, (q % 2) * size // 2
+            level = float(self.attrs["intensity"][i]) / 127.5 - 1.0
+            self.images[i, 0, r0:r0 + s, c0:c0 + s] = level
+        self.images += 0.01 * torch.randn(self.images.shape, generator=g)
+        self.images.clamp_(-1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], {k: v[i] for k, v in self.attrs.items()}
