@@ -1,1 +1,33 @@
-"""scm package."""
+"""Attribute-level structural causal models: a typed causal DAG and a Pyro SCM over it.
+
+Example:
+    >>> import torch
+    >>> from scm import CausalGraph, SCM
+    >>> g = CausalGraph.from_dict({"nodes": {"t": {"kind": "positive"},
+    ...                                      "i": {"kind": "interval", "low": 0, "high": 255}},
+    ...                            "edges": [["t", "i"]]})
+    >>> scm = SCM(g)
+    >>> obs = {"t": torch.tensor([1.0, 2.0]), "i": torch.tensor([100.0, 150.0])}
+    >>> scm.counterfactual(obs, do={"t": 3.0})["t"]
+    tensor([3., 3.])
+"""
+from scm.graph import CausalGraph, NodeSpec
+from scm.mechanisms import (AffineSigmoidMechanism, CategoricalMechanism, ConditionalAffine, FlowMechanism,
+                            GammaMechanism, GumbelMaxMechanism, LinearGaussianMechanism, Mechanism)
+from scm.model import SCM, SCMConfig, noise_site
+
+__all__ = [
+    "AffineSigmoidMechanism",
+    "CausalGraph",
+    "CategoricalMechanism",
+    "ConditionalAffine",
+    "FlowMechanism",
+    "GammaMechanism",
+    "GumbelMaxMechanism",
+    "LinearGaussianMechanism",
+    "Mechanism",
+    "NodeSpec",
+    "SCM",
+    "SCMConfig",
+    "noise_site",
+]

@@ -1,0 +1,758 @@
+"""The structural causal model over a :class:`~scm.CausalGraph`'s attribute nodes, as a Pyro program.
+
+:meth:`SCM.model` is a plain Pyro program. Inside one ``pyro.plate("rows")`` it visits the attribute
+nodes in topological order; for each node ``v`` it draws the exogenous noise at the sample site
+``"v/u"`` and records the value ``f_v(parents, u)`` at the sample site ``"v"``::
+
+    u_v = pyro.sample("v/u", noise prior of v)
+    v   = pyro.deterministic("v", f_v(parents(v), u_v))
+
+Nothing inside the program knows about interventions. The counterfactual's three steps are handlers
+applied from outside:
+
+1. **Abduction** (:meth:`SCM.abduct`): each mechanism inverts its equation at the observed values
+   (exact for continuous nodes; a posterior draw of the Gumbel noise for discrete nodes).
+2. **Action** (:meth:`SCM.predict`): ``pyro.poutine.do`` fixes the intervened sites.
+3. **Prediction** (:meth:`SCM.predict`): ``pyro.poutine.condition`` fixes every noise site to the
+   abducted noise, and the program is run forward.
+
+Example:
+    >>> import torch
+    >>> from scm import CausalGraph, SCM, LinearGaussianMechanism
+    >>> g = CausalGraph.from_edges([("x", "y")], {"x": {"kind": "real"}, "y": {"kind": "real"}})
+    >>> scm = SCM(g, mechanisms={"x": LinearGaussianMechanism(),
+    ...                          "y": LinearGaussianMechanism({"x": 2.0}, scale=0.5)})
+    >>> obs = {"x": torch.tensor([1.0]), "y": torch.tensor([3.0])}
+    >>> scm.counterfactual(obs, do={"x": 2.0})["y"]   # u_y = (3 - 2) / 0.5 = 2; y' = 4 + 0.5 * 2
+    tensor([5.])
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from scm.graph import CausalGraph
+from scm.mechanisms import (CategoricalMechanism, FlowMechanism, Mechanism, mechanism_key,
+                            registered_mechanism)
+from scm.support import as_values
+
+DoValue = Union[float, int, Tensor, Callable[[Tensor], Any]]
+Seed = Union[int, torch.Generator, None]
+
+_FORMAT = "dcfg.scm"
+_FORMAT_VERSION = 1
+_WEIGHTS = "scm.safetensors"
+
+
+def noise_site(node: str) -> str:
+    """Name of the exogenous-noise sample site of ``node`` in :meth:`SCM.model` (``"<node>/u"``)."""
+    return f"{node}/u"
+
+
+def _make_generator(seed: Seed) -> torch.Generator:
+    """A CPU generator from a seed, a generator (used as is), or fresh entropy for None."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        g.manual_seed(int(seed))
+    else:
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__} {seed!r}")
+    return g
+
+
+@dataclass(frozen=True)
+class SCMConfig:
+    """Settings of the built-in mechanisms (saved in ``config.json``).
+
+    Attributes:
+        hidden: hidden widths of the parent networks (flows' hypernetworks and logit MLPs).
+        count_bins: spline segments of the flows.
+        bound: the splines act on ``[-bound, bound]`` in standardised units (identity outside).
+        seed: seed of the initial weights.
+    """
+
+    hidden: tuple[int, ...] = (32, 32)
+    count_bins: int = 8
+    bound: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"hidden must be a non-empty list of positive widths, got {self.hidden!r}")
+        if int(self.count_bins) < 2:
+            raise ValueError(f"count_bins must be >= 2, got {self.count_bins!r}")
+        if not float(self.bound) > 0:
+            raise ValueError(f"bound must be > 0, got {self.bound!r}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+
+class SCM(nn.Module):
+    """A structural causal model with one :class:`~scm.mechanisms.Mechanism` per attribute node.
+
+    Nodes without a user mechanism get a learnable built-in one from their kind:
+    :class:`~scm.mechanisms.FlowMechanism` (continuous) or :class:`~scm.mechanisms.CategoricalMechanism`
+    (binary/categorical). The image node, if any, is not modelled here: ``obs`` may carry it (it is
+    ignored) but it cannot be intervened on.
+
+    Batched outputs: every method returns a dict node -> tensor with one row per input row. With
+    ``num_particles = P > 1``, :meth:`abduct` and :meth:`counterfactual` return ``P * B`` rows,
+    particle-major: row ``p * B + b`` is particle ``p`` of input row ``b`` (so
+    ``out[v].reshape(P, B)`` splits them).
+
+    Args:
+        graph: the causal DAG.
+        mechanisms: node -> mechanism for nodes with known (or custom) equations.
+        hidden: hidden widths of the built-in parent networks.
+        count_bins: spline segments of the built-in flows.
+        bound: spline bound of the built-in flows (standardised units).
+        seed: seed of the built-ins' initial weights.
+
+    Example:
+        >>> import torch
+        >>> from scm import CausalGraph, SCM
+        >>> g = CausalGraph.from_dict({"nodes": {"t": {"kind": "positive"},
+        ...                                      "i": {"kind": "interval", "low": 0, "high": 255}},
+        ...                            "edges": [["t", "i"]]})
+        >>> scm = SCM(g)
+        >>> t = torch.rand(256) + 1.0
+        >>> data = {"t": t, "i": 60 * t + 10 * torch.rand(256)}
+        >>> losses = scm.fit(data, epochs=2, progress=False)
+        >>> sorted(scm.sample(4, seed=0))
+        ['i', 't']
+    """
+
+    def __init__(self, graph: CausalGraph, mechanisms: Mapping[str, Mechanism] | None = None,
+                 hidden: tuple[int, ...] | list[int] = (32, 32), count_bins: int = 8, bound: float = 4.0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(graph, CausalGraph):
+            raise TypeError(f"graph must be a CausalGraph, got {type(graph).__name__}; build one with "
+                            f"CausalGraph.from_dict(...)")
+        self.graph = graph
+        self.config = SCMConfig(hidden=tuple(hidden), count_bins=int(count_bins), bound=float(bound),
+                                seed=int(seed))
+        self._order = graph.attribute_nodes()
+        if not self._order:
+            raise ValueError("the graph has no attribute (non-image) nodes; the SCM has nothing to model")
+        for n in self._order:
+            if "." in n:
+                raise ValueError(f"node name {n!r} contains '.', which torch module names cannot hold; rename it")
+        self._parents = {n: [p for p in graph.parents(n)] for n in self._order}
+        user = dict(mechanisms or {})
+        for name, mech in user.items():
+            if name == graph.image_node:
+                raise ValueError(f"node {name!r} is the image node; the SCM models attributes only, so it takes no "
+                                 f"mechanism (the image mechanism is the diffusion model)")
+            if name not in graph:
+                raise ValueError(f"mechanisms has unknown node {name!r}; attribute nodes: {self._order}")
+            if not isinstance(mech, Mechanism):
+                raise TypeError(f"mechanism of node {name!r} must be a scm.Mechanism, got {type(mech).__name__}")
+            spec = graph.spec(name)
+            if mech.discrete != spec.is_discrete:
+                want = "discrete (GumbelMaxMechanism)" if spec.is_discrete else "continuous"
+                raise ValueError(f"node {name!r} is {spec.kind} and needs a {want} mechanism, got "
+                                 f"{type(mech).__name__}")
+        built: dict[str, Mechanism] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            for n in self._order:
+                if n in user:
+                    built[n] = user[n]
+                    continue
+                spec = graph.spec(n)
+                parents = {p: graph.spec(p).to_dict() for p in self._parents[n]}
+                if spec.is_discrete:
+                    built[n] = CategoricalMechanism(spec.cardinality or 2, parents, hidden=self.config.hidden)
+                else:
+                    built[n] = FlowMechanism(spec.to_dict(), parents, hidden=self.config.hidden,
+                                             count_bins=self.config.count_bins, bound=self.config.bound)
+        self.mechanisms = nn.ModuleDict(built)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    # ------------------------------------------------------------------------------ properties
+    @property
+    def nodes(self) -> list[str]:
+        """The modelled (attribute) nodes, in topological order."""
+        return list(self._order)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model (set with ``.to(device)``); inputs are moved here."""
+        return self._anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Float dtype of continuous values."""
+        return self._anchor.dtype
+
+    # ----------------------------------------------------------------------------- the program
+    def model(self, n: int) -> dict[str, Tensor]:
+        """The Pyro program: ``n`` rows of noise sites ``"<node>/u"`` and value sites ``"<node>"``.
+
+        Run it under ``poutine.condition`` (noise) and ``poutine.do`` (interventions); :meth:`predict`
+        does exactly that. Unconditioned noise sites draw from the mechanisms' noise priors.
+
+        Example:
+            >>> import torch, pyro.poutine as poutine
+            >>> from scm import CausalGraph, SCM, LinearGaussianMechanism
+            >>> g = CausalGraph.from_edges([("x", "y")], {"x": {"kind": "real"}, "y": {"kind": "real"}})
+            >>> scm = SCM(g, {"x": LinearGaussianMechanism(), "y": LinearGaussianMechanism({"x": 1.0})})
+            >>> noise = {"x/u": torch.tensor([1.0]), "y/u": torch.tensor([0.5])}
+            >>> poutine.do(poutine.condition(scm.model, data=noise), data={"x": torch.tensor([3.0])})(1)["y"]
+            tensor([3.5000])
+        """
+        values: dict[str, Tensor] = {}
+        with pyro.plate("rows", n, dim=-1):
+            for node in self._order:
+                mech = self.mechanisms[node]
+                u = pyro.sample(noise_site(node), mech.noise_distribution(n, self.device, self.dtype))
+                parents = {p: values[p] for p in self._parents[node]}
+                values[node] = pyro.deterministic(node, mech(parents, u), event_dim=0)
+        return values
+
+    # ---------------------------------------------------------------------------- validation
+    def _check_values(self, obs: Any, what: str, *, require: bool = True) -> tuple[dict[str, Tensor], int]:
+        """Validate observed values (dict or DataFrame): known nodes, all present, in support, same length."""
+        if hasattr(obs, "columns") and hasattr(obs, "to_numpy"):  # pandas DataFrame
+            obs = {c: obs[c] for c in obs.columns}
+        if not isinstance(obs, Mapping):
+            raise TypeError(f"{what} must be a dict node -> (B,) values or a pandas DataFrame, got "
+                            f"{type(obs).__name__}")
+        image = self.graph.image_node
+        unknown = [k for k in obs if k not in self.graph]
+        if unknown:
+            raise ValueError(f"{what} has unknown node(s) {unknown}; attribute nodes: {self._order}"
+                             + (f" (and image node {image!r}, which is ignored)" if image else ""))
+        if require:
+            missing = [n for n in self._order if n not in obs]
+            if missing:
+                first = missing[0]
+                kids = [c for c in self.graph.children(first) if c in obs and c != image]
+                role = f" (a parent of {kids})" if kids else ""
+                col = " column(s)" if what == "data" else ""
+                raise ValueError(f"{what} is missing{col} {missing}: node {first!r}{role} has no value; the SCM "
+                                 f"needs a value for every attribute node {self._order}")
+        values: dict[str, Tensor] = {}
+        for n in self._order:
+            if n in obs:
+                values[n] = as_values(n, self.graph.spec(n), obs[n], what=what, dtype=self.dtype,
+                                      device=self.device)
+        sizes = {n: int(v.shape[0]) for n, v in values.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{what} has mismatched batch sizes {sizes}; every node needs one value per row")
+        b = next(iter(sizes.values())) if sizes else 0
+        if b == 0:
+            raise ValueError(f"{what} has no rows; pass at least one row per node")
+        return values, b
+
+    def _check_do(self, do: Mapping[str, DoValue] | None, n: int | None) -> dict[str, Tensor | Callable]:
+        """Validate interventions: known non-image nodes; numbers/tensors in support with n rows."""
+        if do is None:
+            return {}
+        if not isinstance(do, Mapping):
+            raise TypeError(f"do must be a dict node -> value (number, (B,) tensor, or callable), got "
+                            f"{type(do).__name__}")
+        out: dict[str, Tensor | Callable] = {}
+        for name, value in do.items():
+            if name == self.graph.image_node:
+                raise ValueError(f"cannot intervene on the image node {name!r} through the SCM: it models the "
+                                 f"attributes {self._order}; intervene on those (the image follows them)")
+            if name not in self._order:
+                raise ValueError(f"do has unknown node {name!r}; you can intervene on {self._order}")
+            if callable(value) and not isinstance(value, Tensor):
+                out[name] = value
+                continue
+            t = as_values(name, self.graph.spec(name), value, what="do", dtype=self.dtype, device=self.device,
+                          allow_scalar=True)
+            if t.dim() == 1 and n is not None and t.shape[0] != n:
+                raise ValueError(f"do value of node {name!r} has {t.shape[0]} rows but the batch has {n}; pass a "
+                                 f"number or a tensor of shape ({n},)")
+            out[name] = t
+        return out
+
+    def _check_noise(self, noise: Any) -> int:
+        if not isinstance(noise, Mapping):
+            raise TypeError(f"noise must be a dict node -> tensor (from abduct), got {type(noise).__name__}")
+        unknown = [k for k in noise if k not in self._order]
+        if unknown:
+            raise ValueError(f"noise has unknown node(s) {unknown}; expected exactly {self._order}")
+        missing = [k for k in self._order if k not in noise]
+        if missing:
+            raise ValueError(f"noise is missing node(s) {missing}; pass the full dict returned by abduct")
+        sizes = {}
+        for k in self._order:
+            v = noise[k]
+            if not isinstance(v, Tensor):
+                raise TypeError(f"noise of node {k!r} must be a tensor, got {type(v).__name__}")
+            shape = tuple(self.mechanisms[k].noise_shape)
+            if v.dim() != 1 + len(shape) or tuple(v.shape[1:]) != shape:
+                raise ValueError(f"noise of node {k!r} has shape {tuple(v.shape)}; expected (n, {', '.join(map(str, shape))})"
+                                 .replace("(n, )", "(n,)"))
+            sizes[k] = int(v.shape[0])
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"noise has mismatched batch sizes {sizes}")
+        return next(iter(sizes.values()))
+
+    # ---------------------------------------------------------------------- the three steps
+    @torch.no_grad()
+    def abduct(self, obs: Mapping[str, Any], num_particles: int = 1, seed: Seed = None) -> dict[str, Tensor]:
+        """Step 1, abduction: the exogenous noise of every attribute node given observed values.
+
+        Continuous nodes: the exact inverse of the mechanism. Discrete nodes: exact posterior draws of
+        the Gumbel noise (Oberst & Sontag 2019), one per particle.
+
+        Args:
+            obs: node -> ``(B,)`` values for every attribute node (an image entry is ignored).
+            num_particles: posterior draws per row ``P``; outputs have ``P * B`` rows, particle-major.
+            seed: int or ``torch.Generator`` for the discrete posterior draws.
+
+        Returns:
+            node -> noise of shape ``(P * B,)`` (continuous) or ``(P * B, cardinality)`` (discrete).
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM, LinearGaussianMechanism
+            >>> g = CausalGraph.from_edges([("x", "y")], {"x": {"kind": "real"}, "y": {"kind": "real"}})
+            >>> scm = SCM(g, {"x": LinearGaussianMechanism(), "y": LinearGaussianMechanism({"x": 1.0})})
+            >>> scm.abduct({"x": torch.tensor([1.0]), "y": torch.tensor([3.0])})
+            {'x': tensor([1.]), 'y': tensor([2.])}
+        """
+        particles = self._check_particles(num_particles)
+        values, _ = self._check_values(obs, "obs")
+        gen = _make_generator(seed)
+        return self._abduct(values, particles, gen)
+
+    def _abduct(self, values: dict[str, Tensor], particles: int, gen: torch.Generator) -> dict[str, Tensor]:
+        if particles > 1:
+            values = {k: v.repeat(particles) for k, v in values.items()}
+        noise = {}
+        for node in self._order:
+            parents = {p: values[p] for p in self._parents[node]}
+            noise[node] = self.mechanisms[node].abduct(values[node], parents, generator=gen)
+        return noise
+
+    @torch.no_grad()
+    def predict(self, noise: Mapping[str, Tensor], do: Mapping[str, DoValue] | None = None) -> dict[str, Tensor]:
+        """Steps 2 and 3, action and prediction: run the program with fixed noise under ``do``.
+
+        ``pyro.poutine.condition`` fixes each noise site ``"<node>/u"`` and ``pyro.poutine.do`` fixes
+        the intervened value sites. A callable ``do`` value receives the ``(n,)`` tensor of values the
+        node would take just before the intervention (under the noise and the other interventions
+        upstream of it) and returns the new values, e.g. a shift ``lambda x: x + 1``.
+
+        Args:
+            noise: node -> noise tensor, ``n`` rows each (as returned by :meth:`abduct`).
+            do: node -> number, ``(n,)`` tensor, or callable; the image node is not allowed.
+
+        Returns:
+            node -> ``(n,)`` values of every attribute node in the intervened world.
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM, LinearGaussianMechanism
+            >>> g = CausalGraph.from_edges([("x", "y")], {"x": {"kind": "real"}, "y": {"kind": "real"}})
+            >>> scm = SCM(g, {"x": LinearGaussianMechanism(), "y": LinearGaussianMechanism({"x": 1.0})})
+            >>> u = {"x": torch.tensor([1.0]), "y": torch.tensor([2.0])}
+            >>> scm.predict(u, do={"x": lambda x: x + 1})
+            {'x': tensor([2.]), 'y': tensor([4.])}
+        """
+        n = self._check_noise(noise)
+        interventions = self._check_do(do, n)
+        return self._predict({k: v.to(self.device) for k, v in noise.items()}, interventions, n)
+
+    def _predict(self, noise: dict[str, Tensor], do: dict[str, Tensor | Callable], n: int) -> dict[str, Tensor]:
+        conditioned = poutine.condition(self.model, data={noise_site(k): v for k, v in noise.items()})
+        # Action: resolve callables in topological order, each from the node's pre-intervention value.
+        fixed: dict[str, Tensor] = {}
+        for node in self._order:
+            if node not in do:
+                continue
+            value = do[node]
+            if callable(value) and not isinstance(value, Tensor):
+                trace = poutine.trace(poutine.do(conditioned, data=dict(fixed))).get_trace(n)
+                natural = trace.nodes[node]["value"]
+                try:
+                    result = value(natural)
+                except Exception as e:  # noqa: BLE001 - re-raised with the node's name
+                    raise ValueError(f"the do callable of node {node!r} failed on its (n,) tensor of "
+                                     f"pre-intervention values: {e}") from e
+                value = self._check_do({node: result}, n)[node]
+                assert isinstance(value, Tensor)
+            fixed[node] = value.expand(n) if value.dim() == 0 else value
+        # Prediction: the conditioned program under poutine.do.
+        return poutine.do(conditioned, data=fixed)(n) if fixed else conditioned(n)
+
+    @torch.no_grad()
+    def counterfactual(self, obs: Mapping[str, Any], do: Mapping[str, DoValue],
+                       num_particles: int = 1, seed: Seed = None) -> dict[str, Tensor]:
+        """What would the attributes have been under ``do``, given that we observed ``obs``?
+
+        Abduction (:meth:`abduct`), then action and prediction (:meth:`predict`). Nodes that are
+        neither intervened on nor descendants of an intervened node keep their factual values.
+
+        Args:
+            obs: node -> ``(B,)`` factual values of every attribute node (an image entry is ignored).
+            do: node -> number, ``(B,)`` tensor, or callable of the pre-intervention value (a shift
+                such as ``lambda t: t + 1``). Intervening on the image node is an error.
+            num_particles: posterior particles ``P`` of the discrete noise. With ``P = 1`` outputs have
+                shape ``(B,)``; with ``P > 1`` they have ``P * B`` rows, particle-major (row
+                ``p * B + b``), so ``out[v].reshape(P, B)`` splits them. ``(B,)`` do tensors are
+                repeated for each particle.
+            seed: int or ``torch.Generator`` for the discrete posterior draws.
+
+        Returns:
+            node -> counterfactual values, for every attribute node.
+
+        Raises:
+            ValueError: unknown node, missing node in ``obs``, a do on the image node, a value outside
+                a node's support, mismatched batch sizes.
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM, GammaMechanism, AffineSigmoidMechanism
+            >>> g = CausalGraph.from_dict({
+            ...     "nodes": {"thickness": {"kind": "positive"},
+            ...               "intensity": {"kind": "interval", "low": 64, "high": 255}},
+            ...     "edges": [["thickness", "intensity"]]})
+            >>> scm = SCM(g, mechanisms={
+            ...     "thickness": GammaMechanism(10.0, 5.0, shift=0.5),
+            ...     "intensity": AffineSigmoidMechanism({"thickness": 2.0}, bias=-5.0, noise_scale=0.5,
+            ...                                         low=64.0, high=255.0)})
+            >>> obs = {"thickness": torch.tensor([2.5]), "intensity": torch.tensor([159.5])}
+            >>> cf = scm.counterfactual(obs, do={"thickness": 3.0})
+            >>> round(cf["intensity"].item(), 2)    # 64 + 191 * sigmoid(0 + 2 * 3 - 5)
+            203.63
+        """
+        particles = self._check_particles(num_particles)
+        values, b = self._check_values(obs, "obs")
+        interventions = self._check_do(do, b)
+        gen = _make_generator(seed)
+        # 1. Abduction.
+        noise = self._abduct(values, particles, gen)
+        # 2. Action and 3. Prediction (per-row do tensors follow the particle-major layout).
+        if particles > 1:
+            interventions = {k: v.repeat(particles) if isinstance(v, Tensor) and v.dim() == 1 else v
+                             for k, v in interventions.items()}
+        return self._predict(noise, interventions, particles * b)
+
+    # ---------------------------------------------------------------------- sampling, effects
+    def _prior_noise(self, n: int, gen: torch.Generator) -> dict[str, Tensor]:
+        return {k: self.mechanisms[k].sample_noise(n, gen).to(self.device) for k in self._order}
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: Seed = None) -> dict[str, Tensor]:
+        """``n`` rows from the observational distribution.
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM
+            >>> scm = SCM(CausalGraph.from_dict({"nodes": {"d": {"kind": "binary"}}, "edges": []}))
+            >>> scm.sample(3, seed=0)["d"].dtype
+            torch.int64
+        """
+        n = self._check_n(n)
+        return self._predict(self._prior_noise(n, _make_generator(seed)), {}, n)
+
+    @torch.no_grad()
+    def interventional_samples(self, do: Mapping[str, DoValue], n: int, seed: Seed = None) -> dict[str, Tensor]:
+        """``n`` rows from the interventional distribution ``p(. | do)``.
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM, LinearGaussianMechanism
+            >>> g = CausalGraph.from_edges([("x", "y")], {"x": {"kind": "real"}, "y": {"kind": "real"}})
+            >>> scm = SCM(g, {"x": LinearGaussianMechanism(), "y": LinearGaussianMechanism({"x": 3.0})})
+            >>> s = scm.interventional_samples({"x": 1.0}, 20000, seed=0)
+            >>> round(s["y"].mean().item(), 1)
+            3.0
+        """
+        n = self._check_n(n)
+        interventions = self._check_do(do, n)
+        return self._predict(self._prior_noise(n, _make_generator(seed)), interventions, n)
+
+    @torch.no_grad()
+    def average_causal_effect(self, target: str, do_a: Mapping[str, DoValue], do_b: Mapping[str, DoValue],
+                              n: int = 10000, seed: Seed = None) -> Tensor:
+        """``E[target | do_a] - E[target | do_b]``, by Monte Carlo with common random numbers.
+
+        Both arms use the same ``n`` noise draws, which removes most of the Monte Carlo variance.
+
+        Args:
+            target: a non-image node.
+            do_a: the alternative interventions.
+            do_b: the reference interventions.
+            n: Monte Carlo rows.
+            seed: int or ``torch.Generator``.
+
+        Returns:
+            A 0-d tensor for continuous and binary targets (a difference of means; for binary, of
+            probabilities), or a ``(cardinality,)`` tensor of class-probability differences for a
+            categorical target.
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM, LinearGaussianMechanism
+            >>> g = CausalGraph.from_edges([("x", "y")], {"x": {"kind": "real"}, "y": {"kind": "real"}})
+            >>> scm = SCM(g, {"x": LinearGaussianMechanism(), "y": LinearGaussianMechanism({"x": 3.0})})
+            >>> scm.average_causal_effect("y", {"x": 1.0}, {"x": 0.0}, n=1000, seed=0)
+            tensor(3.)
+        """
+        if target == self.graph.image_node or target not in self._order:
+            raise ValueError(f"target {target!r} is not an attribute node; choose one of {self._order}")
+        n = self._check_n(n)
+        arm_a, arm_b = self._check_do(do_a, n), self._check_do(do_b, n)
+        noise = self._prior_noise(n, _make_generator(seed))
+        ya = self._predict(noise, arm_a, n)[target]
+        yb = self._predict(noise, arm_b, n)[target]
+        spec = self.graph.spec(target)
+        if spec.kind == "categorical":
+            k = int(spec.cardinality or 2)
+            return (torch.nn.functional.one_hot(ya, k).to(self.dtype).mean(0)
+                    - torch.nn.functional.one_hot(yb, k).to(self.dtype).mean(0))
+        return ya.to(self.dtype).mean() - yb.to(self.dtype).mean()
+
+    # ---------------------------------------------------------------------------- likelihood
+    def _log_prob(self, values: Mapping[str, Tensor]) -> Tensor:
+        total = None
+        for node in self._order:
+            parents = {p: values[p] for p in self._parents[node]}
+            lp = self.mechanisms[node].log_prob(values[node], parents)
+            total = lp if total is None else total + lp
+        assert total is not None
+        return total
+
+    def log_prob(self, data: Mapping[str, Any]) -> Tensor:
+        """``log p(row)`` of each row: the sum over nodes of ``log p(node | parents)``, shape ``(B,)``.
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM, LinearGaussianMechanism
+            >>> scm = SCM(CausalGraph.from_dict({"nodes": {"x": {"kind": "real"}}, "edges": []}),
+            ...           {"x": LinearGaussianMechanism()})
+            >>> round(scm.log_prob({"x": torch.tensor([0.0])}).item(), 4)    # -log(sqrt(2 pi))
+            -0.9189
+        """
+        values, _ = self._check_values(data, "data")
+        return self._log_prob(values)
+
+    def fit(self, data: Mapping[str, Any], epochs: int = 60, lr: float = 3e-3, batch_size: int = 512,
+            seed: Seed = 0, progress: bool = True, weight_decay: float = 0.0) -> list[float]:
+        """Maximum likelihood on fully observed rows, with Adam and a cosine learning-rate decay.
+
+        The first fit sets data-dependent statistics (standardisation, class frequencies) via each
+        mechanism's ``initialize``; later fits continue training from the current weights.
+
+        Args:
+            data: node -> ``(N,)`` values or a pandas DataFrame with a column per attribute node
+                (extra image entries are ignored).
+            epochs: passes over the data.
+            lr: peak Adam learning rate.
+            batch_size: rows per step.
+            seed: int or ``torch.Generator`` for the shuffling.
+            progress: show a tqdm bar.
+            weight_decay: Adam weight decay.
+
+        Returns:
+            Mean negative log-likelihood per row, one value per epoch (one value in total when no
+            mechanism has parameters).
+
+        Example:
+            >>> import torch
+            >>> from scm import CausalGraph, SCM
+            >>> scm = SCM(CausalGraph.from_dict({"nodes": {"x": {"kind": "positive"}}, "edges": []}))
+            >>> hist = scm.fit({"x": torch.rand(500) + 0.1}, epochs=3, progress=False)
+            >>> len(hist)
+            3
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        values, n = self._check_values(data, "data")
+        gen = _make_generator(seed)
+        for node in self._order:
+            parents = {p: values[p] for p in self._parents[node]}
+            self.mechanisms[node].initialize(values[node], parents)
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            with torch.no_grad():
+                return [float(-self._log_prob(values).mean())]
+        steps_per_epoch = math.ceil(n / batch_size)
+        total = int(epochs) * steps_per_epoch
+        opt = torch.optim.Adam(params, lr=float(lr), weight_decay=float(weight_decay))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+        history: list[float] = []
+        was_training = self.training
+        self.train()
+        bar = tqdm(total=total, desc="fit scm", disable=not progress, leave=False)
+        try:
+            for epoch in range(int(epochs)):
+                perm = torch.randperm(n, generator=gen).to(self.device)
+                running, seen = 0.0, 0
+                for start in range(0, n, batch_size):
+                    idx = perm[start:start + batch_size]
+                    batch = {k: v[idx] for k, v in values.items()}
+                    loss = -self._log_prob(batch).mean()
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}; lower lr "
+                                                 f"(now {lr}) or check the data for extreme values")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, 10.0)
+                    opt.step()
+                    sched.step()
+                    running += float(loss.detach()) * idx.numel()
+                    seen += idx.numel()
+                    bar.update(1)
+                history.append(running / seen)
+                bar.set_postfix(nll=f"{history[-1]:.4f}")
+        finally:
+            bar.close()
+            self.train(was_training)
+        return history
+
+    # ------------------------------------------------------------------------------ save/load
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save to a directory: ``config.json`` (graph + mechanisms) and ``scm.safetensors``.
+
+        Each file is written to a temporary file and moved into place with ``os.replace``.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from scm import CausalGraph, SCM
+            >>> scm = SCM(CausalGraph.from_dict({"nodes": {"x": {"kind": "real"}}, "edges": []}))
+            >>> d = scm.save(tempfile.mkdtemp() + "/scm")
+            >>> sorted(p.name for p in d.iterdir())
+            ['config.json', 'scm.safetensors']
+        """
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format": _FORMAT, "format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
+            "scm": {**asdict(self.config), "hidden": list(self.config.hidden)},
+            "mechanisms": {n: {"type": mechanism_key(type(self.mechanisms[n])),
+                               "config": self.mechanisms[n].get_config()} for n in self._order},
+        }
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
+        _atomic_write(path / _WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": _FORMAT}))
+        _atomic_write(path / "config.json",
+                      lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], mechanisms: Mapping[str, Mechanism] | None = None,
+             map_location: str | torch.device = "cpu") -> "SCM":
+        """Load a directory written by :meth:`save`. Never unpickles.
+
+        Mechanism classes are looked up by their registered ``module:qualname``; custom classes must
+        be imported first, or passed (freshly constructed) through ``mechanisms``.
+
+        Raises:
+            ValueError: missing files, a foreign or newer format, an unregistered mechanism, or
+                weights whose names or shapes do not match the config.
+
+        Example:
+            >>> import tempfile, torch
+            >>> from scm import CausalGraph, SCM
+            >>> scm = SCM(CausalGraph.from_dict({"nodes": {"x": {"kind": "real"}}, "edges": []}))
+            >>> d = scm.save(tempfile.mkdtemp() + "/scm")
+            >>> SCM.load(d).graph == scm.graph
+            True
+        """
+        path = Path(path)
+        cfg_file, weights_file = path / "config.json", path / _WEIGHTS
+        for f in (cfg_file, weights_file):
+            if not f.is_file():
+                raise ValueError(f"{path} is not a saved SCM: {f.name} is missing (expected config.json and "
+                                 f"{_WEIGHTS}, as written by SCM.save)")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
+        if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
+            raise ValueError(f"{cfg_file} is not an SCM config (format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
+                             f"expected {_FORMAT!r})")
+        if int(cfg.get("format_version", 0)) > _FORMAT_VERSION:
+            raise ValueError(f"{cfg_file} has format_version {cfg['format_version']}, newer than this dcfg "
+                             f"({_FORMAT_VERSION}); upgrade dcfg")
+        graph = CausalGraph.from_dict(cfg["graph"])
+        overrides = dict(mechanisms or {})
+        settings = cfg.get("scm", {})
+        mechs: dict[str, Mechanism] = {}
+        with torch.random.fork_rng(devices=[]):  # constructors may draw initial weights; they are replaced
+            for node, entry in cfg.get("mechanisms", {}).items():
+                if node in overrides:
+                    mechs[node] = overrides.pop(node)
+                    continue
+                klass = registered_mechanism(entry["type"])
+                try:
+                    mechs[node] = klass(**entry.get("config", {}))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{cfg_file}: config of node {node!r} does not fit {entry['type']}: {e}") from e
+        if overrides:
+            raise ValueError(f"mechanisms has node(s) {sorted(overrides)} that the saved SCM does not have")
+        missing_nodes = [n for n in graph.attribute_nodes() if n not in mechs]
+        if missing_nodes:
+            raise ValueError(f"{cfg_file} has no mechanism for node(s) {missing_nodes}")
+        scm = cls(graph, mechanisms=mechs, hidden=tuple(settings.get("hidden", (32, 32))),
+                  count_bins=int(settings.get("count_bins", 8)), bound=float(settings.get("bound", 4.0)),
+                  seed=int(settings.get("seed", 0)))
+        state = load_file(str(weights_file), device=str(map_location))
+        expected = scm.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{weights_file} does not match {cfg_file}: missing weights {missing[:8]}, unexpected "
+                             f"weights {unexpected[:8]}; the directory mixes files of different SCMs")
+        for k, v in expected.items():
+            if tuple(state[k].shape) != tuple(v.shape):
+                raise ValueError(f"{weights_file} does not match {cfg_file}: weight {k!r} has shape "
+                                 f"{tuple(state[k].shape)}, the config implies {tuple(v.shape)}")
+        scm.load_state_dict(state, strict=True)
+        return scm.to(map_location)
+
+    # ------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _check_particles(p: Any) -> int:
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
+            raise ValueError(f"num_particles must be an integer >= 1, got {p!r}")
+        return int(p)
+
+    @staticmethod
+    def _check_n(n: Any) -> int:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        return int(n)
+
+    def extra_repr(self) -> str:
+        return f"nodes={self._order}"
+
+
+def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
