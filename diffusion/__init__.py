@@ -3,12 +3,16 @@
 * :class:`AttributeSpec`, :class:`ImageModelConfig`, :class:`TrainConfig`: frozen JSON configs.
 * :class:`AttributeSplitEmbedding`, :class:`ConditionalUNet`: the denoiser ``eps(x_t, t, attrs, keep_mask)``.
 * :func:`alphas_cumprod`: the float64 noise schedule of a config.
+* :func:`ddim_sample`, :func:`ddim_invert`: deterministic DDIM over any ``eps_fn(x, t)``, float64 updates.
+* :func:`cfg`, :func:`dcfg`, :func:`guided_eps_fn`: (decoupled) classifier-free guidance in one batched forward.
 * :func:`train`: DDPM training with per-group condition dropout, EMA, atomic resumable checkpoints, DDP.
 
 This package never imports ``scm`` or ``pipeline``.
 """
 from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
+from diffusion.ddim import ddim_invert, ddim_sample, ddim_timesteps
 from diffusion.embedding import AttributeSplitEmbedding
+from diffusion.guidance import cfg, check_groups, dcfg, guided_eps_fn
 from diffusion.model import ConditionalUNet
 from diffusion.schedule import alphas_cumprod
 from diffusion.training import TrainResult, train
@@ -21,5 +25,12 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "alphas_cumprod",
+    "cfg",
+    "check_groups",
+    "dcfg",
+    "ddim_invert",
+    "ddim_sample",
+    "ddim_timesteps",
+    "guided_eps_fn",
     "train",
 ]

@@ -38,8 +38,8 @@ def betas(num_train_timesteps: int, beta_schedule: str = "linear", beta_start: f
         A float64 tensor of shape ``(T,)``.
 
     Example:
-        >>> betas(4, "linear", 0.1, 0.4).tolist()
-        [0.1, 0.2, 0.30000000000000004, 0.4]
+        >>> [round(b, 6) for b in betas(4, "linear", 0.1, 0.4).tolist()]
+        [0.1, 0.2, 0.3, 0.4]
     """
     T = num_train_timesteps
     if beta_schedule == "linear":

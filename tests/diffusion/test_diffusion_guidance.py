@@ -1,0 +1,140 @@
+"""CFG and DCFG: the formula, one batched forward, the one-group case, and every validation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusion import ConditionalUNet, cfg, dcfg, guided_eps_fn
+
+from diffusion_helpers import random_attrs, tiny_config
+
+
+class Counting:
+    """Wraps an eps-model and records the batch size of every call."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, x, t, attrs, keep_mask):
+        self.calls.append(x.shape[0])
+        return self.model.eps(x, t, attrs, keep_mask)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    model = ConditionalUNet(tiny_config()).eval()
+    with torch.no_grad():  # larger conditioning weights so that the attributes visibly matter
+        model.embedding.proj.weight.mul_(5)
+    return model
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(4, 1, 8, 8, generator=g), torch.tensor([10, 200, 500, 900]), random_attrs(4, seed=4)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 3.0, -0.5])
+def test_dcfg_with_one_group_equals_cfg(net, batch, w):
+    x, t, attrs = batch
+    with torch.no_grad():
+        a = cfg(net.eps, x, t, attrs, w)
+        b = dcfg(net.eps, x, t, attrs, [list(attrs)], [w])
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_cfg_limits(net, batch):
+    x, t, attrs = batch
+    with torch.no_grad():
+        torch.testing.assert_close(cfg(net.eps, x, t, attrs, 1.0), net.eps(x, t, attrs), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(cfg(net.eps, x, t, attrs, 0.0), net.eps(x, t, {}), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups, weights", [
+    ([["thickness", "intensity"], ["digit"]], [3.0, 1.0]),
+    ([["thickness"], ["intensity"], ["digit"]], [2.0, 0.5, 4.0]),
+    ([["digit", "thickness"], ["intensity"]], [1.0, 1.0]),
+])
+def test_dcfg_matches_the_formula_and_uses_one_forward(net, batch, groups, weights):
+    x, t, attrs = batch
+    counting = Counting(net)
+    with torch.no_grad():
+        out = dcfg(counting, x, t, attrs, groups, weights)
+        # reference: separate unbatched evaluations of eps(null) and eps(c^(m))
+        e_null = net.eps(x, t, {})
+        ref = e_null + sum(w * (net.eps(x, t, {k: attrs[k] for k in g}) - e_null) for g, w in zip(groups, weights))
+    assert counting.calls == [(len(groups) + 1) * 4]  # all M + 1 evaluations in ONE batched forward
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # the guidance is not trivial: it differs from plain conditioning
+    assert not torch.allclose(out, net.eps(x, t, attrs), atol=1e-3)
+
+
+def test_cfg_uses_one_forward(net, batch):
+    x, t, attrs = batch
+    counting = Counting(net)
+    with torch.no_grad():
+        cfg(counting, x, t, attrs, 2.0)
+    assert counting.calls == [8]
+
+
+def test_dcfg_scalar_timestep(net, batch):
+    x, _, attrs = batch
+    with torch.no_grad():
+        a = dcfg(net.eps, x, 300, attrs, [["digit"], ["thickness", "intensity"]], [2.0, 1.0])
+        b = dcfg(net.eps, x, torch.full((4,), 300), attrs, [["digit"], ["thickness", "intensity"]], [2.0, 1.0])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_guided_eps_fn_modes(net, batch):
+    x, t, attrs = batch
+    groups = [["thickness"], ["intensity", "digit"]]
+    with torch.no_grad():
+        torch.testing.assert_close(guided_eps_fn(net, attrs)(x, t), net.eps(x, t, attrs))
+        torch.testing.assert_close(guided_eps_fn(net, attrs, "cfg", scale=2.5)(x, t), cfg(net.eps, x, t, attrs, 2.5))
+        torch.testing.assert_close(guided_eps_fn(net, attrs, "dcfg", 2.0, groups, [3.0, 1.0])(x, t),
+                                   dcfg(net.eps, x, t, attrs, groups, [3.0, 1.0]))
+        # weights default to the scale for every group
+        torch.testing.assert_close(guided_eps_fn(net, attrs, "dcfg", 2.0, groups)(x, t),
+                                   dcfg(net.eps, x, t, attrs, groups, [2.0, 2.0]))
+
+
+@pytest.mark.parametrize("groups, weights, exc, match", [
+    ([["thickness"], ["digit"]], [1.0, 1.0], ValueError, r"\['intensity'\] are in no group"),
+    ([["thickness", "intensity"], ["digit", "thickness"]], [1.0, 1.0], ValueError,
+     r"\['thickness'\] appear in several groups"),
+    ([["thickness", "intensity", "digit", "slant"]], [1.0], ValueError,
+     r"groups name \['slant'\], which are not among the conditioned attributes"),
+    ([["thickness", "intensity", "digit"], []], [1.0, 1.0], ValueError, "contain an empty group"),
+    ([["thickness", "intensity", "digit"]], [1.0, 2.0], ValueError, "got 2 weights for 1 groups"),
+    ([["thickness", "intensity", "digit"]], [float("inf")], ValueError, r"weights\[0\]=inf must be a finite number"),
+    (["thickness"], [1.0], TypeError, "each group must be a list of attribute names"),
+])
+def test_dcfg_validation(net, batch, groups, weights, exc, match):
+    x, t, attrs = batch
+    with pytest.raises(exc, match=match):
+        dcfg(net.eps, x, t, attrs, groups, weights)
+    with pytest.raises(exc, match=match):  # the closure validates up front, before any model call
+        guided_eps_fn(net, attrs, "dcfg", groups=groups, weights=weights)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(guidance="cfgg"), "guidance='cfgg' is not one of"),
+    (dict(guidance="dcfg"), "guidance='dcfg' needs groups"),
+    (dict(guidance="cfg", groups=[["digit"]]), "groups/weights only apply to guidance='dcfg'"),
+    (dict(guidance="cfg", scale=float("nan")), "scale=nan must be a finite number"),
+])
+def test_guided_eps_fn_validation(net, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        guided_eps_fn(net, random_attrs(2), **kwargs)
+
+
+def test_dcfg_on_a_subset_of_attributes(net, batch):
+    """Attributes left out of attrs are unconditioned; the groups then partition only the rest."""
+    x, t, attrs = batch
+    sub = {k: attrs[k] for k in ("digit", "thickness")}
+    with torch.no_grad():
+        out = dcfg(net.eps, x, t, sub, [["digit"], ["thickness"]], [1.0, 1.0])
+        e_null = net.eps(x, t, {})
+        ref = net.eps(x, t, {"digit": sub["digit"]}) + net.eps(x, t, {"thickness": sub["thickness"]}) - e_null
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
