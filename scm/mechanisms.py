@@ -329,7 +329,7 @@ class FlowMechanism(Mechanism):
 
     def noise_distribution(self, n: int, device: torch.device | None = None,
                            dtype: torch.dtype = torch.float32) -> dist.Distribution:
-        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0)
+        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0, validate_args=False)
 
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         y = noise.to(self.standardize.loc.dtype).unsqueeze(-1)
@@ -421,7 +421,7 @@ class GumbelMaxMechanism(Mechanism):
     def noise_distribution(self, n: int, device: torch.device | None = None,
                            dtype: torch.dtype = torch.float32) -> dist.Distribution:
         zeros = torch.zeros(n, self.cardinality, device=device, dtype=torch.float64)
-        return dist.Gumbel(zeros, 1.0).to_event(1)
+        return dist.Gumbel(zeros, 1.0, validate_args=False).to_event(1)
 
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         logits = self.logits(parents, noise.shape[0]).to(torch.float64)
@@ -549,7 +549,7 @@ class LinearGaussianMechanism(Mechanism):
 
     def noise_distribution(self, n: int, device: torch.device | None = None,
                            dtype: torch.dtype = torch.float32) -> dist.Distribution:
-        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0)
+        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0, validate_args=False)
 
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         return self._mean(parents, noise) + self.scale * noise
@@ -606,7 +606,7 @@ class AffineSigmoidMechanism(Mechanism):
 
     def noise_distribution(self, n: int, device: torch.device | None = None,
                            dtype: torch.dtype = torch.float32) -> dist.Distribution:
-        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0)
+        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0, validate_args=False)
 
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         z = self.noise_scale * noise + self._loc(parents, noise)
@@ -684,7 +684,7 @@ class GammaMechanism(Mechanism):
     def noise_distribution(self, n: int, device: torch.device | None = None,
                            dtype: torch.dtype = torch.float32) -> dist.Distribution:
         conc = torch.full((n,), self.concentration, device=device, dtype=dtype)
-        return dist.Gamma(conc, self.rate)
+        return dist.Gamma(conc, self.rate, validate_args=False)
 
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         return self.shift + noise

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Union
 
 import pyro
 import pyro.poutine as poutine
+from pyro.poutine.messenger import Messenger
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -377,26 +378,23 @@ class SCM(nn.Module):
         return self._predict({k: v.to(self.device) for k, v in noise.items()}, interventions, n)
 
     def _predict(self, noise: dict[str, Tensor], do: dict[str, Tensor | Callable], n: int) -> dict[str, Tensor]:
+        # Abducted (or prior) noise fixes every exogenous site.
         conditioned = poutine.condition(self.model, data={noise_site(k): v for k, v in noise.items()})
-        # Action: resolve callables in topological order, each from the node's pre-intervention value.
-        fixed: dict[str, Tensor] = {}
-        for node in self._order:
-            if node not in do:
-                continue
-            value = do[node]
-            if callable(value) and not isinstance(value, Tensor):
-                trace = poutine.trace(poutine.do(conditioned, data=dict(fixed))).get_trace(n)
-                natural = trace.nodes[node]["value"]
-                try:
-                    result = value(natural)
-                except Exception as e:  # noqa: BLE001 - re-raised with the node's name
-                    raise ValueError(f"the do callable of node {node!r} failed on its (n,) tensor of "
-                                     f"pre-intervention values: {e}") from e
-                value = self._check_do({node: result}, n)[node]
-                assert isinstance(value, Tensor)
-            fixed[node] = value.expand(n) if value.dim() == 0 else value
-        # Prediction: the conditioned program under poutine.do.
-        return poutine.do(conditioned, data=fixed)(n) if fixed else conditioned(n)
+        # Action: constant interventions now; callable ones are filled in at their site, from the
+        # value the node would take there, by _ResolveCallables just before poutine.do reads them.
+        fixed: dict[str, Tensor] = {k: (v.expand(n) if v.dim() == 0 else v)
+                                    for k, v in do.items() if isinstance(v, Tensor)}
+        shifts = {k: v for k, v in do.items() if not isinstance(v, Tensor)}
+        if shifts:
+            check = lambda node, value: self._as_intervention(node, value, n)  # noqa: E731
+            conditioned = _ResolveCallables(shifts, fixed, check)(conditioned)
+        # Prediction: run the program forward.
+        return poutine.do(conditioned, data=fixed)(n) if do else conditioned(n)
+
+    def _as_intervention(self, node: str, value: Any, n: int) -> Tensor:
+        t = self._check_do({node: value}, n)[node]
+        assert isinstance(t, Tensor)
+        return t.expand(n) if t.dim() == 0 else t
 
     @torch.no_grad()
     def counterfactual(self, obs: Mapping[str, Any], do: Mapping[str, DoValue],
@@ -745,6 +743,31 @@ class SCM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"nodes={self._order}"
+
+
+class _ResolveCallables(Messenger):
+    """Evaluate callable interventions at their own site, for the ``poutine.do`` outside it.
+
+    It must sit inside ``poutine.do(..., data=fixed)`` (so it sees each site first). At the value
+    site of a node with a callable ``f``, the site's value is the node's pre-intervention value
+    ``x`` (computed from the noise and the already-intervened parents); it stores ``f(x)`` in the
+    shared ``fixed`` dict, which ``poutine.do`` then applies as an ordinary intervention.
+    """
+
+    def __init__(self, shifts: Mapping[str, Callable], fixed: dict[str, Tensor],
+                 check: Callable[[str, Any], Tensor]) -> None:
+        super().__init__()
+        self.shifts, self.fixed, self.check = shifts, fixed, check
+
+    def _pyro_sample(self, msg: Any) -> None:
+        name = msg["name"]
+        if name in self.shifts and name not in self.fixed:
+            try:
+                result = self.shifts[name](msg["value"])
+            except Exception as e:  # noqa: BLE001 - re-raised with the node's name
+                raise ValueError(f"the do callable of node {name!r} failed on its (n,) tensor of pre-intervention "
+                                 f"values: {type(e).__name__}: {e}") from e
+            self.fixed[name] = self.check(name, result)
 
 
 def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
