@@ -1,0 +1,396 @@
+"""The whole counterfactual query: a Pyro SCM for the attributes plus a diffusion image mechanism.
+
+The three steps of a counterfactual (Pearl), as :meth:`CounterfactualPipeline.counterfactual` runs them:
+
+1. **Abduction.** ``scm.abduct(parents)`` gives the exogenous noise of every attribute, and DDIM
+   inversion of the image under its factual parents gives the image noise ``x_T``.
+2. **Action.** ``do`` is applied to the SCM (``pyro.poutine.do`` inside ``scm.predict``).
+3. **Prediction.** The modified SCM maps the noise to the counterfactual parents; ``x_T`` is decoded
+   under them with DDIM and (decoupled) classifier-free guidance. DCFG's default groups come from the
+   DAG: the intervened nodes and their descendants are amplified, the other parents are anchored.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from diffusion import ConditionalUNet, ddim_invert, ddim_sample, guided_eps_fn
+from scm import SCM, CausalGraph
+
+from .groups import derive_groups, resolve_guidance
+
+DoValue = float | int | Tensor | Callable[[Tensor], Tensor]
+
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CounterfactualResult:
+    """The answer to a counterfactual query.
+
+    Attributes:
+        image: counterfactual images, (B, C, H, W) in [-1, 1].
+        parents: counterfactual attributes, name -> (B,) tensor (every SCM node).
+        groups: guidance groups used to decode, name lists, with ``weights`` beside them.
+        weights: guidance weight of each group.
+        noise: abducted exogenous noise: every attribute's noise, plus ``"x_T"`` for the image.
+        factual_parents: the attributes the query started from.
+    """
+
+    image: Tensor
+    parents: dict[str, Tensor]
+    groups: list[list[str]]
+    weights: list[float]
+    noise: dict[str, Tensor]
+    factual_parents: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Defaults of a pipeline, saved in its ``config.json``.
+
+    Attributes:
+        guidance: default guidance method (``"dcfg"``, ``"cfg"`` or ``"none"``).
+        scale: default guidance scale of the affected group (DCFG) or global scale (CFG).
+        steps: default number of DDIM steps for inversion and decoding.
+        invariant_weight: DCFG weight of the invariant group.
+        chunk_size: rows per batched forward; large queries are processed in chunks of this size so
+            that peak memory does not grow with the number of images.
+    """
+
+    guidance: str = "dcfg"
+    scale: float = 3.0
+    steps: int = 50
+    invariant_weight: float = 1.0
+    chunk_size: int = 256
+
+
+class CounterfactualPipeline:
+    """SCM + conditional diffusion model answering image counterfactual queries.
+
+    Args:
+        graph: the causal graph; must contain exactly one image node whose parents are the
+            attributes the image model is conditioned on.
+        scm: the attribute SCM over the graph's non-image nodes.
+        image_model: the conditional denoiser; its attribute names must equal the image's parents.
+        config: defaults for guidance, scale, steps.
+        classifier: optional anti-causal digit/attribute classifier stored beside the model (used
+            by evaluation).
+
+    Example:
+        >>> pipe = CounterfactualPipeline.pretrained()  # doctest: +SKIP
+        >>> from pipeline.datasets import MorphoMNIST  # doctest: +SKIP
+        >>> ds = MorphoMNIST("test", samples_per_digit=1)  # doctest: +SKIP
+        >>> x, a = ds.images[:4], {k: v[:4] for k, v in ds.attributes.items()}  # doctest: +SKIP
+        >>> res = pipe.counterfactual(x, a, do={"thickness": 4.0}, steps=20)  # doctest: +SKIP
+        >>> res.image.shape  # doctest: +SKIP
+        torch.Size([4, 1, 28, 28])
+    """
+
+    def __init__(self, graph: CausalGraph, scm: SCM, image_model: ConditionalUNet,
+                 config: PipelineConfig | None = None, classifier: torch.nn.Module | None = None):
+        if graph.image_node is None:
+            raise ValueError("the graph has no node of kind 'image'; a pipeline needs one")
+        model_attrs = [a.name for a in image_model.config.attributes]
+        parents = list(graph.image_parents())
+        if sorted(model_attrs) != sorted(parents):
+            raise ValueError(
+                f"the image model is conditioned on {model_attrs}, but the image node "
+                f"{graph.image_node!r} has parents {parents}; they must be the same attributes")
+        self.graph = graph
+        self.scm = scm
+        self.image_model = image_model
+        self.config = config or PipelineConfig()
+        self.classifier = classifier
+
+    # ------------------------------------------------------------------ validation
+    def _check_images(self, images: Any) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a torch.Tensor of shape (B, C, H, W) in [-1, 1], "
+                            f"got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be a float tensor in [-1, 1], got dtype {images.dtype}; "
+                            f"convert uint8 with `x.float() / 127.5 - 1`")
+        shape = tuple(self.graph.spec(self.graph.image_node).shape)
+        if images.dim() == len(shape):
+            raise ValueError(f"images must be batched (B, {', '.join(map(str, shape))}); got "
+                             f"{tuple(images.shape)}: add a batch dimension with `x[None]`")
+        if images.dim() != len(shape) + 1 or tuple(images.shape[1:]) != shape:
+            raise ValueError(f"images have shape {tuple(images.shape)}, but the image node "
+                             f"{self.graph.image_node!r} expects (B, {', '.join(map(str, shape))})")
+        if images.shape[0] == 0:
+            raise ValueError("images is an empty batch (B=0)")
+        if not torch.isfinite(images).all():
+            raise ValueError("images contain NaN or inf values")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1.001 or hi > 1.001:
+            raise ValueError(f"image values span [{lo:.3g}, {hi:.3g}], outside [-1, 1]; rescale "
+                             f"0..255 images with `x / 127.5 - 1` and [0, 1] ones with `2 * x - 1`")
+        return images.clamp(-1.0, 1.0)
+
+    def _check_parents(self, parents: Mapping[str, Any], batch: int) -> dict[str, Tensor]:
+        if not isinstance(parents, Mapping):
+            raise TypeError(f"parents must be a dict of node name -> tensor (B,), got "
+                            f"{type(parents).__name__}")
+        needed = list(self.graph.attribute_nodes())
+        unknown = [k for k in parents if k not in needed]
+        if unknown:
+            raise ValueError(f"parents has unknown node(s) {unknown}; the attribute nodes are {needed}")
+        missing = [k for k in needed if k not in parents]
+        if missing:
+            raise ValueError(f"parents is missing node(s) {missing}: the SCM needs every attribute "
+                             f"{needed} to abduct its noise")
+        out: dict[str, Tensor] = {}
+        for k in needed:
+            v = torch.as_tensor(parents[k])
+            if v.dim() == 0:
+                v = v.expand(batch)
+            if v.dim() != 1 or v.shape[0] != batch:
+                raise ValueError(f"parents[{k!r}] has shape {tuple(v.shape)}, expected ({batch},) "
+                                 f"to match the {batch} images")
+            out[k] = v
+        return out
+
+    def _check_do(self, do: Mapping[str, Any] | None) -> dict[str, Any]:
+        if do is None:
+            return {}
+        if not isinstance(do, Mapping):
+            raise TypeError(f"do must be a dict of node name -> value, got {type(do).__name__}")
+        image = self.graph.image_node
+        for k in do:
+            if k == image:
+                raise ValueError(f"cannot intervene on the image node {k!r}: intervene on its "
+                                 f"parents {list(self.graph.image_parents())} instead")
+            if k not in self.graph.attribute_nodes():
+                raise ValueError(f"do names unknown node {k!r}; the attribute nodes are "
+                                 f"{list(self.graph.attribute_nodes())}")
+        return dict(do)
+
+    # ------------------------------------------------------------------ the query
+    def counterfactual(
+        self,
+        images: Tensor,
+        parents: Mapping[str, Any],
+        do: Mapping[str, DoValue] | None = None,
+        guidance: str | None = None,
+        scale: float | None = None,
+        groups: Sequence[Sequence[str]] | str | None = None,
+        weights: Sequence[float] | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+        invariant_weight: float | None = None,
+        chunk_size: int | None = None,
+        progress: bool = False,
+    ) -> CounterfactualResult:
+        """Answer "what would these images look like under ``do``?".
+
+        Args:
+            images: factual images (B, C, H, W) in [-1, 1].
+            parents: factual attributes, every attribute node -> (B,) tensor (or a scalar).
+            do: interventions, node -> number (broadcast), (B,) tensor, or a callable of the factual
+                value (a shift, e.g. ``lambda t: t + 1``). ``{}`` or ``None`` is the null query.
+            guidance: ``"dcfg"`` (default), ``"cfg"`` (one global scale) or ``"none"``.
+            scale: weight of the affected group (DCFG) or global weight (CFG).
+            groups: DCFG groups: ``None``/``"dag"`` (affected/invariant from the DAG),
+                ``"per_attribute"``, or explicit lists of image-parent names.
+            weights: one weight per explicit group.
+            steps: DDIM steps used for both inversion and decoding.
+            seed: seed for the SCM's abduction of discrete noise.
+            invariant_weight: DCFG weight of the invariant group (default 1.0: conditioned, not
+                amplified).
+            chunk_size: rows per batched network call.
+            progress: show tqdm bars.
+
+        Returns:
+            A :class:`CounterfactualResult`.
+        """
+        cfg = self.config
+        guidance = cfg.guidance if guidance is None else guidance
+        scale = cfg.scale if scale is None else scale
+        steps = cfg.steps if steps is None else steps
+        invariant_weight = cfg.invariant_weight if invariant_weight is None else invariant_weight
+        chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
+        images = self._check_images(images)
+        batch = images.shape[0]
+        parents = self._check_parents(parents, batch)
+        do = self._check_do(do)
+        group_lists, group_weights = resolve_guidance(
+            self.graph, list(do), guidance, scale, groups, weights, invariant_weight)
+
+        # 1. Abduction (attributes): exogenous noise of every attribute node.
+        u = self.scm.abduct(parents, seed=seed)
+        # 2. Action + 3. Prediction (attributes): push the noise through the intervened SCM.
+        cf_parents = self.scm.predict(u, do=do)
+        image_parents = list(self.graph.image_parents())
+
+        device = images.device
+        out_images, x_T_all = [], []
+        for start in range(0, batch, chunk_size):
+            sl = slice(start, start + chunk_size)
+            x0 = images[sl]
+            fact = {k: parents[k][sl].to(device) for k in image_parents}
+            cf = {k: cf_parents[k][sl].to(device) for k in image_parents}
+            # 1. Abduction (image): DDIM inversion under the factual parents, no guidance.
+            x_T = self.invert(x0, fact, steps=steps, progress=progress)
+            # 3. Prediction (image): decode x_T under the counterfactual parents with guidance.
+            x_cf = self.decode(x_T, cf, guidance=guidance, groups=group_lists,
+                               weights=group_weights, steps=steps, progress=progress)
+            out_images.append(x_cf)
+            x_T_all.append(x_T)
+        noise = {k: v for k, v in u.items()}
+        noise["x_T"] = torch.cat(x_T_all)
+        return CounterfactualResult(
+            image=torch.cat(out_images), parents=cf_parents, groups=group_lists,
+            weights=group_weights, noise=noise, factual_parents=parents)
+
+    # ------------------------------------------------------------------ image mechanism
+    def _alphas(self, device: torch.device) -> Tensor:
+        return self.image_model.alphas_cumprod.to(device)
+
+    @torch.no_grad()
+    def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int | None = None,
+               progress: bool = False) -> Tensor:
+        """DDIM-invert images to their noise ``x_T`` under the given parents (no guidance)."""
+        steps = self.config.steps if steps is None else steps
+        eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
+        return ddim_invert(eps_fn, images, self._alphas(images.device), steps, progress=progress)
+
+    @torch.no_grad()
+    def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str = "none",
+               groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
+               scale: float = 1.0, steps: int | None = None, progress: bool = False) -> Tensor:
+        """DDIM-decode ``x_T`` under ``parents`` with no guidance, CFG or DCFG."""
+        steps = self.config.steps if steps is None else steps
+        if guidance == "dcfg":
+            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="dcfg",
+                                   groups=[list(g) for g in groups], weights=list(weights))
+        elif guidance == "cfg":
+            w = weights[0] if weights else scale
+            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=w)
+        else:
+            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
+        out = ddim_sample(eps_fn, x_T, self._alphas(x_T.device), steps, progress=progress)
+        return out.clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def sample(self, n: int, parents: Mapping[str, Any] | None = None, guidance: str = "cfg",
+               scale: float = 1.0, steps: int | None = None, seed: int | None = None,
+               progress: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """Draw images from the model: parents from the SCM (or fixed), noise from N(0, I).
+
+        Args:
+            n: number of images.
+            parents: optional fixed attribute values (scalars or (n,) tensors) for some nodes; the
+                others are sampled from the SCM given them (by intervention).
+            guidance: ``"none"`` or ``"cfg"`` (one global scale).
+            scale: CFG scale.
+            steps: DDIM steps.
+            seed: seed of the SCM draw and the image noise.
+
+        Returns:
+            ``(images, attributes)``.
+        """
+        steps = self.config.steps if steps is None else steps
+        do = self._check_do(parents or {})
+        attrs = self.scm.interventional_samples(do, n, seed=seed) if do else self.scm.sample(n, seed=seed)
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        shape = tuple(self.graph.spec(self.graph.image_node).shape)
+        x_T = torch.randn((n, *shape), generator=gen)
+        cond = {k: attrs[k] for k in self.graph.image_parents()}
+        if guidance == "cfg":
+            eps_fn = guided_eps_fn(self.image_model, cond, guidance="cfg", scale=scale)
+        elif guidance == "none":
+            eps_fn = guided_eps_fn(self.image_model, cond, guidance="none")
+        else:
+            raise ValueError(f"guidance={guidance!r} for sampling must be 'none' or 'cfg'")
+        x = ddim_sample(eps_fn, x_T, self._alphas(x_T.device), steps, progress=progress)
+        return x.clamp(-1.0, 1.0), attrs
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to a directory: ``config.json``, ``scm/``, ``image_model/`` (and ``classifier/``).
+
+        The directory is written next to its final place and renamed into it, so a crash never
+        leaves a half-written pipeline.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            cfg = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
+                   "pipeline": self.config.__dict__,
+                   "classifier": self.classifier is not None}
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+            self.scm.save(tmp / "scm")
+            self.image_model.save_pretrained(tmp / "image_model")
+            if self.classifier is not None:
+                self.classifier.save_pretrained(tmp / "classifier")
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "CounterfactualPipeline":
+        """Load a pipeline saved with :meth:`save` (never unpickles)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ValueError(f"pipeline directory {str(path)!r} does not exist; pass a directory "
+                             f"written by CounterfactualPipeline.save()")
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise ValueError(f"{str(path)!r} has no config.json: it is not a saved pipeline")
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        if cfg.get("format_version") != _FORMAT_VERSION:
+            raise ValueError(f"{cfg_file}: format_version {cfg.get('format_version')!r} is not "
+                             f"supported (expected {_FORMAT_VERSION})")
+        graph = CausalGraph.from_dict(cfg["graph"])
+        scm = SCM.load(path / "scm")
+        if scm.graph.to_dict() != graph.to_dict():
+            raise ValueError(f"{path}: the SCM's graph does not match the pipeline's config.json "
+                             f"graph; the directory is inconsistent")
+        image_model = ConditionalUNet.from_pretrained(path / "image_model").to(device).eval()
+        classifier = None
+        if cfg.get("classifier"):
+            from .classifier import DigitClassifier
+            classifier = DigitClassifier.from_pretrained(path / "classifier").to(device).eval()
+        known = set(PipelineConfig.__dataclass_fields__)
+        pcfg = PipelineConfig(**{k: v for k, v in cfg.get("pipeline", {}).items() if k in known})
+        return cls(graph, scm, image_model, pcfg, classifier)
+
+    @classmethod
+    def pretrained(cls, device: str | torch.device = "cpu") -> "CounterfactualPipeline":
+        """The bundled Morpho-MNIST pipeline, read from package data (offline)."""
+        from importlib import resources
+
+        root = resources.files("pipeline") / "pretrained" / "morphomnist"
+        with resources.as_file(root) as p:
+            if not (Path(p) / "config.json").is_file():
+                raise ValueError(
+                    "the bundled Morpho-MNIST pipeline is missing from this installation "
+                    f"({p}); reinstall dcfg or train one with `dcfg train --dataset morphomnist`")
+            return cls.load(p, device=device)

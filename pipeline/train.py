@@ -1,0 +1,184 @@
+"""Training a whole pipeline: the attribute SCM, the image mechanism and the oracle classifier.
+
+Each stage writes its result into ``out_dir`` and is skipped when resuming if its result is already
+there, so ``train_pipeline(..., resume=True)`` after an interruption continues where it stopped:
+
+1. ``scm/``: the SCM fitted by maximum likelihood on the observational attributes;
+2. ``image_model_run/``: the diffusion model's training run (atomic checkpoints, ``loss.csv``);
+3. ``pipeline/``: the assembled :class:`~pipeline.core.CounterfactualPipeline` (EMA weights).
+
+Example:
+    >>> # the bundled model, resumable (hours on 2 CPU cores):
+    >>> train_morphomnist("runs/morpho", steps=20000, resume=True)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig, TrainConfig
+from diffusion import train as train_diffusion
+from scm import SCM, CausalGraph
+
+from .core import CounterfactualPipeline, PipelineConfig
+
+#: The image model used for the bundled Morpho-MNIST pipeline: about 1M parameters, no self-attention
+#: at 14x14 (it doubles the step time on 2 CPU cores), attention only at 7x7 and in the middle block.
+MORPHO_IMAGE_MODEL = dict(block_out_channels=(32, 64, 64), layers_per_block=1, block_dim=32,
+                          attention_levels=(False, False, True), mid_attention=True)
+
+
+def image_model_config_for(graph: CausalGraph, attributes: Mapping[str, Tensor],
+                           **overrides: Any) -> ImageModelConfig:
+    """An :class:`ImageModelConfig` conditioned on the image's parents, standardised on ``attributes``.
+
+    Continuous parents (real, positive, interval) get the training mean and std; binary and
+    categorical parents become categorical attributes.
+    """
+    specs = []
+    for name in graph.image_parents():
+        node = graph.spec(name)
+        if node.kind in ("categorical", "binary"):
+            specs.append(AttributeSpec(name, "categorical",
+                                       cardinality=2 if node.kind == "binary" else int(node.cardinality)))
+        else:
+            v = torch.as_tensor(attributes[name], dtype=torch.float64)
+            std = float(v.std()) if v.numel() > 1 else 1.0
+            specs.append(AttributeSpec(name, "continuous", mean=float(v.mean()),
+                                       std=std if std > 0 else 1.0))
+    shape = tuple(int(s) for s in graph.spec(graph.image_node).shape)
+    return ImageModelConfig(image_shape=shape, attributes=tuple(specs), **overrides)
+
+
+def train_pipeline(
+    graph: CausalGraph,
+    attribute_data: Mapping[str, Tensor],
+    image_dataset: torch.utils.data.Dataset,
+    out_dir: str | os.PathLike,
+    *,
+    image_config: ImageModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    scm: SCM | None = None,
+    scm_fit: Mapping[str, Any] | None = None,
+    pipeline_config: PipelineConfig | None = None,
+    classifier: torch.nn.Module | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> CounterfactualPipeline:
+    """Fit the SCM, train the image model and assemble the pipeline, resumably.
+
+    Args:
+        graph: the causal graph with one image node.
+        attribute_data: observational attributes for the SCM (name -> (N,) tensor).
+        image_dataset: items ``(image (C,H,W) in [-1,1], attrs dict)`` for the diffusion model;
+            its attributes may be drawn more widely than the SCM's (see BENCHMARK lesson 2).
+        out_dir: run directory (created).
+        image_config: the denoiser's config; by default standardised on ``image_dataset.attributes``
+            (or ``attribute_data``) with :data:`MORPHO_IMAGE_MODEL`'s backbone.
+        train_config: diffusion training settings.
+        scm: an SCM to fit (default ``SCM(graph)``); ``scm_fit`` are keyword arguments of ``fit``.
+        pipeline_config: defaults saved with the pipeline.
+        classifier: optional oracle classifier saved beside the model.
+        resume: reuse finished stages and continue the diffusion run from its last checkpoint.
+        progress: tqdm bars.
+
+    Returns:
+        The trained pipeline (also saved to ``out_dir/pipeline``).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_config = train_config or TrainConfig()
+
+    # Stage 1: the attribute SCM.
+    scm_dir = out / "scm"
+    if resume and (scm_dir / "config.json").is_file():
+        scm = SCM.load(scm_dir)
+    else:
+        scm = scm if scm is not None else SCM(graph)
+        scm.fit(dict(attribute_data), progress=progress, **dict(scm_fit or {}))
+        scm.save(scm_dir)
+
+    # Stage 2: the image mechanism.
+    run_dir = out / "image_model_run"
+    if image_config is None:
+        attrs = getattr(image_dataset, "attributes", None) or attribute_data
+        image_config = image_model_config_for(graph, attrs, **MORPHO_IMAGE_MODEL)
+    train_diffusion(image_config, train_config, image_dataset, run_dir, resume=resume,
+                    progress=progress)
+    image_model = ConditionalUNet.from_pretrained(_final_model_dir(run_dir)).eval()
+
+    # Stage 3: assemble and save.
+    pipe = CounterfactualPipeline(graph, scm, image_model, pipeline_config, classifier)
+    pipe.save(out / "pipeline")
+    return pipe
+
+
+def _final_model_dir(run_dir: Path) -> Path:
+    for name in ("model", "ema", "final"):
+        if (run_dir / name / "config.json").is_file():
+            return run_dir / name
+    raise ValueError(f"{run_dir}: no trained model directory found after training")
+
+
+def train_morphomnist(
+    out_dir: str | os.PathLike,
+    *,
+    steps: int = 20000,
+    batch_size: int = 64,
+    samples_per_digit: int = 16,
+    scm_samples_per_digit: int = 5,
+    dropout_mode: str = "per_group",
+    p_attr: float = 0.35,
+    p_all: float = 0.1,
+    lr: float = 3e-4,
+    ema_decay: float = 0.9995,
+    ckpt_every: int = 250,
+    seed: int = 0,
+    classifier_epochs: int = 10,
+    root: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> CounterfactualPipeline:
+    """Train the Morpho-MNIST pipeline of BENCHMARK.md (the bundled model's recipe).
+
+    * SCM data: the training source digits with attributes from the benchmark's SCM
+      (``scm_samples_per_digit`` draws per digit).
+    * Image data: the same training digits rendered with thickness and intensity drawn
+      independently (``samples_per_digit`` renders per digit), so that the model learns
+      p(x | parents) over the whole product of the parents' ranges.
+    * The digit classifier (the benchmark's oracle) on the image data, checked on the test digits.
+    """
+    from .classifier import DigitClassifier, train_classifier
+    from .datasets import MorphoMNIST
+    from .presets import morphomnist_graph
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    graph = morphomnist_graph()
+    scm_data = MorphoMNIST("train", root=root, samples_per_digit=scm_samples_per_digit, seed=seed,
+                           attribute_sampling="scm", progress=progress)
+    image_data = MorphoMNIST("train", root=root, samples_per_digit=samples_per_digit, seed=seed + 1,
+                             attribute_sampling="independent", progress=progress)
+
+    clf_dir = out / "classifier"
+    if resume and (clf_dir / "model.safetensors").is_file():
+        classifier = DigitClassifier.from_pretrained(clf_dir)
+    else:
+        test = MorphoMNIST("test", root=root, samples_per_digit=1, seed=seed + 2,
+                           attribute_sampling="scm", progress=progress)
+        classifier, history = train_classifier(
+            image_data.images, image_data.attributes["digit"], epochs=classifier_epochs, seed=seed,
+            val=(test.images, test.attributes["digit"]), progress=progress)
+        classifier.save_pretrained(clf_dir)
+        (clf_dir / "history.json").write_text(json.dumps(history, indent=2))
+
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+                       dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
+    return train_pipeline(graph, scm_data.attributes, image_data, out, train_config=tcfg,
+                          scm_fit={}, classifier=classifier, resume=resume, progress=progress)
