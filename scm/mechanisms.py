@@ -66,7 +66,10 @@ from scm.graph import NodeSpec
 from scm.support import support_transform
 
 _REGISTRY: dict[str, type["Mechanism"]] = {}
-_SOFTPLUS_INV_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_INV_ONE) == 1
+# Pyro's splines add min_derivative = 1e-3 to softplus(raw); this raw value gives knot slopes of 1.
+_SPLINE_SLOPE_ONE = math.log(math.expm1(1.0 - 1e-3))
+# The conditional affine adds 1e-4 to softplus(raw); this offset makes its initial scale 1.
+_AFFINE_SCALE_ONE = math.log(math.expm1(1.0 - 1e-4))
 
 
 def mechanism_key(cls: type) -> str:
@@ -234,7 +237,7 @@ class ConditionalAffine(ConditionalTransformModule):
     def condition(self, context: Tensor) -> T.Transform:
         out = self.linear(context) + self.net(context)
         loc, raw = out[..., :1], out[..., 1:]
-        scale = F.softplus(raw + _SOFTPLUS_INV_ONE) + 1e-4
+        scale = F.softplus(raw + _AFFINE_SCALE_ONE) + 1e-4
         return T.AffineTransform(loc, scale)
 
 
@@ -292,7 +295,7 @@ class FlowMechanism(Mechanism):
         self.standardize = _Standardize()
         self.register_buffer("initialized", torch.tensor(False))
         k = self.count_bins
-        identity_bias = [0.0] * k + [0.0] * k + [_SOFTPLUS_INV_ONE] * (k - 1)
+        identity_bias = [0.0] * k + [0.0] * k + [_SPLINE_SLOPE_ONE] * (k - 1)
         if self.parent_specs:
             hyper = DenseNN(self.encoder.dim, self.hidden, param_dims=[k, k, k - 1])
             _zero_last(hyper, identity_bias)
@@ -303,7 +306,7 @@ class FlowMechanism(Mechanism):
             with torch.no_grad():
                 spline.unnormalized_widths.zero_()
                 spline.unnormalized_heights.zero_()
-                spline.unnormalized_derivatives.fill_(_SOFTPLUS_INV_ONE)
+                spline.unnormalized_derivatives.fill_(_SPLINE_SLOPE_ONE)
             self.spline = spline
             self.affine = None
 
