@@ -5,6 +5,9 @@ Example:
     >>> images, labels = load_mnist5k()
     >>> train_idx, test_idx = mnist5k_split()
 """
+from pipeline.datasets import morpho_equations
 from pipeline.datasets.mnist import MNIST5K_SPLIT_SEED, load_mnist5k, load_mnist_folder, mnist5k_split, read_idx
+from pipeline.datasets.morpho import RENDER_VERSION, MorphoMNIST, default_cache_dir, render
 
-__all__ = ["MNIST5K_SPLIT_SEED", "load_mnist5k", "load_mnist_folder", "mnist5k_split", "read_idx"]
+__all__ = ["MNIST5K_SPLIT_SEED", "load_mnist5k", "load_mnist_folder", "mnist5k_split", "read_idx", "morpho_equations",
+           "MorphoMNIST", "render", "default_cache_dir", "RENDER_VERSION"]
