@@ -549,7 +549,7 @@ class SCM(nn.Module):
         values, _ = self._check_values(data, "data")
         return self._log_prob(values)
 
-    def fit(self, data: Mapping[str, Any], epochs: int = 60, lr: float = 3e-3, batch_size: int = 512,
+    def fit(self, data: Mapping[str, Any], epochs: int = 30, lr: float = 3e-3, batch_size: int = 512,
             seed: Seed = 0, progress: bool = True, weight_decay: float = 0.0) -> list[float]:
         """Maximum likelihood on fully observed rows, with Adam and a cosine learning-rate decay.
 

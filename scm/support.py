@@ -60,7 +60,7 @@ def _to_tensor(name: str, value: Any, what: str) -> Tensor:
                             f"(value {value!r:.80}); pass numbers or a tensor")
         if arr.dtype == np.bool_:
             arr = arr.astype(np.int64)
-        return torch.as_tensor(arr)
+        return torch.tensor(arr)  # a copy: never alias (or warn about) read-only arrays
     raise TypeError(f"node {name!r}: {what} value of type {type(value).__name__} is not supported; pass a "
                     f"number, a 1-D tensor/array/list, or a pandas Series")
 
@@ -131,5 +131,5 @@ def as_values(name: str, spec: NodeSpec, value: Any, *, what: str, dtype: torch.
     if bool(out.any()):
         i = int(out.reshape(-1).nonzero()[0])
         raise ValueError(f"node {name!r}: {what} value {tf.reshape(-1)[i].item()} at row {i} is outside the "
-                         f"support of a {spec.kind} node; allowed: {spec.describe()}; {fix}")
+                         f"support of this {spec.kind} node; allowed: {spec.describe()}; {fix}")
     return t.to(dtype)
