@@ -63,7 +63,8 @@ def default_value_range(images: Any) -> tuple[float, float]:
     array = np.asarray(images)
     if not np.issubdtype(array.dtype, np.floating):
         return (0.0, 255.0)
-    return (0.0, 255.0) if array.size and float(np.nanmax(array)) > 1.5 else (0.0, 1.0)
+    finite = array[np.isfinite(array)]
+    return (0.0, 255.0) if finite.size and float(finite.max()) > 1.5 else (0.0, 1.0)
 
 
 def _is_torch(images: Any) -> bool:
