@@ -303,8 +303,8 @@ class SCM(nn.Module):
                 raise TypeError(f"noise of node {k!r} must be a tensor, got {type(v).__name__}")
             shape = tuple(self.mechanisms[k].noise_shape)
             if v.dim() != 1 + len(shape) or tuple(v.shape[1:]) != shape:
-                raise ValueError(f"noise of node {k!r} has shape {tuple(v.shape)}; expected (n, {', '.join(map(str, shape))})"
-                                 .replace("(n, )", "(n,)"))
+                want = "(n,)" if not shape else f"(n, {', '.join(map(str, shape))})"
+                raise ValueError(f"noise of node {k!r} has shape {tuple(v.shape)}; expected {want}")
             sizes[k] = int(v.shape[0])
         if len(set(sizes.values())) > 1:
             raise ValueError(f"noise has mismatched batch sizes {sizes}")
@@ -375,7 +375,7 @@ class SCM(nn.Module):
         """
         n = self._check_noise(noise)
         interventions = self._check_do(do, n)
-        return self._predict({k: v.to(self.device) for k, v in noise.items()}, interventions, n)
+        return self._predict(self._noise_to_model(noise), interventions, n)
 
     def _predict(self, noise: dict[str, Tensor], do: dict[str, Tensor | Callable], n: int) -> dict[str, Tensor]:
         # Abducted (or prior) noise fixes every exogenous site.
@@ -451,7 +451,12 @@ class SCM(nn.Module):
 
     # ---------------------------------------------------------------------- sampling, effects
     def _prior_noise(self, n: int, gen: torch.Generator) -> dict[str, Tensor]:
-        return {k: self.mechanisms[k].sample_noise(n, gen).to(self.device) for k in self._order}
+        return self._noise_to_model({k: self.mechanisms[k].sample_noise(n, gen) for k in self._order})
+
+    def _noise_to_model(self, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Noise on the model's device; continuous noise in the model's dtype (discrete keeps float64)."""
+        return {k: v.to(self.device) if self.mechanisms[k].discrete else v.to(self.device, self.dtype)
+                for k, v in noise.items()}
 
     @torch.no_grad()
     def sample(self, n: int, seed: Seed = None) -> dict[str, Tensor]:
