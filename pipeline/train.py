@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -141,6 +140,7 @@ def train_morphomnist(
     ckpt_every: int = 250,
     seed: int = 0,
     classifier_epochs: int = 10,
+    classifier_images: int = 20000,
     root: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
@@ -152,17 +152,17 @@ def train_morphomnist(
     * Image data: the same training digits rendered with thickness and intensity drawn
       independently (``samples_per_digit`` renders per digit), so that the model learns
       p(x | parents) over the whole product of the parents' ranges.
-    * The digit classifier (the benchmark's oracle) on the image data, checked on the test digits.
+    * The digit classifier (the benchmark's oracle) on ``classifier_images`` of the image data,
+      checked on the test digits.
     """
     from .classifier import DigitClassifier, train_classifier
-    from .datasets import MorphoMNIST
+    from .datasets import MorphoMNIST, load_mnist_folder, load_mnist5k, mnist5k_split
+    from .datasets import morpho_equations as eq
     from .presets import morphomnist_graph
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     graph = morphomnist_graph()
-    scm_data = MorphoMNIST("train", root=root, samples_per_digit=scm_samples_per_digit, seed=seed,
-                           attribute_sampling="scm", progress=progress)
     image_data = MorphoMNIST("train", root=root, samples_per_digit=samples_per_digit, seed=seed + 1,
                              attribute_sampling="independent", progress=progress)
 
@@ -172,13 +172,30 @@ def train_morphomnist(
     else:
         test = MorphoMNIST("test", root=root, samples_per_digit=1, seed=seed + 2,
                            attribute_sampling="scm", progress=progress)
+        pick = torch.randperm(len(image_data), generator=torch.Generator().manual_seed(seed))
+        pick = pick[:classifier_images]
         classifier, history = train_classifier(
-            image_data.images, image_data.attributes["digit"], epochs=classifier_epochs, seed=seed,
+            image_data.images[pick], image_data.attributes["digit"][pick], epochs=classifier_epochs,
+            seed=seed,
             val=(test.images, test.attributes["digit"]), progress=progress)
         classifier.save_pretrained(clf_dir)
         (clf_dir / "history.json").write_text(json.dumps(history, indent=2))
 
+    # Observational attributes for the SCM: the benchmark's equations over the training digits' labels
+    # (attributes only; no image needs rendering for this stage).
+    if root is None:
+        _, labels = load_mnist5k()
+        labels = labels[mnist5k_split()[0]]
+    else:
+        labels = load_mnist_folder(root, "train")[1]
+    gen = torch.Generator().manual_seed(seed)
+    digits = torch.as_tensor(labels, dtype=torch.int64).repeat(scm_samples_per_digit)
+    noise = eq.sample_noise(len(digits), gen)
+    t = eq.thickness_from_noise(noise["u_t"])
+    scm_data = {"thickness": t.float(), "intensity": eq.intensity_from(t, noise["e_i"]).float(),
+                "digit": digits}
+
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                        dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
-    return train_pipeline(graph, scm_data.attributes, image_data, out, train_config=tcfg,
+    return train_pipeline(graph, scm_data, image_data, out, train_config=tcfg,
                           scm_fit={}, classifier=classifier, resume=resume, progress=progress)
