@@ -169,6 +169,12 @@ class SCM(nn.Module):
                 want = "discrete (GumbelMaxMechanism)" if spec.is_discrete else "continuous"
                 raise ValueError(f"node {name!r} is {spec.kind} and needs a {want} mechanism, got "
                                  f"{type(mech).__name__}")
+            weights = getattr(mech, "weights", None)
+            if isinstance(weights, Mapping):
+                strangers = sorted(set(weights) - set(self._parents[name]))
+                if strangers:
+                    raise ValueError(f"the equation of node {name!r} uses {strangers}, which are not its parents "
+                                     f"{self._parents[name]}; add the edges to the graph or drop the weights")
         built: dict[str, Mechanism] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)

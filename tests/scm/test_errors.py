@@ -222,6 +222,9 @@ def test_constructor_errors(morpho_graph) -> None:
         SCM(morpho_graph, mechanisms={"digit": LinearGaussianMechanism()})
     with pytest.raises(ValueError, match=r"node 'thickness' is positive and needs a continuous"):
         SCM(morpho_graph, mechanisms={"thickness": CategoricalMechanism(3)})
+    with pytest.raises(ValueError, match=r"the equation of node 'intensity' uses \['digit'\], which are not its "
+                                         r"parents \['thickness'\]"):
+        SCM(morpho_graph, mechanisms={"intensity": LinearGaussianMechanism({"thickness": 1.0, "digit": 2.0})})
 
 
 def test_type_errors(scm, obs) -> None:
