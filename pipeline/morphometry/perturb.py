@@ -62,6 +62,44 @@ def _clear_threshold(y: np.ndarray, margin: float = _TIE_MARGIN) -> np.ndarray:
     return y
 
 
+class _Digit:
+    """One upsampled binary digit and its distance transforms, computed lazily on tight crops.
+
+    Dilation by ``r`` keeps the pixels within ``r`` of the digit; they lie inside the digit's
+    bounding box grown by ``r``, so the outside distance is computed on that box only (and again
+    on a larger one if ``r`` grows). Radii are clamped to ``[r_min, r_max]``: erosion never
+    removes the whole digit, dilation never passes ``margin - 1``.
+    """
+
+    def __init__(self, binary: np.ndarray, margin: int) -> None:
+        self.binary, self.margin = binary, margin
+        rows, cols = np.flatnonzero(binary.any(axis=1)), np.flatnonzero(binary.any(axis=0))
+        self.bbox = (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1)
+        self.inner = self._box(0)
+        crop = binary[self.inner]
+        self.inside = ndi.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1]  # beyond the frame: background
+        self.r_min = -(float(self.inside.max()) - 0.5)
+        self.r_max = margin - 1.0
+        self._outside: tuple[int, tuple[slice, slice], np.ndarray] | None = None
+
+    def _box(self, grow: int) -> tuple[slice, slice]:
+        r0, r1, c0, c1 = self.bbox
+        h, w = self.binary.shape
+        return slice(max(r0 - grow, 0), min(r1 + grow, h)), slice(max(c0 - grow, 0), min(c1 + grow, w))
+
+    def shape_at(self, r: float) -> tuple[slice, slice, np.ndarray]:
+        """``(rows, cols, mask)``: the dilated (r >= 0) or eroded (r < 0) digit on a crop."""
+        if r < 0:
+            return self.inner[0], self.inner[1], self.inside > -r
+        need = int(np.ceil(r)) + 1
+        if self._outside is None or self._outside[0] < min(need, self.margin):
+            grow = min(max(need, self.margin // 3), self.margin)
+            box = self._box(grow)
+            self._outside = (grow, box, ndi.distance_transform_edt(~self.binary[box]))
+        _, box, outside = self._outside
+        return box[0], box[1], outside <= r
+
+
 def _set_thickness_unit(x: np.ndarray, target: np.ndarray, scale: int = PERTURB_SCALE, iterations: int = 4,
                         tolerance: float = 0.02) -> np.ndarray:
     """set_thickness on a chunk of [0, 1] images ``(B, H, W)``; returns [0, 1] float64 images.
@@ -79,46 +117,33 @@ def _set_thickness_unit(x: np.ndarray, target: np.ndarray, scale: int = PERTURB_
     rh = reduce_operator(height, scale)
     rw = rh if width == height else reduce_operator(width, scale)
     margin = int(np.ceil(_MARGIN_PX * scale))
-    work = []  # per image: (k, rows, cols, distance inside, distance outside, r_min, r_max)
-    for k in range(b):
-        if not np.isfinite(t_source[k]) or _is_blank(x[k:k + 1])[0]:
-            continue  # blank image: nothing to thicken
-        rows, cols = np.flatnonzero(binary[k].any(axis=1)), np.flatnonzero(binary[k].any(axis=0))
-        r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, binary.shape[1])
-        c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, binary.shape[2])
-        crop = binary[k, r0:r1, c0:c1]
-        inside = ndi.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1]  # outside the frame is background
-        outside = ndi.distance_transform_edt(~crop)
-        # never erode the digit away entirely, never dilate past the crop margin
-        work.append((k, slice(r0, r1), slice(c0, c1), inside, outside, -(inside.max() - 0.5), margin - 1.0))
+    work = {k: _Digit(binary[k], margin) for k in range(b)
+            if np.isfinite(t_source[k]) and not _is_blank(x[k:k + 1])[0]}  # blank images: nothing to do
     if not work:
         return out
-    radius = {k: float(np.clip(scale * (target[k] - t_source[k]) / 2.0, lo, hi)) for k, *_, lo, hi in work}
-    best_err = {k: np.inf for k, *_ in work}
-    active = list(range(len(work)))
+    radius = {k: float(np.clip(scale * (target[k] - t_source[k]) / 2.0, d.r_min, d.r_max)) for k, d in work.items()}
+    best_err = {k: np.inf for k in work}
+    active = list(work)
     for _ in range(iterations + 1):
         # 3. dilate / erode by a disk of radius r, 4. downsample
         images = np.empty((len(active), height, width))
-        for n, w in enumerate(active):
-            k, rows, cols, inside, outside, _, _ = work[w]
-            r = radius[k]
-            digit = (outside <= r) if r >= 0 else (inside > -r)
+        for n, k in enumerate(active):
+            rows, cols, digit = work[k].shape_at(radius[k])
             y = rh[:, rows] @ digit.astype(np.float64) @ rw[:, cols].T
             images[n] = _clear_threshold(np.clip(y, 0.0, 1.0))
-        # 5. measure and correct
+    # 5. measure and correct
         achieved = _thickness_unit(images)
         still = []
-        for n, w in enumerate(active):
-            k, *_, lo, hi = work[w]
+        for n, k in enumerate(active):
             err = abs(achieved[n] - target[k]) if np.isfinite(achieved[n]) else np.inf
             if err < best_err[k]:
                 best_err[k] = err
                 out[k] = images[n]
             if err > tolerance and np.isfinite(achieved[n]):
-                new = float(np.clip(radius[k] + scale * (target[k] - achieved[n]) / 2.0, lo, hi))
+                new = float(np.clip(radius[k] + scale * (target[k] - achieved[n]) / 2.0, work[k].r_min, work[k].r_max))
                 if new != radius[k]:
                     radius[k] = new
-                    still.append(w)
+                    still.append(k)
         active = still
         if not active:
             break
