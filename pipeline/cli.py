@@ -183,6 +183,37 @@ def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, threads)
     click.echo(f"wrote {out_path}")
 
 
+@bench.command("pipeline")
+@click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--steps", "steps_text", default="10,20,50", show_default=True,
+              help="Comma-separated DDIM step counts.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="bench/pipeline.json",
+              show_default=True, help="JSON file for the figures.")
+@_PIPELINE_OPT
+@_THREADS_OPT
+def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, threads):
+    """ms per counterfactual (CFG, DCFG) and wall time over (NFE x one batched forward)."""
+    from pipeline.parsing import check_writable
+
+    try:
+        steps = [int(s) for s in steps_text.split(",")]
+        if any(s < 1 for s in steps):
+            raise ValueError
+    except ValueError:
+        _fail(f"--steps {steps_text!r} must be comma-separated positive integers, e.g. 10,20,50")
+    try:
+        check_writable(out)
+    except ValueError as e:
+        _fail(str(e))
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir)
+    from pipeline.bench import bench_pipeline
+
+    bench_pipeline(pipe, batch=batch, steps=steps, repeats=repeats, out=out)
+    click.echo(f"wrote {out}")
+
+
 @main.command()
 @click.option("--dataset", type=click.Choice(["morphomnist"]), default="morphomnist",
               show_default=True)
