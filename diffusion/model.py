@@ -70,6 +70,8 @@ class ConditionalUNet(nn.Module):
         self.embedding = AttributeSplitEmbedding(config.attributes, config.block_dim, config.cond_dim)
         self.unet = _build_unet(config)
         self._abar_cpu = _alphas_cumprod(config)
+        #: rows per backbone call on the CPU without gradients (None: one call); see :meth:`eps`.
+        self.cpu_chunk_size: int | None = 64
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -112,6 +114,9 @@ class ConditionalUNet(nn.Module):
             keep_mask: name -> bool ``(B,)``; False nulls that attribute's block in that row. ``None`` keeps all.
             validate: check the inputs first (on by default).
 
+        On the CPU without gradients, batches larger than ``cpu_chunk_size`` (64) rows are evaluated in
+        micro-batches of that size, which keeps the cost per row constant as the batch grows.
+
         Returns:
             The predicted noise, same shape and dtype as ``x_t``.
 
@@ -124,17 +129,33 @@ class ConditionalUNet(nn.Module):
             torch.Size([1, 1, 8, 8])
         """
         attrs = {} if attrs is None else attrs
+        B = x_t.shape[0]
         if validate:
             t = self._check_inputs(x_t, t)
+            if self.config.attributes or attrs:
+                self.embedding._check(attrs, keep_mask, B)  # unknown keys, shapes, dtypes, class ranges
         else:
-            t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
-        param = self.embedding.proj.weight
-        x_in = x_t.to(param.dtype)
+            t = torch.as_tensor(t, device=x_t.device).long().expand(B)
+        chunk = self.cpu_chunk_size
+        if chunk and B > chunk and x_t.device.type == "cpu" and not torch.is_grad_enabled():
+            # Micro-batches: on the CPU the UNet's cost per row grows with the batch once its activations
+            # outgrow the caches (and large buffers are re-faulted on every call); rows are independent, so
+            # chunking changes nothing but the speed. A batched guidance call stays one call of this method.
+            parts = []
+            for i in range(0, B, chunk):
+                rows = slice(i, i + chunk)
+                parts.append(self._eps_rows(x_t[rows], t[rows], {k: v[rows] for k, v in attrs.items()},
+                                            None if keep_mask is None else {k: m[rows] for k, m in keep_mask.items()}))
+            return torch.cat(parts)
+        return self._eps_rows(x_t, t, attrs, keep_mask)
+
+    def _eps_rows(self, x_t: torch.Tensor, t: torch.Tensor, attrs: Mapping[str, torch.Tensor],
+                  keep_mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        """The backbone call on validated inputs."""
+        x_in = x_t.to(self.embedding.proj.weight.dtype)
         cond = None
         if self.config.attributes:
-            cond = self.embedding(attrs, keep_mask, batch_size=x_t.shape[0], validate=validate)
-        elif attrs and validate:
-            self.embedding._check(attrs, keep_mask, x_t.shape[0])  # raises: unknown attributes
+            cond = self.embedding(attrs, keep_mask, batch_size=x_t.shape[0], validate=False)
         out = self.unet(x_in, t, class_labels=cond).sample
         return out.to(x_t.dtype)
 

@@ -44,6 +44,41 @@ def bench_scm_command(n_rows, fit_rows, epochs, repeats, seed, threads, out, qui
     click.echo(f"saved {out}")
 
 
+@bench.command("diffusion")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Saved ConditionalUNet directory (default: an untrained default 28x28 model).")
+@click.option("--batch-sizes", default="1,64,256", show_default=True,
+              help="Comma-separated batch sizes of the forward timings.")
+@click.option("--sample-batch", type=click.IntRange(1), default=64, show_default=True,
+              help="Batch of the sampling and CFG/DCFG timings.")
+@click.option("--steps", type=click.IntRange(1), default=10, show_default=True, help="DDIM steps (NFE).")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True, help="Timed runs (median).")
+@click.option("--train-steps", type=click.IntRange(0), default=5, show_default=True,
+              help="Timed training steps for the images/s figure (0 skips).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default: torch's).")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench_diffusion.json", show_default=True,
+              help="JSON file for the results.")
+def bench_diffusion_command(model_dir, batch_sizes, sample_batch, steps, repeats, train_steps, seed, threads, out):
+    """ms per forward, sampler overhead, DCFG/CFG cost and training images/s on one model and batch."""
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+        if not sizes or min(sizes) < 1:
+            raise ValueError
+    except ValueError:
+        raise click.BadParameter(f"{batch_sizes!r} must be comma-separated positive integers, e.g. 1,64,256",
+                                 param_hint="--batch-sizes")
+    import torch
+
+    from diffusion.bench import bench_diffusion
+
+    if threads:
+        torch.set_num_threads(threads)
+    bench_diffusion(model_dir, batch_sizes=sizes, sample_batch=sample_batch, steps=steps, repeats=repeats,
+                    train_steps=train_steps, seed=seed, out=out)
+    click.echo(f"saved {out}")
+
+
 @main.group()
 def data() -> None:
     """Inspect the bundled Morpho-MNIST benchmark data."""

@@ -107,3 +107,16 @@ def test_default_config_is_about_one_million_parameters():
     from diffusion_helpers import ATTRS
     n = sum(p.numel() for p in ConditionalUNet(ImageModelConfig(attributes=ATTRS)).parameters())
     assert 0.9e6 < n < 1.3e6
+
+
+def test_cpu_micro_batching_changes_nothing_but_speed(net):
+    x, attrs = torch.randn(10, 1, 8, 8), random_attrs(10)
+    mask = {"digit": torch.arange(10) % 2 == 0}
+    t = torch.arange(10) * 99
+    with torch.no_grad():
+        net.cpu_chunk_size = None
+        whole = net.eps(x, t, attrs, mask)
+        net.cpu_chunk_size = 4
+        chunked = net.eps(x, t, attrs, mask)
+        net.cpu_chunk_size = 64
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)

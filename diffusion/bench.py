@@ -1,0 +1,242 @@
+"""``dcfg bench diffusion``: forward cost, sampler overhead, DCFG / CFG cost and training throughput.
+
+All figures come from one run on the same model and the same random batch:
+
+* ms per forward (one network evaluation, NFE) at batch 1, 64 and 256;
+* sampling wall time / (NFE x one forward at the sampling batch): the sampler's own overhead (target <= 1.05);
+* DCFG with M = 2 groups / CFG sampling wall time: (M + 1) B rows against 2 B rows per step, ideally 1.5
+  (target <= 1.58);
+* training throughput of the model's config (images / s), from a few steps of :func:`diffusion.train`.
+
+Example:
+    >>> from diffusion.bench import bench_diffusion
+    >>> from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig
+    >>> net = ConditionalUNet(ImageModelConfig(image_shape=(1, 8, 8), block_out_channels=(8, 8),
+    ...     attention_levels=(False, False), mid_attention=False, norm_num_groups=4, block_dim=4,
+    ...     attributes=(AttributeSpec("a", "continuous"), AttributeSpec("b", "categorical", cardinality=3))))
+    >>> res = bench_diffusion(net, batch_sizes=(1, 4), sample_batch=4, steps=2, repeats=1, train_steps=0,
+    ...                       verbose=False)
+    >>> sorted(res["forward_ms"])
+    ['1', '4']
+"""
+from __future__ import annotations
+
+import csv
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from diffusion._io import atomic_write_json
+from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
+from diffusion.ddim import ddim_sample
+from diffusion.guidance import guided_eps_fn
+from diffusion.model import ConditionalUNet
+
+#: the benchmark's default model: the default 28x28 config with Morpho-MNIST-shaped attributes.
+DEFAULT_ATTRIBUTES = (
+    AttributeSpec("thickness", "continuous", mean=2.5, std=1.0),
+    AttributeSpec("intensity", "continuous", mean=160.0, std=50.0),
+    AttributeSpec("digit", "categorical", cardinality=10),
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, device: torch.device, warmup: bool = True) -> float:
+    """Median wall time of ``fn()`` in seconds, after one untimed warm-up call."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _random_attrs(config: ImageModelConfig, batch: int, g: torch.Generator, device: torch.device
+                  ) -> dict[str, torch.Tensor]:
+    out = {}
+    for a in config.attributes:
+        if a.kind == "categorical":
+            out[a.name] = torch.randint(0, a.cardinality, (batch,), generator=g)
+        else:
+            out[a.name] = a.mean + a.std * torch.randn(batch, generator=g)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+class _RandomImages(torch.utils.data.Dataset):
+    def __init__(self, config: ImageModelConfig, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand((n, *config.image_shape), generator=g) * 2 - 1
+        self.attrs = _random_attrs(config, n, g, torch.device("cpu"))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], {k: v[i] for k, v in self.attrs.items()}
+
+
+def _train_throughput(config: ImageModelConfig, steps: int, batch_size: int, seed: int,
+                      device: torch.device) -> dict[str, Any]:
+    """Images / s of :func:`diffusion.train` on random data, from ``loss.csv``'s wall times (first step excluded)."""
+    from diffusion.training import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _RandomImages(config, max(4 * batch_size, 256), seed)
+        tc = TrainConfig(steps=steps + 1, batch_size=batch_size, seed=seed, ckpt_every=10 ** 9, log_every=1)
+        res = train(config, tc, data, tmp, progress=False, device=device)
+        with open(Path(tmp) / "loss.csv", newline="") as fh:
+            walls = [float(r["wall_time"]) for r in csv.DictReader(fh)]
+    per_step = (walls[-1] - walls[0]) / steps
+    return {"batch_size": batch_size, "steps_timed": steps, "s_per_step": per_step,
+            "images_per_s": batch_size / per_step, "images_per_s_incl_first_step_and_checkpoint":
+            res.images_per_second}
+
+
+def bench_diffusion(
+    model: ConditionalUNet | str | os.PathLike | None = None,
+    *,
+    batch_sizes: Sequence[int] = (1, 64, 256),
+    sample_batch: int = 64,
+    steps: int = 10,
+    repeats: int = 3,
+    train_steps: int = 5,
+    train_batch: int = 64,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    out: str | os.PathLike | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Time the denoiser, the DDIM sampler and DCFG against CFG on one model and one random batch.
+
+    Args:
+        model: a :class:`ConditionalUNet`, a saved model directory, or ``None`` for an untrained model of the
+            default 28x28 config with Morpho-MNIST-shaped attributes (timings do not depend on the weights).
+        batch_sizes: batch sizes of the forward timings.
+        sample_batch: B of the sampling timings (CFG runs 2 B rows per step, DCFG with M = 2 runs 3 B).
+        steps: DDIM steps (NFE) of each sampling run.
+        repeats: timed repetitions (the median is reported), after one warm-up.
+        train_steps: timed training steps for the throughput figure (0 skips training).
+        train_batch: training batch size.
+        seed: seeds the random inputs.
+        device: where to run (default: the model's device, or the CPU).
+        out: optional JSON path for the results (written atomically).
+        verbose: print the table.
+
+    Returns:
+        A JSON-ready dict with ``forward_ms``, ``sampling``, ``guidance`` and ``training`` sections.
+    """
+    if model is None:
+        net = ConditionalUNet(ImageModelConfig(attributes=DEFAULT_ATTRIBUTES))
+    elif isinstance(model, ConditionalUNet):
+        net = model
+    else:
+        net = ConditionalUNet.from_pretrained(model)
+    dev = torch.device(device) if device is not None else net.device
+    net = net.to(dev).eval()
+    cfg = net.config
+    for name, value in (("sample_batch", sample_batch), ("steps", steps), ("repeats", repeats)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+    g = torch.Generator().manual_seed(seed)
+    names = list(cfg.attribute_names)
+    result: dict[str, Any] = {
+        "device": str(dev), "torch_threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in net.parameters()), "model_config": cfg.to_dict(),
+    }
+
+    # 1. ms per forward (NFE) at each batch size
+    fwd: dict[str, float] = {}
+    with torch.inference_mode():
+        for b in list(batch_sizes) + [sample_batch]:
+            if str(b) in fwd:
+                continue
+            x = torch.randn((b, *cfg.image_shape), generator=g).to(dev)
+            t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=g).to(dev)
+            attrs = _random_attrs(cfg, b, g, dev)
+            fwd[str(b)] = 1e3 * _median_time(lambda: net.eps(x, t, attrs), repeats, dev)
+    result["forward_ms"] = {str(b): fwd[str(b)] for b in batch_sizes}
+    result["forward_ms_per_image"] = {str(b): fwd[str(b)] / b for b in batch_sizes}
+
+    # 2. the sampler's overhead: wall time / (NFE x one forward) at the sampling batch
+    B = sample_batch
+    x_T = torch.randn((B, *cfg.image_shape), generator=g).to(dev)
+    attrs = _random_attrs(cfg, B, g, dev)
+    abar = net.alphas_cumprod
+
+    def sample(fn: Callable) -> Callable[[], Any]:
+        return lambda: ddim_sample(fn, x_T, abar, steps)
+
+    plain_fn = guided_eps_fn(net, attrs, "none")
+    calls: list[int] = []
+
+    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return plain_fn(x, t)
+
+    with torch.inference_mode():
+        t_plain = _median_time(sample(counted), repeats, dev)
+        nfe = len(calls) // (repeats + 1)  # network evaluations per sampling run (the warm-up run included)
+        result["sampling"] = {"batch": B, "steps": steps, "nfe": nfe, "wall_s": t_plain,
+                              "forward_ms": fwd[str(B)], "ratio": t_plain / (nfe * fwd[str(B)] / 1e3),
+                              "target": 1.05}
+        # 3. DCFG with two groups against CFG, same batch and steps
+        if len(names) >= 2:
+            half = (len(names) + 1) // 2
+            groups = [names[:half], names[half:]]
+            t_cfg = _median_time(sample(guided_eps_fn(net, attrs, "cfg", scale=3.0)), repeats, dev)
+            t_dcfg = _median_time(sample(guided_eps_fn(net, attrs, "dcfg", groups=groups, weights=[3.0, 1.0])),
+                                  repeats, dev)
+            result["guidance"] = {"batch": B, "steps": steps, "groups": groups, "cfg_s": t_cfg, "dcfg_s": t_dcfg,
+                                  "ratio": t_dcfg / t_cfg, "ideal": 1.5, "target": 1.58}
+        else:
+            result["guidance"] = {"skipped": f"DCFG with 2 groups needs >= 2 attributes, the model has {names}"}
+
+    # 4. training throughput of this config
+    if train_steps:
+        result["training"] = _train_throughput(cfg, train_steps, train_batch, seed, dev)
+
+    if verbose:
+        print(format_table(result))
+    if out is not None:
+        atomic_write_json(out, result)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The benchmark's figures as a plain-text table."""
+    def row(label: str, value: float, fmt: str, target: str = "") -> str:
+        return f"{label:<46}{value:>14{fmt}}{target:>10}"
+
+    lines = [f"dcfg bench diffusion  device={result['device']} threads={result['torch_threads']} "
+             f"params={result['params']:,}", "", f"{'measure':<46}{'value':>14}{'target':>10}"]
+    for b, ms in result["forward_ms"].items():
+        lines.append(row(f"ms per forward (NFE), batch {b}", ms, ".2f"))
+        lines.append(row(f"  ms per image, batch {b}", result["forward_ms_per_image"][b], ".3f"))
+    s = result["sampling"]
+    lines.append(row(f"sampling wall / (NFE x forward), B={s['batch']} S={s['steps']}", s["ratio"], ".3f",
+                     f"<= {s['target']}"))
+    gd = result["guidance"]
+    if "ratio" in gd:
+        lines.append(row("DCFG (M=2) / CFG sampling wall time", gd["ratio"], ".3f", f"<= {gd['target']}"))
+        lines.append(row("  CFG sampling s", gd["cfg_s"], ".2f"))
+        lines.append(row("  DCFG sampling s", gd["dcfg_s"], ".2f"))
+    else:
+        lines.append(f"DCFG / CFG: {gd['skipped']}")
+    if "training" in result:
+        tr = result["training"]
+        lines.append(row(f"training images / s, batch {tr['batch_size']}", tr["images_per_s"], ".1f"))
+    return "\n".join(lines)
+
