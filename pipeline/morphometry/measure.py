@@ -90,7 +90,11 @@ def _medial_axis(mask: np.ndarray, distance: np.ndarray, tiebreak: np.ndarray) -
     keep, corner = _tables()
     fg = mask.astype(bool)
     ii, jj = np.nonzero(fg)
-    order = np.lexsort((tiebreak[fg], corner[_neighbourhood_index(fg)][fg], distance[fg])).astype(np.int32)
+    # skimage orders by (distance, cornerness, tiebreak) with np.lexsort; one sort of a combined key
+    # gives the same order: squared distances are integers, cornerness is 0..9, tiebreak in [0, 1).
+    squared = np.rint(distance[fg] ** 2)
+    key = (squared * 10.0 + corner[_neighbourhood_index(fg)[fg]]) + 0.999 * tiebreak[fg]
+    order = np.argsort(key).astype(np.int32)
     result = np.ascontiguousarray(fg, dtype=np.uint8)
     _SKIMAGE_LOOP(result, ii.astype(np.intp), jj.astype(np.intp), np.ascontiguousarray(order), keep)
     return result.astype(bool)
