@@ -248,3 +248,15 @@ def test_true_counterfactual_errors(small_test_set):
         ds.true_counterfactual(noise, do={"intensity": [100.0, 120.0, 130.0]})
     with pytest.raises(ValueError, match="noise lacks"):
         ds.true_counterfactual({"u_t": noise["u_t"]}, do={"thickness": 2.0})
+
+
+@pytest.mark.slow
+def test_full_splits_never_share_a_source_digit(tmp_path):
+    train = MorphoMNIST("train", cache_dir=tmp_path, progress=False)
+    test = MorphoMNIST("test", cache_dir=tmp_path, progress=False)
+    assert len(train) == 4000 and len(test) == 1000
+    train_ids = set(train.source_ids[train.noise["source_index"].numpy()].tolist())
+    test_ids = set(test.source_ids[test.noise["source_index"].numpy()].tolist())
+    assert len(train_ids) == 4000 and len(test_ids) == 1000 and not train_ids & test_ids
+    m = measure(test.images)
+    assert np.median(np.abs(m["thickness"] - test.attributes["thickness"].numpy())) <= 0.15

@@ -171,3 +171,24 @@ def test_set_intensity_keeps_thickness_when_dimming(test_digits):
     np.testing.assert_allclose(measure_thickness(out, n_jobs=1), measure_thickness(digits, n_jobs=1), atol=1e-9)
     with pytest.raises(ValueError, match="intensity=300 is out of range"):
         set_intensity(digits, 300.0)
+
+
+# --- the full benchmark figures (slow: about a minute on 2 cores) -------------------------------
+
+@pytest.fixture(scope="module")
+def all_test_digits() -> np.ndarray:
+    images, _ = load_mnist5k()
+    return images[mnist5k_split()[1]]
+
+
+@pytest.mark.slow
+def test_fast_thickness_agrees_with_reference_on_all_test_digits(all_test_digits):
+    diff = measure_thickness(all_test_digits) - reference_thickness(all_test_digits)
+    assert np.median(np.abs(diff)) <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", [1.5, 2.5, 3.5, 4.5])
+def test_set_thickness_on_all_test_digits(all_test_digits, target):
+    achieved = measure_thickness(set_thickness(all_test_digits, target))
+    assert np.median(np.abs(achieved - target)) <= 0.15
