@@ -115,7 +115,8 @@ class MorphoMNIST(torch.utils.data.Dataset):
             them independently and more widely (see :func:`morpho_equations.sample_independent`),
             for training an image model on the whole product of the parents' ranges.
         redraw_each_epoch: if true, :meth:`set_epoch` redraws (t, i) for every row and re-renders
-            (augmentation); call it at the start of each epoch.
+            (augmentation); call it at the start of each epoch, before iterating a DataLoader
+            (whose workers must not be ``persistent_workers=True``, or they keep the old draw).
         cache_dir: cache folder (default :func:`default_cache_dir`); ``cache=False`` disables it.
         cache: read and write the render cache.
         n_jobs: rendering processes (``None`` = all CPUs).

@@ -131,7 +131,7 @@ def _set_thickness_unit(x: np.ndarray, target: np.ndarray, scale: int = PERTURB_
             rows, cols, digit = work[k].shape_at(radius[k])
             y = rh[:, rows] @ digit.astype(np.float64) @ rw[:, cols].T
             images[n] = _clear_threshold(np.clip(y, 0.0, 1.0))
-    # 5. measure and correct
+        # 5. measure and correct
         achieved = _thickness_unit(images)
         still = []
         for n, k in enumerate(active):
