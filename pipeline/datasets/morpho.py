@@ -247,6 +247,7 @@ class MorphoMNIST(torch.utils.data.Dataset):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
             with os.fdopen(fd, "wb") as handle:
                 np.savez_compressed(handle, images=images.numpy(),
                                     settings=np.array(json.dumps(self._settings(epoch), sort_keys=True)),

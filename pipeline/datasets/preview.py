@@ -89,6 +89,7 @@ def preview_morpho(out: str | os.PathLike, split: str = "test", n: int = 32, see
     fig.suptitle(f"Morpho-MNIST {split} digits: measured (requested) attributes", fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
     try:
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format="png", dpi=130, bbox_inches="tight")

@@ -123,6 +123,7 @@ def _spread(test_idx: np.ndarray, n: int) -> np.ndarray:
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
     with os.fdopen(fd, "w") as handle:
         json.dump(obj, handle, indent=2)
     os.replace(tmp, path)
