@@ -115,7 +115,50 @@ def train_pipeline(
     # Stage 3: assemble and save.
     pipe = CounterfactualPipeline(graph, scm, image_model, pipeline_config, classifier)
     pipe.save(out / "pipeline")
+    if (run_dir / "loss.csv").is_file():
+        plot_training_curve(run_dir / "loss.csv", out / "training_curve.png")
     return pipe
+
+
+def plot_training_curve(loss_csv: str | os.PathLike, out_png: str | os.PathLike,
+                        window: int = 200) -> Path:
+    """Plot ``loss.csv`` (step, loss, lr, wall_time): raw loss and a moving average, against steps
+    (bottom axis) and wall-clock hours (top axis)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .images import atomic_save
+
+    with open(loss_csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{loss_csv} has no rows to plot")
+    step = np.array([float(r["step"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    wall = np.array([float(r.get("wall_time", "nan") or "nan") for r in rows])
+    w = max(1, min(window, len(loss) // 5 or 1))
+    smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(step, loss, lw=0.4, alpha=0.35, label="loss (per step)")
+    ax.plot(step[w - 1:], smooth, lw=1.6, label=f"moving average ({w} steps)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step (batch 64)")
+    ax.set_ylabel("DDPM epsilon MSE")
+    title = f"{int(step[-1])} steps"
+    if np.isfinite(wall[-1]):
+        title += f", {wall[-1] / 3600:.2f} h wall time"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    atomic_save(lambda p: fig.savefig(p, dpi=120, format="png"), out_png)
+    plt.close(fig)
+    return out_png
 
 
 def _final_model_dir(run_dir: Path) -> Path:
