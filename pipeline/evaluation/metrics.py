@@ -7,7 +7,7 @@ Example:
     >>> import torch
     >>> mae(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0]))
     0.25
-    >>> round(psnr(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4) + 0.1), 2)
+    >>> round(psnr(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4) + 0.2), 2)  # 0.1 on [0, 1]
     20.0
 """
 from __future__ import annotations
@@ -83,3 +83,128 @@ def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike, eps: float = 1e-6) 
     covmean = np.real(covmean)
     diff = mu_a - mu_b
     return float(max(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(covmean), 0.0))
+
+
+# ---------------------------------------------------------------------------- change of what must not change
+def abs_change(factual: ArrayLike, counterfactual: ArrayLike) -> float:
+    """Mean ``|m(x') - m(x)|`` of a measured attribute that must not change (spurious change).
+
+    Example:
+        >>> abs_change([2.0, 3.0], [2.5, 2.0])
+        0.75
+    """
+    return mae(factual, counterfactual)
+
+
+def excess_change(factual: ArrayLike, counterfactual: ArrayLike, implied_factual: ArrayLike,
+                  implied_counterfactual: ArrayLike) -> float:
+    """Mean change of a measured attribute beyond the change the SCM implies.
+
+    ``mean |(m(x') - m(x)) - (a' - a)|`` where ``m`` is the oracle's measurement of the factual (``x``) and
+    counterfactual (``x'``) images and ``a -> a'`` is the SCM's factual and counterfactual value (e.g. the
+    intensity change that do(thickness) causes through thickness -> intensity).
+
+    Example:
+        >>> excess_change([100.0], [130.0], [100.0], [120.0])  # measured +30, implied +20
+        10.0
+    """
+    f, c, a, b = (_np(v) for v in (factual, counterfactual, implied_factual, implied_counterfactual))
+    if not (f.shape == c.shape == a.shape == b.shape):
+        raise ValueError(f"all four arrays need one shape; got {f.shape}, {c.shape}, {a.shape}, {b.shape}")
+    return float(np.mean(np.abs((c - f) - (b - a))))
+
+
+def flip_rate(predicted: ArrayLike, factual: ArrayLike) -> float:
+    """Fraction of counterfactuals whose predicted class differs from the factual class (1 - accuracy).
+
+    Example:
+        >>> flip_rate([3, 3, 5, 3], [3, 3, 3, 3])
+        0.25
+    """
+    return 1.0 - accuracy(predicted, factual)
+
+
+# ---------------------------------------------------------------------------- equal-effectiveness comparison
+def pareto_front(effectiveness: ArrayLike, spurious: ArrayLike, higher_is_better: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The non-dominated points of a trade-off curve, sorted by oriented effectiveness.
+
+    Effectiveness is oriented so that larger is better (``-MAE`` for an error, accuracy as is). A point is
+    dominated when another point is at least as effective and at most as spurious, one of them strictly.
+    Along the returned front both the oriented effectiveness and the spurious change increase.
+
+    Returns:
+        ``(oriented_effectiveness, spurious)`` of the front, ascending.
+
+    Example:
+        >>> e, s = pareto_front([0.9, 0.5, 0.3, 0.6], [0.1, 0.2, 0.3, 0.4], higher_is_better=False)
+        >>> (-e).tolist(), s.tolist()   # (MAE 0.6, spurious 0.4) is dominated by (0.5, 0.2)
+        ([0.9, 0.5, 0.3], [0.1, 0.2, 0.3])
+    """
+    e, s = _np(effectiveness).ravel(), _np(spurious).ravel()
+    if e.shape != s.shape or len(e) == 0:
+        raise ValueError(f"effectiveness and spurious need the same non-zero length; got {e.shape} and {s.shape}")
+    if not (np.isfinite(e).all() and np.isfinite(s).all()):
+        raise ValueError("trade-off points must be finite")
+    e = e if higher_is_better else -e
+    keep = []
+    for k in range(len(e)):
+        dominated = np.any((e >= e[k]) & (s <= s[k]) & ((e > e[k]) | (s < s[k])))
+        duplicate = np.any((e[:k] == e[k]) & (s[:k] == s[k]))
+        if not dominated and not duplicate:
+            keep.append(k)
+    order = sorted(keep, key=lambda k: e[k])
+    return e[order], s[order]
+
+
+def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tuple[ArrayLike, ArrayLike],
+                              higher_is_better: bool, grid: int = 101) -> dict:
+    """Spurious change of ``method`` over ``baseline`` at equal effectiveness (e.g. DCFG / CFG).
+
+    Definition (used by ``dcfg evaluate``):
+
+    1. Each method's sweep gives points ``(effectiveness, spurious)``, one per guidance scale.
+    2. Keep each method's Pareto front (:func:`pareto_front`): the best spurious change it reaches at each
+       effectiveness; ``s_m(e)`` interpolates it linearly in the oriented effectiveness ``e``.
+    3. The common range is ``[max(lo_A, lo_B), min(hi_A, hi_B)]`` of the two fronts' effectiveness.
+    4. ``ratio = mean_g s_A(e_g) / mean_g s_B(e_g)`` over ``grid`` evenly spaced ``e_g`` of the common range
+       (the ratio of the areas under the two fronts there; a single shared point if the range is one value).
+
+    The ratio is ``None`` (with a ``reason``) when the ranges do not overlap or the baseline has no spurious
+    change there.
+
+    Args:
+        method: ``(effectiveness, spurious)`` arrays of the method (numerator), e.g. DCFG.
+        baseline: the same for the baseline (denominator), e.g. CFG.
+        higher_is_better: whether larger effectiveness is better (accuracy) or not (an MAE).
+        grid: number of evaluation points in the common range.
+
+    Returns:
+        ``{"ratio", "range", "method_mean", "baseline_mean", "reason"}``; ``range`` is in the metric's own
+        units (un-oriented), lowest first.
+
+    Example:
+        >>> cfg = ([1.0, 0.5, 0.2], [0.2, 0.4, 0.6])      # thickness MAE, spurious
+        >>> dcfg = ([1.0, 0.5, 0.2], [0.1, 0.2, 0.3])
+        >>> round(equal_effectiveness_ratio(dcfg, cfg, higher_is_better=False)["ratio"], 6)
+        0.5
+    """
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+        raise ValueError(f"grid={grid!r} must be an integer >= 2")
+    ea, sa = pareto_front(*method, higher_is_better=higher_is_better)
+    eb, sb = pareto_front(*baseline, higher_is_better=higher_is_better)
+    lo, hi = max(ea[0], eb[0]), min(ea[-1], eb[-1])
+    sign = 1.0 if higher_is_better else -1.0
+    out: dict = {"ratio": None, "range": None, "method_mean": None, "baseline_mean": None, "reason": None}
+    if lo > hi:
+        out["reason"] = ("the two methods' effectiveness ranges do not overlap: "
+                         f"{sorted((float(sign * ea[0]), float(sign * ea[-1])))} vs "
+                         f"{sorted((float(sign * eb[0]), float(sign * eb[-1])))}")
+        return out
+    g = np.linspace(lo, hi, grid) if hi > lo else np.array([lo])
+    ma, mb = float(np.mean(np.interp(g, ea, sa))), float(np.mean(np.interp(g, eb, sb)))
+    out.update(range=sorted([float(sign * lo), float(sign * hi)]), method_mean=ma, baseline_mean=mb)
+    if mb <= 0.0:
+        out["reason"] = "the baseline has no spurious change on the common range (ratio undefined)"
+        return out
+    out["ratio"] = ma / mb
+    return out
