@@ -317,12 +317,14 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--ckpt-every", type=click.IntRange(1), default=250, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--classifier/--no-classifier", "with_classifier", default=True, show_default=True,
+              help="Also train the benchmark's digit classifier (reused when resuming).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the run directory's checkpoints and finished stages.")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_mode, p_attr,
-          p_all, lr, ckpt_every, seed, resume, threads, quiet):
+          p_all, lr, ckpt_every, seed, with_classifier, resume, threads, quiet):
     """Train a pipeline (SCM, image model, classifier); resumable, also under torchrun."""
     from pipeline.parsing import check_writable
 
@@ -336,7 +338,7 @@ def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_
     train_morphomnist(out_dir, steps=steps, batch_size=batch_size, root=root,
                       samples_per_digit=samples_per_digit, dropout_mode=dropout_mode,
                       p_attr=p_attr, p_all=p_all, lr=lr, ckpt_every=ckpt_every, seed=seed,
-                      resume=resume, progress=not quiet)
+                      with_classifier=with_classifier, resume=resume, progress=not quiet)
     click.echo(f"pipeline saved to {out_dir}/pipeline")
 
 

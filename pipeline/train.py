@@ -184,6 +184,7 @@ def train_morphomnist(
     seed: int = 0,
     classifier_epochs: int = 10,
     classifier_images: int = 20000,
+    with_classifier: bool = True,
     root: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
@@ -196,9 +197,9 @@ def train_morphomnist(
       independently (``samples_per_digit`` renders per digit), so that the model learns
       p(x | parents) over the whole product of the parents' ranges.
     * The digit classifier (the benchmark's oracle) on ``classifier_images`` of the image data,
-      checked on the test digits.
+      checked on the test digits (``with_classifier=False`` skips it; a classifier already in
+      ``out_dir/classifier`` is reused when resuming).
     """
-    from .classifier import DigitClassifier, train_classifier
     from .datasets import MorphoMNIST, load_mnist_folder, load_mnist5k, mnist5k_split
     from .datasets import morpho_equations as eq
     from .presets import morphomnist_graph
@@ -209,20 +210,11 @@ def train_morphomnist(
     image_data = MorphoMNIST("train", root=root, samples_per_digit=samples_per_digit, seed=seed + 1,
                              attribute_sampling="independent", progress=progress)
 
-    clf_dir = out / "classifier"
-    if resume and (clf_dir / "model.safetensors").is_file():
-        classifier = DigitClassifier.from_pretrained(clf_dir)
-    else:
-        test = MorphoMNIST("test", root=root, samples_per_digit=1, seed=seed + 2,
-                           attribute_sampling="scm", progress=progress)
-        pick = torch.randperm(len(image_data), generator=torch.Generator().manual_seed(seed))
-        pick = pick[:classifier_images]
-        classifier, history = train_classifier(
-            image_data.images[pick], image_data.attributes["digit"][pick], epochs=classifier_epochs,
-            seed=seed,
-            val=(test.images, test.attributes["digit"]), progress=progress)
-        classifier.save_pretrained(clf_dir)
-        (clf_dir / "history.json").write_text(json.dumps(history, indent=2))
+    classifier = None
+    if with_classifier:
+        classifier = train_morphomnist_classifier(out, image_data, epochs=classifier_epochs,
+                                                  n_images=classifier_images, seed=seed, root=root,
+                                                  resume=resume, progress=progress)
 
     # Observational attributes for the SCM: the benchmark's equations over the training digits' labels
     # (attributes only; no image needs rendering for this stage).
@@ -242,3 +234,33 @@ def train_morphomnist(
                        dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
     return train_pipeline(graph, scm_data, image_data, out, train_config=tcfg,
                           scm_fit={}, classifier=classifier, resume=resume, progress=progress)
+
+
+def train_morphomnist_classifier(out_dir: str | os.PathLike, image_data: Any | None = None, *,
+                                 epochs: int = 10, n_images: int = 20000, samples_per_digit: int = 4,
+                                 seed: int = 0, root: str | os.PathLike | None = None,
+                                 resume: bool = True, progress: bool = True):
+    """Train (or, when resuming, load) the benchmark's digit classifier into ``out_dir/classifier``.
+
+    It learns from ``n_images`` renders of the training digits (``image_data``, by default the image
+    model's training set) and its accuracy on the 1,000 rendered test digits is recorded per epoch in
+    ``classifier/history.json`` (never used for selection).
+    """
+    from .classifier import DigitClassifier, train_classifier
+    from .datasets import MorphoMNIST
+
+    clf_dir = Path(out_dir) / "classifier"
+    if resume and (clf_dir / "model.safetensors").is_file():
+        return DigitClassifier.from_pretrained(clf_dir)
+    if image_data is None:
+        image_data = MorphoMNIST("train", root=root, samples_per_digit=samples_per_digit,
+                                 seed=seed + 1, attribute_sampling="independent", progress=progress)
+    test = MorphoMNIST("test", root=root, samples_per_digit=1, seed=seed + 2,
+                       attribute_sampling="scm", progress=progress)
+    pick = torch.randperm(len(image_data), generator=torch.Generator().manual_seed(seed))[:n_images]
+    classifier, history = train_classifier(
+        image_data.images[pick], image_data.attributes["digit"][pick], epochs=epochs, seed=seed,
+        val=(test.images, test.attributes["digit"]), progress=progress)
+    classifier.save_pretrained(clf_dir)
+    (clf_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return classifier
