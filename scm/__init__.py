@@ -11,6 +11,8 @@ Example:
     >>> scm.counterfactual(obs, do={"t": 3.0})["t"]
     tensor([3., 3.])
 """
+from scm.effects import (EffectEstimate, FalsificationReport, IndependenceResult, Refutation, estimate_effect,
+                         falsify_graph, gcm_frame, graph_from_dowhy, graph_from_gcm, to_dowhy, to_gcm)
 from scm.graph import CausalGraph, NodeSpec
 from scm.mechanisms import (AffineSigmoidMechanism, CategoricalMechanism, ConditionalAffine, FlowMechanism,
                             GammaMechanism, GumbelMaxMechanism, LinearGaussianMechanism, Mechanism)
@@ -21,13 +23,24 @@ __all__ = [
     "CausalGraph",
     "CategoricalMechanism",
     "ConditionalAffine",
+    "EffectEstimate",
+    "FalsificationReport",
     "FlowMechanism",
     "GammaMechanism",
     "GumbelMaxMechanism",
+    "IndependenceResult",
     "LinearGaussianMechanism",
     "Mechanism",
     "NodeSpec",
+    "Refutation",
     "SCM",
     "SCMConfig",
+    "estimate_effect",
+    "falsify_graph",
+    "gcm_frame",
+    "graph_from_dowhy",
+    "graph_from_gcm",
     "noise_site",
+    "to_dowhy",
+    "to_gcm",
 ]
