@@ -156,6 +156,11 @@ def pareto_front(effectiveness: ArrayLike, spurious: ArrayLike, higher_is_better
     return e[order], s[order]
 
 
+def _span(a: float, b: float) -> str:
+    lo, hi = sorted((float(a), float(b)))
+    return f"[{lo:.4g}, {hi:.4g}]"
+
+
 def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tuple[ArrayLike, ArrayLike],
                               higher_is_better: bool, grid: int = 101) -> dict:
     """Spurious change of ``method`` over ``baseline`` at equal effectiveness (e.g. DCFG / CFG).
@@ -197,8 +202,7 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
     out: dict = {"ratio": None, "range": None, "method_mean": None, "baseline_mean": None, "reason": None}
     if lo > hi:
         out["reason"] = ("the two methods' effectiveness ranges do not overlap: "
-                         f"{sorted((float(sign * ea[0]), float(sign * ea[-1])))} vs "
-                         f"{sorted((float(sign * eb[0]), float(sign * eb[-1])))}")
+                         + _span(sign * ea[0], sign * ea[-1]) + " vs " + _span(sign * eb[0], sign * eb[-1]))
         return out
     g = np.linspace(lo, hi, grid) if hi > lo else np.array([lo])
     ma, mb = float(np.mean(np.interp(g, ea, sa))), float(np.mean(np.interp(g, eb, sb)))

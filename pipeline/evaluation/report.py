@@ -1,0 +1,385 @@
+"""The outputs of ``dcfg evaluate``: ``metrics.json``, ``report.md``, ``tradeoff.png`` and ``grid.png``.
+
+:func:`write_outputs` writes all four into a temporary folder beside the destination and renames it
+into place, so a failed or interrupted run leaves nothing partial.
+
+Example:
+    >>> out = check_out_dir("eval-out")            # doctest: +SKIP
+    >>> write_outputs(result, out)                  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+__all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid", "to_json", "OUTPUT_FILES"]
+
+#: The files of an evaluation folder.
+OUTPUT_FILES = ("metrics.json", "report.md", "tradeoff.png", "grid.png")
+
+_LABELS = {"none": "none", "cfg": "CFG", "dcfg": "DCFG", "dcfg_per_attribute": "DCFG (one group per attribute)"}
+
+
+# ---------------------------------------------------------------------------------------------- files
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Check that ``out`` can receive an evaluation: absent, or an earlier evaluation's folder.
+
+    Raises:
+        ValueError: ``out`` is a file, a folder holding anything but an evaluation, or not writable.
+    """
+    from pipeline.parsing import check_writable
+
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {str(out)!r} is a file; give a folder path (it is created)")
+        if any(out.iterdir()) and not (out / "metrics.json").is_file():
+            raise ValueError(f"--out {str(out)!r} is a folder with other content (no metrics.json); give a new "
+                             f"folder or an earlier evaluation's folder, which is replaced")
+    check_writable(out / "metrics.json", "--out")
+    return out
+
+
+def to_json(obj: Any) -> Any:
+    """JSON-ready copy: numpy scalars to Python, tensors to lists, non-finite floats to ``None``."""
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return to_json(obj.detach().cpu().tolist())
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Mapping):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_json(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    return obj
+
+
+def write_outputs(result: Any, out: str | os.PathLike) -> Path:
+    """Write ``metrics.json``, ``report.md``, ``tradeoff.png``, ``grid.png`` into ``out``, atomically.
+
+    Everything goes into a temporary folder next to ``out``, renamed into place at the end; an earlier
+    evaluation at ``out`` is replaced only once the new one is complete.
+    """
+    out = check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        metrics = to_json(result.metrics)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+        (tmp / "report.md").write_text(format_report(metrics))
+        plot_tradeoff(metrics, tmp / "tradeoff.png")
+        plot_grid(result.grid, tmp / "grid.png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp create private modes; give the usual ones
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- markdown
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    if not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    return f"{v:.1f}" if a >= 100 else f"{v:.2f}" if a >= 10 else f"{v:.3f}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(x if isinstance(x, str) else _fmt(x) for x in r) + " |")
+    return "\n".join(lines)
+
+
+_SKIP = {"method", "scale", "guidance", "groups", "weights", "n", "steps"}
+
+
+def _metric_keys(rows: list[dict]) -> list[str]:
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in _SKIP and k not in keys:
+                keys.append(k)
+    order = ("_mae", "_accuracy", "_flip_rate", "_abs_change", "_excess_change", "gt_l1", "gt_psnr", "realism_fd")
+    return sorted(keys, key=lambda k: next((i for i, s in enumerate(order) if k.endswith(s)), len(order)))
+
+
+def _column(key: str, pipelines: int) -> str:
+    pname, method = key.split("/", 1)
+    label = _LABELS.get(method, method)
+    return label if pipelines == 1 else f"{label} ({pname})"
+
+
+def _scale(v: Any) -> str:
+    return "–" if v is None else f"{float(v):g}"
+
+
+def _method_label(r: Mapping[str, Any]) -> str:
+    return _LABELS.get(r["method"], r["method"])
+
+
+def format_headline(metrics: Mapping[str, Any]) -> str:
+    """The headline table (main-table settings, every pipeline and method) and the equal-effectiveness ratios."""
+    pipes = metrics["pipelines"]
+    out: list[str] = []
+    out += ["## Headline (main table settings)", ""]
+    for name, res in pipes.items():
+        out.append(f"- {name}: main-table scales " + ", ".join(
+            f"do({n}) CFG w={_scale(v['cfg'])}, DCFG w={_scale(v['dcfg'])}" for n, v in res["scales"].items()))
+    out.append("")
+    cols: list[str] = []
+    table = [r for r in metrics["headline"] if not any(k.endswith("/ratio") for k in r["values"])]
+    for r in table:
+        for k in r["values"]:
+            if k not in cols:
+                cols.append(k)
+    judged = [c for c in cols if c.endswith("/dcfg")]
+    rows = []
+    for r in table:
+        met = r.get("met") or {}
+        rows.append([r["metric"], r.get("target") or ""] + [r["values"].get(c) for c in cols]
+                    + [_fmt(met.get(c)) if c in met else "" for c in judged])
+    out += [_table(["metric", "target"] + [_column(c, len(pipes)) for c in cols]
+                   + [f"met ({_column(c, len(pipes))})" for c in judged], rows), ""]
+
+    # Trade-off ratios.
+    out += ["## Spurious change at equal effectiveness", "",
+            "For each intervention and spurious metric, each method's sweep points (effectiveness, spurious "
+            "change), reduced to their Pareto front and interpolated linearly in effectiveness, are averaged over "
+            "101 evenly spaced effectiveness values of the range both fronts cover; the ratio is the method's mean "
+            "over CFG's (below 1: less spurious change than CFG at the same effectiveness; `–` when the ranges do "
+            "not overlap or CFG has no spurious change there).", ""]
+    rows = []
+    for name, res in pipes.items():
+        for tr in res["tradeoff"]:
+            rng = tr.get("range")
+            rows.append([name, f"do({tr['intervention']})", tr["spurious"], _LABELS.get(tr["method"], tr["method"]),
+                         tr["ratio"], f"{tr['effectiveness']} in [{_fmt(rng[0])}, {_fmt(rng[1])}]" if rng else
+                         (tr.get("reason") or "")])
+    out += [_table(["pipeline", "intervention", "spurious metric", "method", "ratio vs CFG", "common range"], rows), ""]
+
+    return "\n".join(out).rstrip() + "\n"
+
+
+def format_report(metrics: Mapping[str, Any]) -> str:
+    """The markdown report of an evaluation's ``metrics`` (as written to ``metrics.json``)."""
+    s = metrics["settings"]
+    t = metrics["timing"]
+    pipes = metrics["pipelines"]
+    out = ["# Counterfactual evaluation: CFG vs DCFG", ""]
+    if s.get("command"):
+        out += ["Command:", "", f"```\n{s['command']}\n```", ""]
+    out += [f"{s['n']} test rows, {s['steps']} DDIM steps; sweep over scales {', '.join(_scale(x) for x in s['scales'])} "
+            f"on {s['sweep_n']} rows ({s['sweep_steps']} steps); composition ({s['cycles']} cycles, "
+            f"{s['cycle_steps']} steps) and reversibility on {s['cycle_n']} rows; DCFG with one group per attribute "
+            f"on {s['per_attribute_n']} rows. Seed {s['seed']}.", "",
+            f"Subsets: {s['subset_rule']}.", "",
+            f"Wall time {t['wall_s'] / 60:.1f} min for {t['nfe']:,} image-NFEs ({t['ms_per_nfe']:.2f} ms per "
+            f"image-NFE in the diffusion phases, oracle measurement excluded; {t['torch_threads']} torch "
+            f"thread(s)).", ""]
+
+    out += [format_headline(metrics), ""]
+
+    # Per intervention.
+    for node in s["interventions"]:
+        out += [f"## do({node})", ""]
+        for name, res in pipes.items():
+            main = res["main"][node]
+            keys = _metric_keys(main)
+            rev = {(r["method"]): r["l1"] for r in (res["reversibility"] or []) if r["intervention"] == node}
+            rows = [[_method_label(r), _scale(r["scale"]), r["n"], r["steps"]] + [r.get(k) for k in keys]
+                    + [rev.get(r["method"])] for r in main]
+            out += [f"Main table ({name}):", "",
+                    _table(["guidance", "scale", "n", "steps"] + keys + ["reversibility L1"], rows), ""]
+            sweep = res["sweep"][node]
+            keys = _metric_keys(sweep)
+            rows = [[_method_label(r), _scale(r["scale"])] + [r.get(k) for k in keys] for r in sweep]
+            out += [f"Sweep ({name}, {sweep[0]['n']} rows, {sweep[0]['steps']} steps):", "",
+                    _table(["guidance", "scale"] + keys, rows), ""]
+
+    # do(random parent).
+    for name, res in pipes.items():
+        rp = res.get("random_parent")
+        if not rp:
+            continue
+        keys = _metric_keys(rp["methods"])
+        out += [f"## do(random parent) ({name})", "",
+                "Each row intervenes on one parent drawn uniformly (" + ", ".join(
+                    f"{k}: {v} rows" for k, v in rp["counts"].items()) + "), with that row's single-parent "
+                "target; metrics are over the rows of each parent.", "",
+                _table(["guidance"] + keys, [[_method_label(r)] + [r.get(k) for k in keys] for r in rp["methods"]]),
+                ""]
+
+    # Composition, realism floor.
+    out += ["## Composition (guidance none, under the factual parents)", ""]
+    for name, res in pipes.items():
+        comp = res.get("composition")
+        if comp:
+            out += [f"{name}: {comp['n']} rows, {comp['steps']} steps; L1 (0-255) after each cycle: "
+                    + ", ".join(f"{k + 1}: {_fmt(v)}" for k, v in enumerate(comp["l1_per_cycle"])), ""]
+    f = metrics["factual"]
+    out += ["## Oracle floor (factual test images)", "",
+            _table(["quantity", "value"], [[k, v] for k, v in f.items()]), "",
+            "`*_measurement_mae`: oracle measurement of the factual image against its label; `digit_accuracy`: "
+            "the classifier on the factual images; `realism_fd`: the factual rows against the whole test set.", ""]
+    out += ["## Definitions", "",
+            "- effectiveness: `<a>_mae` = MAE between the target and the measured attribute (morphometry); for "
+            "do(thickness) the intensity target is the SCM's counterfactual i'. `digit_accuracy` = classifier "
+            "accuracy against the target digit.",
+            "- spurious change: `digit_flip_rate` = classifier prediction differs from the (unchanged) digit; "
+            "`<a>_abs_change` = mean |m(x') - m(x)| of an attribute the intervention must not change; "
+            "`<a>_excess_change` = mean |(m(x') - m(x)) - (a' - a)|, the change beyond the SCM's.",
+            "- ground truth: `gt_l1` (on [0, 1]) and `gt_psnr` (dB) against the re-rendered true counterfactual.",
+            "- composition / reversibility: L1 on 0..255 after invert-decode cycles / after do(a') then do(a) back.",
+            "- realism: `realism_fd` = Frechet distance to the real test images in the classifier's penultimate "
+            "features.", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def plot_tradeoff(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``tradeoff.png``: effectiveness (x) against spurious change (y), one curve per guidance method.
+
+    One panel per (intervention, spurious metric); points are labelled with their scale; guidance
+    ``none`` is a star; an ablation pipeline's curves are dashed.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.images import atomic_save
+
+    pipes = metrics["pipelines"]
+    first = next(iter(pipes.values()))
+    panels = []
+    for node, rows in first["sweep"].items():
+        spur = [k for k in rows[0] if k.endswith(("_flip_rate", "_abs_change", "_excess_change"))]
+        eff = next(k for k in rows[0] if k.startswith(f"{node}_") and k.endswith(("_mae", "_accuracy")))
+        panels += [(node, eff, k) for k in spur]
+    ncols = max(1, max((sum(1 for p in panels if p[0] == n) for n in first["sweep"]), default=1))
+    nrows = max(1, len(first["sweep"]))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    colors = {"cfg": "tab:red", "dcfg": "tab:blue", "dcfg_per_attribute": "tab:green"}
+    for r, node in enumerate(first["sweep"]):
+        mine = [p for p in panels if p[0] == node]
+        for cidx in range(ncols):
+            ax = axes[r, cidx]
+            if cidx >= len(mine):
+                ax.axis("off")
+                continue
+            _, eff, spur = mine[cidx]
+            for pname, res in pipes.items():
+                style = "-" if pname == "main" else "--"
+                rows = res["sweep"][node]
+                for method in dict.fromkeys(x["method"] for x in rows):
+                    pts = sorted((x for x in rows if x["method"] == method), key=lambda x: x["scale"] or 0)
+                    xs, ys = [p[eff] for p in pts], [p[spur] for p in pts]
+                    if method == "none":
+                        ax.plot(xs, ys, "*", color="k", ms=10, label=f"none ({pname})" if len(pipes) > 1 else "none")
+                        continue
+                    ax.plot(xs, ys, style, marker="o", ms=4, color=colors.get(method, "tab:gray"),
+                            label=_LABELS.get(method, method) + (f" ({pname})" if len(pipes) > 1 else ""))
+                    for p in pts:
+                        ax.annotate(_scale(p["scale"]), (p[eff], p[spur]), fontsize=7,
+                                    xytext=(3, 3), textcoords="offset points")
+            ratio = next((t for t in first["tradeoff"] if t["intervention"] == node and t["spurious"] == spur
+                          and t["method"] == "dcfg"), None)
+            title = f"do({node})"
+            if ratio and ratio["ratio"] is not None:
+                title += f": DCFG/CFG = {ratio['ratio']:.2f}"
+            ax.set_title(title, fontsize=9)
+            better = "higher is better" if eff.endswith("_accuracy") else "lower is better"
+            ax.set_xlabel(f"{eff} ({better})", fontsize=8)
+            ax.set_ylabel(spur, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    atomic_save(lambda f: fig.savefig(f, dpi=110, format="png"), path)
+    plt.close(fig)
+
+
+def plot_grid(grid: Mapping[str, Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """``grid.png``: factual | CFG | DCFG (| ground truth) for a few digits per intervention, measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.images import atomic_save
+
+    blocks = [(node, g) for node, g in grid.items() if len(g["images"][0])]
+    nrows = sum(len(g["images"][0]) for _, g in blocks)
+    ncols = max((len(g["columns"]) for _, g in blocks), default=1)
+    fig, axes = plt.subplots(max(nrows, 1), ncols, figsize=(ncols * 1.9, max(nrows, 1) * 2.1), squeeze=False)
+    if not blocks:
+        axes[0, 0].text(0.5, 0.5, "no rows", ha="center", va="center")
+        axes[0, 0].axis("off")
+    r = 0
+    for node, g in blocks:
+        for j in range(len(g["images"][0])):
+            target = g["target"][j]
+            tgt = f"{int(target)}" if node == "digit" or float(target).is_integer() else f"{float(target):.1f}"
+            for c in range(ncols):
+                ax = axes[r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c >= len(g["images"]):
+                    ax.axis("off")
+                    continue
+                img = g["images"][c][j]
+                ax.imshow(img[0].detach().cpu().numpy() if img.shape[0] == 1 else
+                          img.permute(1, 2, 0).detach().cpu().numpy() * 0.5 + 0.5, cmap="gray", vmin=-1, vmax=1)
+                m = g["measured"][c]
+                ax.set_xlabel(" ".join(f"{k[0]}={_short(m[k][j])}" for k in m), fontsize=6)
+                if r == 0 or j == 0:
+                    ax.set_title(g["columns"][c], fontsize=7)
+                if c == 0:
+                    ax.set_ylabel(f"do({node}={tgt})", fontsize=7)
+            r += 1
+    fig.tight_layout()
+    atomic_save(lambda f: fig.savefig(f, dpi=100, format="png"), path)
+    plt.close(fig)
+
+
+def _short(v: Any) -> str:
+    v = float(v)
+    return f"{int(v)}" if v.is_integer() else f"{v:.1f}"

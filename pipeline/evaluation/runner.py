@@ -1,0 +1,768 @@
+"""``dcfg evaluate``: CFG vs DCFG on the counterfactual benchmark, within a fixed compute budget.
+
+What runs (for each pipeline: the evaluated one, and an optional ablation evaluated the same way):
+
+1. **Rows and targets.** ``n`` test rows are drawn by a seeded permutation; the scale sweep uses its
+   first ``sweep_n`` rows and composition/reversibility its first ``cycle_n`` rows, so the subsets are
+   random samples nested in the main rows. Intervention values come from :meth:`Oracles.draw_targets`.
+   ``do(random parent)`` gives every row one intervened parent drawn uniformly, with the same target
+   value as that row's single-parent query, so its counterfactuals are those queries' (no extra cost).
+2. **Abduction, once.** Every row is DDIM-inverted once per step count, under its factual parents; that
+   ``x_T`` is shared by every intervention, guidance method and scale (and by composition's first
+   cycle). The SCM's noise is abducted once and pushed through each ``do``.
+3. **Sweep** (``sweep_n`` rows): CFG and DCFG (and optionally DCFG with one group per attribute) at
+   every scale of ``scales``. CFG at ``w = 1`` is the plain conditional, i.e. guidance ``none``, and
+   reuses it.
+4. **Main table** (``n`` rows): guidance none, CFG at its best sweep scale for that intervention (the
+   one with the best effectiveness; ``cfg_scale`` overrides it) and DCFG at ``scale`` (default: the
+   pipeline's). Rows already decoded by the sweep are reused. DCFG with one group per attribute runs at
+   the same scale on ``per_attribute_n`` rows (default ``sweep_n``).
+5. **Composition** (``cycle_n`` rows, ``cycle_steps``): ``cycles`` invert-decode cycles, no guidance.
+   **Reversibility** (``cycle_n`` rows): the main table's counterfactuals, queried back to the factual
+   value with the same guidance.
+
+Cost, in image-NFEs (one network evaluation of one image): ``S`` per inverted image, ``k S`` per
+decoded one (``k`` = 1 none, 2 CFG, M + 1 DCFG with M groups). :func:`estimate_nfe` adds them up before
+the run; at the defaults (``n = 1000``, ``S = 20``, ``sweep_n = 125``, ``cycle_n = 100``, 6 scales,
+3 interventions) it is about 0.67 M image-NFEs, about 27 minutes at 2.4 ms each (a 28x28 forward on
+2 CPU cores), plus a minute of morphometry and rendering; ``n = 50`` takes about 2 minutes.
+
+Metric definitions (BENCHMARK.md "Metrics"; the single definitions live in
+:mod:`pipeline.evaluation.metrics` and :mod:`pipeline.evaluation.scores`):
+
+=================  =========================================================================================
+effectiveness t/i  MAE between the target ``t'`` (``i'``) and the measured thickness (intensity) of the
+                   counterfactual; for do(t) the intensity target is the SCM's counterfactual ``i'``
+effectiveness y    accuracy of the digit classifier on the counterfactual against the target digit
+spurious change    digit flips (classifier) under do(t)/do(i); measured ``|delta t|``, ``|delta i|`` under
+                   do(y) (and ``|delta t|`` under do(i)); under do(t) the intensity change beyond the SCM's:
+                   ``|(m_i(x') - m_i(x)) - (i' - i)|``
+ground truth       L1 on [0, 1] and PSNR between counterfactual and true counterfactual, do(t) and do(i)
+composition        L1 (0-255) between x and invert-then-decode of x under its own parents, no guidance,
+                   after 1 and 10 cycles
+reversibility      L1 (0-255) between x and do(a') followed by do(a) back
+realism            Frechet distance between counterfactuals and the real test images in the digit
+                   classifier's penultimate features
+=================  =========================================================================================
+
+**Spurious change, DCFG / CFG at equal effectiveness** (:func:`~pipeline.evaluation.metrics.
+equal_effectiveness_ratio`): for each intervention and each of its spurious metrics, each method's sweep
+points (effectiveness, spurious), reduced to their Pareto front and interpolated linearly in
+effectiveness, are averaged over 101 evenly spaced effectiveness values of the range both fronts cover;
+the ratio is DCFG's mean over CFG's (``None`` if the ranges do not overlap).
+
+Example:
+    >>> from pipeline import CounterfactualPipeline                             # doctest: +SKIP
+    >>> res = run_evaluation(CounterfactualPipeline.pretrained(), "eval-out",
+    ...                      EvaluationConfig(n=50))                            # doctest: +SKIP
+    >>> res.metrics["headline"][0]                                              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.evaluation.engine import QueryEngine, nfe_per_step
+from pipeline.evaluation.metrics import equal_effectiveness_ratio, frechet_distance
+from pipeline.evaluation.oracles import MorphoOracles, Oracles
+from pipeline.evaluation.scores import effectiveness, ground_truth_error, roles, spurious_change
+
+__all__ = ["EvaluationConfig", "EvaluationResult", "METHODS", "BENCHMARK_TARGETS", "evaluate", "run_evaluation",
+           "estimate_nfe", "resolve_config"]
+
+#: Guidance methods the evaluation knows: name -> (guidance, groups) for ``resolve_guidance``.
+METHODS: dict[str, tuple[str, str | None]] = {
+    "none": ("none", None),
+    "cfg": ("cfg", None),
+    "dcfg": ("dcfg", "dag"),
+    "dcfg_per_attribute": ("dcfg", "per_attribute"),
+}
+
+#: BENCHMARK.md's targets: (intervened node, metric) -> (comparison, value).
+BENCHMARK_TARGETS: dict[tuple[str, str], tuple[str, float]] = {
+    ("thickness", "thickness_mae"): ("<=", 0.20),
+    ("intensity", "intensity_mae"): ("<=", 5.0),
+    ("digit", "digit_accuracy"): (">=", 0.98),
+    ("thickness", "gt_l1"): ("<=", 0.03),
+    ("intensity", "gt_l1"): ("<=", 0.03),
+    ("composition", "cycle_1"): ("<=", 1.0),
+    ("composition", "cycle_10"): ("<=", 3.0),
+    ("tradeoff", "ratio"): ("<=", 0.5),
+}
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Settings of one evaluation (saved in ``metrics.json``; the CLI maps its flags onto it).
+
+    Attributes:
+        n: test rows of the main table.
+        steps: DDIM steps (inversion and decoding) of the main table.
+        scales: guidance scales of the sweep (the trade-off curves).
+        scale: DCFG scale of the main table: a number, ``None`` (the pipeline's default) or ``"best"``
+            (per intervention, the sweep scale with the best effectiveness).
+        cfg_scale: CFG scale of the main table: ``"best"`` (default, as for ``scale``) or a number.
+        sweep_n: rows of the sweep (``None``: ``min(n, max(10, n // 8))``).
+        sweep_steps: DDIM steps of the sweep (``None``: ``steps``).
+        sweep_methods: guided methods swept over ``scales`` (``cfg`` is required as the baseline).
+        per_attribute_n: rows of DCFG with one group per attribute (``None``: ``sweep_n``; 0 skips it).
+        cycle_n: rows of composition and reversibility (``None``: ``min(n, max(5, n // 10))``).
+        cycles: composition cycles.
+        cycle_steps: DDIM steps of composition (``None``: ``steps``).
+        interventions: intervened nodes (``None``: every image parent).
+        invariant_weight: DCFG weight of the invariant group (``None``: the pipeline's).
+        chunk_size: rows per batched call (``None``: the pipeline's).
+        grid_n: digits per intervention in ``grid.png``.
+        seed: seed of the rows, the targets and the SCM's abduction.
+    """
+
+    n: int = 1000
+    steps: int = 20
+    scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+    scale: float | str | None = None
+    cfg_scale: float | str = "best"
+    sweep_n: int | None = None
+    sweep_steps: int | None = None
+    sweep_methods: tuple[str, ...] = ("cfg", "dcfg")
+    per_attribute_n: int | None = None
+    cycle_n: int | None = None
+    cycles: int = 10
+    cycle_steps: int | None = None
+    interventions: tuple[str, ...] | None = None
+    invariant_weight: float | None = None
+    chunk_size: int | None = None
+    grid_n: int = 4
+    seed: int = 0
+
+
+@dataclass
+class EvaluationResult:
+    """What an evaluation produced: ``metrics`` (JSON-ready) and the images of ``grid.png``."""
+
+    metrics: dict[str, Any]
+    grid: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def _pos_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+    return int(value)
+
+
+def _scale_value(name: str, value: Any, allow_none: bool) -> float | str | None:
+    if value is None and allow_none:
+        return None
+    if value == "best":
+        return "best"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative finite number or 'best'"
+                         + (" (or None for the pipeline's default)" if allow_none else ""))
+    return float(value)
+
+
+def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> EvaluationConfig:
+    """Validate ``config`` against the pipeline and the data and fill every ``None`` default.
+
+    Raises:
+        ValueError: a setting out of range, naming the setting, the value and the allowed range.
+    """
+    c = config
+    n = _pos_int("n", c.n)
+    if n > available_rows:
+        raise ValueError(f"n={n} exceeds the {available_rows} test rows available; use n <= {available_rows}")
+    steps = _pos_int("steps", c.steps)
+    if not c.scales:
+        raise ValueError("scales is empty: give at least one guidance scale, e.g. 1,1.5,2,3,4,6")
+    scales = tuple(sorted({float(_scale_value("scales", s, False)) for s in c.scales}))  # type: ignore[arg-type]
+    unknown = [m for m in c.sweep_methods if m not in METHODS or m == "none"]
+    if unknown:
+        raise ValueError(f"sweep_methods {unknown} unknown: allowed are 'cfg', 'dcfg', 'dcfg_per_attribute'")
+    if "cfg" not in c.sweep_methods:
+        raise ValueError(f"sweep_methods={list(c.sweep_methods)} must include 'cfg', the baseline of the "
+                         f"equal-effectiveness ratio")
+    sweep_n = min(n, max(10, n // 8)) if c.sweep_n is None else _pos_int("sweep_n", c.sweep_n)
+    cycle_n = min(n, max(5, n // 10)) if c.cycle_n is None else _pos_int("cycle_n", c.cycle_n, 0)
+    per_attr = sweep_n if c.per_attribute_n is None else _pos_int("per_attribute_n", c.per_attribute_n, 0)
+    for name, v in (("sweep_n", sweep_n), ("cycle_n", cycle_n), ("per_attribute_n", per_attr)):
+        if v > n:
+            raise ValueError(f"{name}={v} exceeds n={n}: the subsets are nested in the main rows; use {name} <= n")
+    parents = list(pipe.graph.image_parents())
+    interventions = tuple(parents) if c.interventions is None else tuple(c.interventions)
+    bad = [v for v in interventions if v not in parents]
+    if bad or not interventions:
+        raise ValueError(f"interventions {list(interventions)} must be non-empty image parents of the pipeline: "
+                         f"{parents}")
+    scale = _scale_value("scale", c.scale, allow_none=True)
+    if scale is None:
+        scale = float(pipe.config.scale)
+    iw = float(pipe.config.invariant_weight) if c.invariant_weight is None else float(c.invariant_weight)
+    if not math.isfinite(iw):
+        raise ValueError(f"invariant_weight={c.invariant_weight!r} must be finite")
+    return replace(
+        c, n=n, steps=steps, scales=scales, scale=scale, cfg_scale=_scale_value("cfg_scale", c.cfg_scale, False),
+        sweep_n=sweep_n, sweep_steps=steps if c.sweep_steps is None else _pos_int("sweep_steps", c.sweep_steps),
+        sweep_methods=tuple(dict.fromkeys(c.sweep_methods)), per_attribute_n=per_attr, cycle_n=cycle_n,
+        cycles=_pos_int("cycles", c.cycles), cycle_steps=steps if c.cycle_steps is None
+        else _pos_int("cycle_steps", c.cycle_steps), interventions=interventions, invariant_weight=iw,
+        chunk_size=_pos_int("chunk_size", c.chunk_size if c.chunk_size is not None else pipe.config.chunk_size),
+        grid_n=_pos_int("grid_n", c.grid_n, 0), seed=int(c.seed))
+
+
+def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weight: float
+                ) -> tuple[str, list[list[str]], list[float]]:
+    from pipeline.groups import resolve_guidance
+
+    guidance, groups = METHODS[method]
+    if guidance == "cfg" and scale == 1.0:  # CFG at w = 1 is the plain conditional
+        guidance = "none"
+    g, w = resolve_guidance(graph, [node], guidance, scale if guidance != "none" else 1.0, groups, None,
+                            invariant_weight)
+    return guidance, g, w
+
+
+def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1) -> dict[str, int]:
+    """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
+
+    Assumes the main table's scales are among the sweep's (then the sweep's rows are reused).
+
+    Example:
+        >>> from pipeline.presets import morphomnist_graph
+        >>> cfg = EvaluationConfig(n=1000, steps=20, scale=3.0, cfg_scale=3.0, sweep_n=125, cycle_n=100,
+        ...                        per_attribute_n=125, cycle_steps=20, sweep_steps=20,
+        ...                        interventions=("thickness", "intensity", "digit"), invariant_weight=1.0)
+        >>> estimate_nfe(cfg, morphomnist_graph())["total"]
+        674500
+    """
+    c = config
+    nodes = list(c.interventions)
+    k = {node: {m: nfe_per_step(*_groups_for(graph, node, m, 3.0, 1.0)[:2]) for m in METHODS} for node in nodes}
+    out = {"inversion": c.steps * c.n}
+    if c.sweep_steps != c.steps:
+        out["inversion"] += c.sweep_steps * c.sweep_n
+    if c.cycle_steps not in (c.steps, c.sweep_steps):
+        out["inversion"] += c.cycle_steps * c.cycle_n
+    sweep = 0
+    for node in nodes:
+        for m in c.sweep_methods:
+            for s in c.scales:
+                kk = 1 if (m == "cfg" and s == 1.0) else k[node][m]
+                if kk == 1 and c.sweep_steps == c.steps:
+                    continue  # = guidance none, decoded by the main table
+                sweep += kk * c.sweep_steps * c.sweep_n
+    out["sweep"] = sweep
+    reuse = c.sweep_n if c.sweep_steps == c.steps else 0
+    out["main"] = sum(c.steps * (k[node]["none"] * c.n + (k[node]["cfg"] + k[node]["dcfg"]) * (c.n - reuse))
+                      for node in nodes)
+    out["per_attribute"] = sum(k[node]["dcfg_per_attribute"] * c.steps * c.per_attribute_n for node in nodes)
+    out["composition"] = c.cycle_steps * c.cycle_n * (2 * c.cycles - 1)
+    out["reversibility"] = sum(c.steps * c.cycle_n * (3 + k[node]["none"] + k[node]["cfg"] + k[node]["dcfg"])
+                               for node in nodes)
+    out = {key: v * pipelines for key, v in out.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- one pipeline
+class _Run:
+    """Evaluation of one pipeline on fixed rows and targets, with caches of inversions and decodings."""
+
+    def __init__(self, name: str, pipe: Any, data: "_Data", config: EvaluationConfig, bar: Any) -> None:
+        self.name, self.pipe, self.data, self.c = name, pipe, data, config
+        self.graph = pipe.graph
+        self.engine = QueryEngine(pipe, chunk_size=config.chunk_size, bar=bar)
+        self._x_T: dict[int, Tensor] = {}
+        self._decoded: dict[tuple, dict[str, Any]] = {}
+        self.timing: dict[str, float] = {}
+        self.nfe: dict[str, int] = {}
+        self.measure_s = 0.0
+        # Abduction (attributes) once; action + prediction per intervened node.
+        u = pipe.scm.abduct(data.parents, seed=config.seed)
+        self.cf_parents: dict[str, dict[str, Tensor]] = {}
+        for node in config.interventions:
+            value = data.targets[node].to(data.parents[node].dtype)
+            self.cf_parents[node] = pipe.scm.predict(u, do={node: value})
+
+    # -- caches -------------------------------------------------------------------------------------
+    def x_T(self, steps: int, m: int) -> Tensor:
+        have = self._x_T.get(steps)
+        done = 0 if have is None else len(have)
+        if done < m:
+            d = self.data
+            new = self.engine.invert(d.images[done:m], {k: v[done:m] for k, v in d.parents.items()}, steps)
+            self._x_T[steps] = new if have is None else torch.cat([have, new])
+        return self._x_T[steps][:m]
+
+    def decode(self, node: str, method: str, scale: float, m: int, steps: int) -> dict[str, Any]:
+        """Counterfactual images (and their measurements) of rows [0, m) for one method and scale."""
+        guidance, groups, weights = _groups_for(self.graph, node, method, scale, self.c.invariant_weight)
+        key = (node, guidance, tuple(map(tuple, groups)), tuple(weights), steps)
+        entry = self._decoded.get(key)
+        done = 0 if entry is None else len(entry["images"])
+        if done < m:
+            z = self.x_T(steps, m)[done:m]
+            cf = {k: v[done:m] for k, v in self.cf_parents[node].items()}
+            imgs = self.engine.decode(z, cf, guidance, groups, weights, steps)
+            t0 = time.perf_counter()
+            meas = self.data.oracles.measure(imgs)
+            self.measure_s += time.perf_counter() - t0
+            if entry is None:
+                entry = {"images": imgs, "measured": meas, "guidance": guidance, "groups": groups,
+                         "weights": weights}
+            else:
+                entry["images"] = torch.cat([entry["images"], imgs])
+                entry["measured"] = {k: np.concatenate([entry["measured"][k], meas[k]]) for k in meas}
+            self._decoded[key] = entry
+        return {"images": entry["images"][:m], "measured": {k: v[:m] for k, v in entry["measured"].items()},
+                "guidance": entry["guidance"], "groups": entry["groups"], "weights": entry["weights"]}
+
+    # -- scoring ------------------------------------------------------------------------------------
+    def score(self, node: str, method: str, scale: float, m: int, steps: int, extras: bool) -> dict[str, Any]:
+        d = self.data
+        out = self.decode(node, method, scale, m, steps)
+        tgt = {k: v[:m] for k, v in self.cf_parents[node].items()}
+        fact = {k: v[:m] for k, v in d.parents.items()}
+        fmeas = {k: v[:m] for k, v in d.measured.items()}
+        row: dict[str, Any] = {"method": method, "scale": None if method == "none" else scale,
+                               "guidance": out["guidance"], "groups": out["groups"], "weights": out["weights"],
+                               "n": m, "steps": steps}
+        row.update(effectiveness(self.graph, [node], tgt, out["measured"]))
+        row.update(spurious_change(self.graph, [node], fact, fmeas, tgt, out["measured"]))
+        if extras:
+            truth = d.truth.get(node)
+            if truth is not None:
+                row.update(ground_truth_error(out["images"], truth[:m]))
+            if m >= 2:
+                row["realism_fd"] = frechet_distance(d.oracles.embed(out["images"]), d.reference_features)
+        return row
+
+    def _phase(self, name: str, start: float, nfe0: int) -> None:
+        self.timing[name] = self.timing.get(name, 0.0) + time.perf_counter() - start
+        self.nfe[name] = self.nfe.get(name, 0) + self.engine.nfe - nfe0
+
+    # -- the evaluation -------------------------------------------------------------------------------
+    def run(self, dcfg_scale: float | str, log: Callable[[str], None]) -> dict[str, Any]:
+        c, nodes = self.c, list(self.c.interventions)
+        t0, n0 = time.perf_counter(), self.engine.nfe
+        self.x_T(c.steps, c.n)
+        self._phase("inversion", t0, n0)
+
+        # Sweep: every guided method at every scale on the first sweep_n rows.
+        t0, n0 = time.perf_counter(), self.engine.nfe
+        sweep: dict[str, list[dict]] = {}
+        for node in nodes:
+            rows = [self.score(node, "none", 1.0, c.sweep_n, c.sweep_steps, extras=False)]
+            for method in c.sweep_methods:
+                for s in c.scales:
+                    rows.append(self.score(node, method, s, c.sweep_n, c.sweep_steps, extras=False))
+            sweep[node] = rows
+        self._phase("sweep", t0, n0)
+
+        # Scales of the main table.
+        chosen: dict[str, dict[str, float]] = {}
+        for node in nodes:
+            key, higher = _primary(self.graph, node)
+            chosen[node] = {}
+            for method, requested in (("cfg", c.cfg_scale), ("dcfg", dcfg_scale)):
+                if requested == "best":
+                    if method not in c.sweep_methods:
+                        raise ValueError(f"scale='best' for {method} needs {method!r} in sweep_methods")
+                    cands = [r for r in sweep[node] if r["method"] == method]
+                    best = max(cands, key=lambda r: (r[key] if higher else -r[key], -r["scale"]))
+                    chosen[node][method] = float(best["scale"])
+                else:
+                    chosen[node][method] = float(requested)
+        log(f"[{self.name}] main-table scales: " + ", ".join(
+            f"do({n}) CFG {v['cfg']:g} DCFG {v['dcfg']:g}" for n, v in chosen.items()))
+
+        # Main table on n rows (+ DCFG with one group per attribute on per_attribute_n rows).
+        t0, n0 = time.perf_counter(), self.engine.nfe
+        main: dict[str, list[dict]] = {}
+        for node in nodes:
+            main[node] = [self.score(node, "none", 1.0, c.n, c.steps, extras=True),
+                          self.score(node, "cfg", chosen[node]["cfg"], c.n, c.steps, extras=True),
+                          self.score(node, "dcfg", chosen[node]["dcfg"], c.n, c.steps, extras=True)]
+        self._phase("main", t0, n0)
+        t0, n0 = time.perf_counter(), self.engine.nfe
+        if c.per_attribute_n:
+            for node in nodes:
+                main[node].append(self.score(node, "dcfg_per_attribute", chosen[node]["dcfg"], c.per_attribute_n,
+                                             c.steps, extras=c.per_attribute_n == c.n))
+        self._phase("per_attribute", t0, n0)
+
+        random_parent = self._random_parent(chosen) if len(nodes) > 1 else None
+
+        # Composition and reversibility on the first cycle_n rows.
+        t0, n0 = time.perf_counter(), self.engine.nfe
+        composition = self._composition() if c.cycle_n else None
+        self._phase("composition", t0, n0)
+        t0, n0 = time.perf_counter(), self.engine.nfe
+        reversibility = self._reversibility(chosen) if c.cycle_n else None
+        self._phase("reversibility", t0, n0)
+
+        tradeoff = _tradeoff(self.graph, sweep, c.sweep_methods)
+        return {"scales": chosen, "main": main, "sweep": sweep, "random_parent": random_parent,
+                "composition": composition, "reversibility": reversibility, "tradeoff": tradeoff,
+                "nfe": dict(self.nfe, total=self.engine.nfe),
+                "seconds": dict(self.timing, measure_oracles=self.measure_s)}
+
+    def _random_parent(self, chosen: dict[str, dict[str, float]]) -> dict[str, Any]:
+        """do(random parent): row j's query is do(node_j) with that row's single-parent target."""
+        c, d = self.c, self.data
+        nodes = list(c.interventions)
+        pick = d.random_choice[:c.n]
+        out: dict[str, Any] = {"counts": {node: int((pick == k).sum()) for k, node in enumerate(nodes)},
+                               "methods": []}
+        for method in ("none", "cfg", "dcfg"):
+            imgs = torch.empty_like(d.images[:c.n])
+            row: dict[str, Any] = {"method": method}
+            for k, node in enumerate(nodes):
+                sel = np.flatnonzero(pick == k)
+                scale = 1.0 if method == "none" else chosen[node][method]
+                dec = self.decode(node, method, scale, c.n, c.steps)
+                imgs[sel] = dec["images"][sel]
+                if len(sel) == 0:
+                    continue
+                tgt = {a: v[sel] for a, v in self.cf_parents[node].items()}
+                fact = {a: v[sel] for a, v in d.parents.items()}
+                fmeas = {a: v[sel] for a, v in d.measured.items()}
+                meas = {a: v[sel] for a, v in dec["measured"].items()}
+                for key, val in {**effectiveness(self.graph, [node], tgt, meas),
+                                 **spurious_change(self.graph, [node], fact, fmeas, tgt, meas)}.items():
+                    row[f"do({node}) {key}"] = val
+            if c.n >= 2:
+                row["realism_fd"] = frechet_distance(d.oracles.embed(imgs), d.reference_features)
+            out["methods"].append(row)
+        return out
+
+    def _composition(self) -> dict[str, Any]:
+        from pipeline.evaluation.scores import composition
+
+        c, d = self.c, self.data
+        m = c.cycle_n
+        curve = composition(self.pipe, d.images[:m], {k: v[:m] for k, v in d.parents.items()}, cycles=c.cycles,
+                            steps=c.cycle_steps, x_T=self.x_T(c.cycle_steps, m), engine=self.engine)
+        mean = curve.mean(0)
+        return {"n": m, "steps": c.cycle_steps, "cycles": c.cycles, "l1_per_cycle": [float(v) for v in mean],
+                "cycle_1": float(mean[0]), f"cycle_{c.cycles}": float(mean[-1])}
+
+    def _reversibility(self, chosen: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+        from pipeline.evaluation.scores import reversibility
+
+        c, d = self.c, self.data
+        m = c.cycle_n
+        rows = []
+        for node in c.interventions:
+            for method in ("none", "cfg", "dcfg"):
+                scale = 1.0 if method == "none" else chosen[node][method]
+                dec = self.decode(node, method, scale, m, c.steps)
+                guidance, _, _ = _groups_for(self.graph, node, method, scale, c.invariant_weight)
+                dist = reversibility(
+                    self.pipe, d.images[:m], {k: v[:m] for k, v in d.parents.items()},
+                    {node: d.targets[node][:m]}, guidance, scale, c.steps, counterfactual=dec["images"],
+                    counterfactual_parents={k: v[:m] for k, v in self.cf_parents[node].items()},
+                    invariant_weight=c.invariant_weight, seed=c.seed, engine=self.engine)
+                rows.append({"intervention": node, "method": method, "scale": None if method == "none" else scale,
+                             "n": m, "steps": c.steps, "l1": float(np.mean(dist))})
+        return rows
+
+
+def _primary(graph: Any, node: str) -> tuple[str, bool]:
+    """The effectiveness metric of ``do(node)`` and whether higher is better."""
+    if graph.spec(node).is_discrete:
+        return f"{node}_accuracy", True
+    return f"{node}_mae", False
+
+
+def _tradeoff(graph: Any, sweep: Mapping[str, list[dict]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Equal-effectiveness ratios of every swept method against CFG, per intervention and spurious metric."""
+    out = []
+    for node, rows in sweep.items():
+        eff, higher = _primary(graph, node)
+        spurious = [k for k in rows[0] if k.endswith(("_flip_rate", "_abs_change", "_excess_change"))]
+        curves = {m: [r for r in rows if r["method"] == m] for m in methods}
+        for key in spurious:
+            base = ([r[eff] for r in curves["cfg"]], [r[key] for r in curves["cfg"]])
+            for m in methods:
+                if m == "cfg":
+                    continue
+                res = equal_effectiveness_ratio(([r[eff] for r in curves[m]], [r[key] for r in curves[m]]), base,
+                                                higher_is_better=higher)
+                out.append({"intervention": node, "effectiveness": eff, "spurious": key, "method": m,
+                            "baseline": "cfg", **res})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class _Data:
+    images: Tensor
+    parents: dict[str, Tensor]
+    rows: Tensor
+    targets: dict[str, Tensor]
+    random_choice: np.ndarray
+    measured: dict[str, np.ndarray]
+    truth: dict[str, Tensor | None]
+    reference_features: np.ndarray
+    oracles: Oracles
+
+
+def _prepare(images: Tensor, parents: Mapping[str, Tensor], oracles: Oracles, c: EvaluationConfig,
+             rows: Tensor | None, reference_images: Tensor | None, graph: Any) -> tuple[_Data, dict[str, Any]]:
+    n_all = len(images)
+    gen = torch.Generator().manual_seed(c.seed)
+    sel = torch.randperm(n_all, generator=gen)[:c.n]
+    x = images[sel]
+    pa = {k: torch.as_tensor(v)[sel] for k, v in parents.items()}
+    data_rows = (torch.arange(n_all) if rows is None else torch.as_tensor(rows).long())[sel]
+    targets = {node: torch.as_tensor(oracles.draw_targets(node, pa, gen)) for node in c.interventions}
+    choice = torch.randint(0, len(c.interventions), (c.n,), generator=gen).numpy()
+    measured = oracles.measure(x)
+    missing = [p for p in graph.image_parents() if p not in measured]
+    if missing:
+        raise ValueError(f"the oracles' measure() gives {sorted(measured)}, but it must measure every image "
+                         f"parent: {missing} missing")
+    truth: dict[str, Tensor | None] = {}
+    for node in c.interventions:
+        value = targets[node].to(pa[node].dtype)
+        truth[node] = oracles.true_counterfactual(data_rows, {node: value})
+    ref = images if reference_images is None else reference_images
+    ref_feats = oracles.embed(ref)
+    factual: dict[str, Any] = {"n": c.n, "reference_n": len(ref)}
+    for p in graph.image_parents():
+        if graph.spec(p).is_discrete:
+            factual[f"{p}_accuracy"] = float(np.mean(measured[p].astype(np.int64) == pa[p].numpy().astype(np.int64)))
+        else:
+            factual[f"{p}_measurement_mae"] = float(np.mean(np.abs(measured[p] - pa[p].double().numpy())))
+    if c.n >= 2:
+        factual["realism_fd"] = frechet_distance(oracles.embed(x), ref_feats)
+    data = _Data(x, pa, data_rows, targets, choice, measured, truth, ref_feats, oracles)
+    return data, factual
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: Oracles,
+             config: EvaluationConfig | None = None, *, rows: Tensor | None = None,
+             reference_images: Tensor | None = None, ablation: Any = None, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> EvaluationResult:
+    """Evaluate counterfactuals of ``pipe`` (and optionally an ``ablation`` pipeline) on a test set.
+
+    Args:
+        pipe: the :class:`~pipeline.core.CounterfactualPipeline` under test.
+        images: candidate test images (N, C, H, W) in [-1, 1]; ``config.n`` of them are drawn.
+        parents: their factual attributes (every attribute node), name -> (N,).
+        oracles: measurement, features, intervention values and ground truth of this dataset.
+        config: settings (see :class:`EvaluationConfig`; ``None`` values are resolved here).
+        rows: dataset row index of each image, for ``oracles.true_counterfactual`` (default 0..N-1).
+        reference_images: real images for realism (default: all of ``images``).
+        ablation: a second pipeline over the same graph, evaluated the same way (same rows, targets,
+            oracles and DCFG scale) and reported beside the first.
+        progress: a tqdm bar over image-NFEs.
+        log: called with one-line progress messages (e.g. ``print``).
+
+    Returns:
+        An :class:`EvaluationResult`.
+
+    Example:
+        >>> res = evaluate(pipe, test.images, test.attributes, MorphoOracles(test, pipe.classifier),
+        ...                EvaluationConfig(n=50))                                    # doctest: +SKIP
+        >>> res.metrics["pipelines"]["main"]["main"]["thickness"][2]["thickness_mae"]  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    log = log or (lambda s: None)
+    if not isinstance(oracles, Oracles):
+        raise TypeError(f"oracles must be a pipeline.evaluation.Oracles, got {type(oracles).__name__}")
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise TypeError("images must be a (N, C, H, W) tensor in [-1, 1]")
+    missing = [k for k in pipe.graph.attribute_nodes() if k not in parents]
+    if missing:
+        raise ValueError(f"parents lacks attribute node(s) {missing}; the SCM needs every one of "
+                         f"{list(pipe.graph.attribute_nodes())}")
+    c = resolve_config(config or EvaluationConfig(), pipe, len(images))
+    if ablation is not None and sorted(ablation.graph.image_parents()) != sorted(pipe.graph.image_parents()):
+        raise ValueError(f"the ablation pipeline's image parents {ablation.graph.image_parents()} differ from "
+                         f"{pipe.graph.image_parents()}; both must answer the same queries")
+    pipelines = {"main": pipe} if ablation is None else {"main": pipe, "ablation": ablation}
+    plan = estimate_nfe(c, pipe.graph, pipelines=len(pipelines))
+    log(f"plan: {plan['total']:,} image-NFEs ({', '.join(f'{k} {v:,}' for k, v in plan.items() if k != 'total')})")
+
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    data, factual = _prepare(images, parents, oracles, c, rows, reference_images, pipe.graph)
+    prep_s = time.perf_counter() - t0
+
+    bar = tqdm(total=plan["total"], unit="nfe", unit_scale=True, desc="evaluate", disable=not progress)
+    results: dict[str, Any] = {}
+    runs: dict[str, _Run] = {}
+    try:
+        for name, p in pipelines.items():
+            run = _Run(name, p, data, c, bar)
+            results[name] = run.run(c.scale, log)
+            runs[name] = run
+    finally:
+        bar.close()
+    wall = time.perf_counter() - t_start
+    nfe_total = sum(r["nfe"]["total"] for r in results.values())
+    diffusion_s = sum(sum(v for k, v in r["seconds"].items() if k != "measure_oracles") - r["seconds"]["measure_oracles"]
+                      for r in results.values())
+    metrics = {
+        "settings": _settings(c),
+        "plan_nfe": plan,
+        "factual": factual,
+        "pipelines": results,
+        "headline": _headline(pipe.graph, results),
+        "timing": {"wall_s": wall, "prepare_s": prep_s, "nfe": nfe_total,
+                   "ms_per_nfe": 1000.0 * max(diffusion_s, 0.0) / max(nfe_total, 1), "torch_threads": torch.get_num_threads()},
+    }
+    return EvaluationResult(metrics=metrics, grid=_grid(runs["main"], results["main"]["scales"]))
+
+
+def _settings(c: EvaluationConfig) -> dict[str, Any]:
+    s = asdict(c)
+    s["scales"] = list(c.scales)
+    s["interventions"] = list(c.interventions or ())
+    s["sweep_methods"] = list(c.sweep_methods)
+    s["subset_rule"] = ("rows = first n of a seeded permutation of the test set; sweep = first sweep_n of them, "
+                        "composition/reversibility = first cycle_n, DCFG per attribute = first per_attribute_n; "
+                        "one DDIM inversion per row and step count is shared by every query")
+    return s
+
+
+def _grid(run: _Run, chosen: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    c, d = run.c, run.data
+    m = min(c.grid_n, c.n)
+    out: dict[str, dict[str, Any]] = {}
+    if m == 0:
+        return out
+    for node in c.interventions:
+        cfg = run.decode(node, "cfg", chosen[node]["cfg"], m, c.steps)
+        dc = run.decode(node, "dcfg", chosen[node]["dcfg"], m, c.steps)
+        truth = d.truth.get(node)
+        out[node] = {
+            "target": d.targets[node][:m], "columns": ["factual", f"CFG w={chosen[node]['cfg']:g}",
+                                                      f"DCFG w={chosen[node]['dcfg']:g}"]
+            + (["ground truth"] if truth is not None else []),
+            "images": [d.images[:m], cfg["images"], dc["images"]] + ([truth[:m]] if truth is not None else []),
+            "measured": [{k: v[:m] for k, v in d.measured.items()}, cfg["measured"], dc["measured"]]
+            + ([d.oracles.measure(truth[:m])] if truth is not None else [])}
+    return out
+
+
+def _fmt_target(cmp_: str, value: float) -> str:
+    return f"{cmp_} {value:g}"
+
+
+def _met(cmp_: str, target: float, value: float | None) -> bool | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return value <= target + _EPS if cmp_ == "<=" else value >= target - _EPS
+
+
+def _headline(graph: Any, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric of the main tables; a column per ``pipeline/method``; targets where BENCHMARK sets one."""
+    rows: list[dict[str, Any]] = []
+
+    def add(label: str, target: tuple[str, float] | None, values: dict[str, float | None],
+            **extra: Any) -> None:
+        rows.append({"metric": label, "target": _fmt_target(*target) if target else None, "values": values,
+                     "met": {k: _met(target[0], target[1], v) for k, v in values.items()} if target else None,
+                     **extra})
+
+    first = next(iter(results.values()))
+    for node in first["main"]:
+        eff, _ = _primary(graph, node)
+        keys = [eff]
+        for r in first["main"][node]:
+            keys += [k for k in r if k not in keys and k.endswith(
+                ("_mae", "_accuracy", "_flip_rate", "_abs_change", "_excess_change", "gt_l1", "gt_psnr", "realism_fd"))]
+        for key in keys:
+            values = {f"{pname}/{r['method']}": r[key] for pname, res in results.items()
+                      for r in res["main"][node] if key in r}
+            add(f"do({node}): {key}", BENCHMARK_TARGETS.get((node, key)), values)
+    comps = {pname: res["composition"] for pname, res in results.items() if res["composition"]}
+    if comps:
+        cycles = next(iter(comps.values()))["cycles"]
+        for key in dict.fromkeys(("cycle_1", f"cycle_{cycles}")):
+            add(f"composition L1 (0-255) after {key.split('_')[1]} cycle(s)", BENCHMARK_TARGETS.get(("composition", key)),
+                {f"{pname}/none": comp[key] for pname, comp in comps.items()})
+    for pname, res in results.items():
+        revs: dict[str, dict[str, float]] = {}
+        for tr in res["reversibility"] or []:
+            revs.setdefault(tr["intervention"], {})[f"{pname}/{tr['method']}"] = tr["l1"]
+        for node, values in revs.items():
+            add(f"do({node}): reversibility L1 (0-255)", None, values)
+    for pname, res in results.items():
+        for tr in res["tradeoff"]:
+            add(f"do({tr['intervention']}): {tr['spurious']}, {tr['method']} / cfg at equal {tr['effectiveness']}",
+                BENCHMARK_TARGETS[("tradeoff", "ratio")], {f"{pname}/ratio": tr["ratio"]}, reason=tr["reason"])
+    return rows
+
+
+def run_evaluation(pipe: Any, out: str | os.PathLike, config: EvaluationConfig | None = None, *,
+                   ablation: Any = None, classifier: Any = None, data_seed: int = 0,
+                   root: str | os.PathLike | None = None, n_jobs: int | None = None, max_sources: int | None = None,
+                   command: str | None = None, progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> EvaluationResult:
+    """Evaluate a Morpho-MNIST pipeline on the benchmark's test digits and write ``out``.
+
+    Writes ``metrics.json``, ``report.md``, ``tradeoff.png`` and ``grid.png`` into a temporary folder
+    beside ``out`` and renames it into place at the end: a failed run leaves nothing (an earlier
+    evaluation at ``out`` stays as it was until the new one is complete).
+
+    Args:
+        pipe: a pipeline over the Morpho-MNIST graph (thickness, intensity, digit -> 1x28x28 image).
+        out: output folder; it must not exist, or must be an earlier evaluation's output.
+        config: settings (:class:`EvaluationConfig`).
+        ablation: optional second pipeline (e.g. trained with whole-condition dropout only).
+        classifier: the oracle digit classifier (default ``pipe.classifier``).
+        data_seed: seed of the test digits' attributes (``MorphoMNIST("test", seed=...)``).
+        root: a local MNIST/Morpho-MNIST folder (default: the bundled digits).
+        n_jobs: morphometry and rendering processes.
+        max_sources: use only this many test source digits (class-balanced; for quick tests).
+        command: the command line, recorded in the report.
+        progress: tqdm bars.
+        log: one-line progress messages.
+
+    Returns:
+        The :class:`EvaluationResult` that was written.
+
+    Example:
+        >>> pipe = CounterfactualPipeline.pretrained()                          # doctest: +SKIP
+        >>> run_evaluation(pipe, "eval-quick", EvaluationConfig(n=50))          # doctest: +SKIP
+    """
+    from pipeline.datasets import MorphoMNIST
+    from pipeline.evaluation.report import check_out_dir, write_outputs
+
+    out = check_out_dir(out)
+    image = pipe.graph.image_node
+    if (sorted(pipe.graph.image_parents()) != ["digit", "intensity", "thickness"]
+            or tuple(pipe.graph.spec(image).shape) != (1, 28, 28)):
+        raise ValueError(f"run_evaluation scores Morpho-MNIST pipelines (thickness, intensity, digit -> 1x28x28 "
+                         f"image); this one has parents {pipe.graph.image_parents()} and image shape "
+                         f"{tuple(pipe.graph.spec(image).shape)}. For other data call evaluate() with your oracles")
+    classifier = classifier if classifier is not None else pipe.classifier
+    if classifier is None:
+        raise ValueError("the pipeline has no digit classifier (the benchmark's oracle): pass --classifier DIR "
+                         "(a DigitClassifier saved with save_pretrained) or a pipeline saved with one")
+    t0 = time.perf_counter()
+    test = MorphoMNIST("test", root=root, samples_per_digit=1, seed=data_seed, attribute_sampling="scm",
+                       n_jobs=n_jobs, progress=progress, max_sources=max_sources)
+    oracles = MorphoOracles(test, classifier.eval(), n_jobs=n_jobs)
+    result = evaluate(pipe, test.images, test.attributes, oracles, config, rows=torch.arange(len(test)),
+                      reference_images=test.images, ablation=ablation, progress=progress, log=log)
+    result.metrics["settings"].update(data_seed=data_seed, root=None if root is None else str(root),
+                                      max_sources=max_sources, test_rows=len(test), command=command)
+    result.metrics["timing"]["load_s"] = time.perf_counter() - t0 - result.metrics["timing"]["wall_s"]
+    write_outputs(result, out)
+    return result

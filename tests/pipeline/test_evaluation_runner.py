@@ -1,0 +1,295 @@
+"""The evaluation runner's plumbing on the tiny 8x8 pipeline of conftest.py, with exact toy oracles.
+
+Graph:  thickness -> intensity;  (thickness, intensity, digit) -> image (1x8x8)
+
+The toy image is a bright square (conftest.render): its side follows thickness, its grey level intensity,
+its quadrant ``digit % 4``. The toy oracles read those back exactly, so the factual images measure as
+their labels; digits are kept in 0..3 so that the quadrant *is* the digit.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.datasets import morpho_equations as eq
+from pipeline.evaluation.engine import QueryEngine
+from pipeline.evaluation.oracles import Oracles
+from pipeline.evaluation.report import OUTPUT_FILES, check_out_dir, write_outputs
+from pipeline.evaluation.runner import EvaluationConfig, estimate_nfe, evaluate, resolve_config
+from pipeline.evaluation.scores import composition, reversibility
+
+
+def square(t: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """conftest.render: a square of half-side t/2 (clamped), grey level i/255, at quadrant y % 4."""
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    cy = 2.5 + 3.0 * ((y % 4) // 2).float()
+    cx = 2.5 + 3.0 * ((y % 4) % 2).float()
+    half = (t.float() / 2).clamp(0.5, 2.5)
+    inside = ((yy[None] - cy[:, None, None]).abs() <= half[:, None, None]) & (
+        (xx[None] - cx[:, None, None]).abs() <= half[:, None, None])
+    return (-1 + inside.float() * (1 + i.float()[:, None, None] / 255.0))[:, None].clamp(-1, 1)
+
+
+class SquareOracles(Oracles):
+    def __init__(self, noise_e: torch.Tensor, digits: torch.Tensor, thickness: torch.Tensor):
+        gen = torch.Generator().manual_seed(7)
+        pool = eq.sample_noise(4000, gen)
+        t = eq.thickness_from_noise(pool["u_t"])
+        super().__init__(marginals={"thickness": t.clamp(1.0, 5.0), "intensity": eq.intensity_from(t, pool["e_i"])},
+                         cardinality={"digit": 4})
+        self.e, self.digits, self.thickness = noise_e, digits, thickness
+        self.truth_calls = []
+
+    def measure(self, images):
+        x = images[:, 0]
+        bright = x > -0.9
+        count = bright.flatten(1).sum(1).clamp(min=1).double()
+        level = torch.where(bright, x, torch.zeros_like(x)).flatten(1).sum(1).double() / count
+        yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+        cy = (bright * yy).flatten(1).sum(1) / count
+        cx = (bright * xx).flatten(1).sum(1) / count
+        quadrant = 2 * (cy > 4).long() + (cx > 4).long()
+        return {"thickness": count.sqrt().numpy(), "intensity": (255 * level).numpy(), "digit": quadrant.numpy()}
+
+    def embed(self, images):
+        m = self.measure(images)
+        return np.stack([m["thickness"], m["intensity"] / 50, m["digit"].astype(float),
+                         images.flatten(1).std(1).double().numpy()], 1)
+
+    def true_counterfactual(self, rows, do):
+        self.truth_calls.append(sorted(do))
+        rows = torch.as_tensor(rows).long()
+        t = self.thickness[rows].double()
+        if "thickness" in do:
+            t = torch.as_tensor(do["thickness"]).double()
+            i = eq.intensity_from(t, self.e[rows])
+        elif "intensity" in do:
+            i = torch.as_tensor(do["intensity"]).double()
+        else:
+            return None
+        return square(t, i, self.digits[rows])
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    gen = torch.Generator().manual_seed(11)
+    noise = eq.sample_noise(40, gen)
+    t = eq.thickness_from_noise(noise["u_t"]).float()
+    i = eq.intensity_from(t, noise["e_i"]).float()
+    y = torch.randint(0, 4, (40,), generator=gen)
+    images = square(t, i, y)
+    return images, {"thickness": t, "intensity": i, "digit": y}, SquareOracles(noise["e_i"], y, t)
+
+
+SMALL = EvaluationConfig(n=12, steps=3, scales=(1.0, 2.0, 4.0), scale=2.0, sweep_n=6, cycle_n=3, cycles=2,
+                         per_attribute_n=6, grid_n=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_pipeline, toy_data):
+    images, parents, oracles = toy_data
+    oracles.truth_calls.clear()
+    return evaluate(tiny_pipeline, images, parents, oracles, SMALL, progress=False)
+
+
+def test_toy_oracles_read_back_the_labels(toy_data):
+    images, parents, oracles = toy_data
+    m = oracles.measure(images)
+    assert np.array_equal(m["digit"], parents["digit"].numpy())
+    assert np.allclose(m["intensity"], parents["intensity"].numpy(), atol=0.01)
+
+
+def test_result_has_every_section_and_metric(result):
+    m = result.metrics
+    assert set(m) == {"settings", "plan_nfe", "factual", "pipelines", "headline", "timing"}
+    run = m["pipelines"]["main"]
+    assert set(run["main"]) == {"thickness", "intensity", "digit"}
+    methods = [r["method"] for r in run["main"]["thickness"]]
+    assert methods == ["none", "cfg", "dcfg", "dcfg_per_attribute"]
+    t_row = run["main"]["thickness"][2]
+    for key in ("thickness_mae", "intensity_mae", "intensity_excess_change", "digit_flip_rate", "gt_l1", "gt_psnr",
+                "realism_fd"):
+        assert key in t_row and math.isfinite(t_row[key]), key
+    assert t_row["groups"] == [["thickness", "intensity"], ["digit"]] and t_row["weights"] == [2.0, 1.0]
+    i_row = run["main"]["intensity"][2]
+    assert {"intensity_mae", "thickness_abs_change", "digit_flip_rate", "gt_l1"} <= set(i_row)
+    y_row = run["main"]["digit"][2]
+    assert {"digit_accuracy", "thickness_abs_change", "intensity_abs_change"} <= set(y_row)
+    assert "gt_l1" not in y_row  # no ground truth for do(digit)
+    assert run["main"]["thickness"][3]["groups"] == [["thickness"], ["intensity"], ["digit"]]
+    assert run["main"]["thickness"][3]["n"] == 6
+    # sweep: none + every method at every scale; CFG at w = 1 is guidance none
+    sweep = run["sweep"]["digit"]
+    assert [(r["method"], r["scale"]) for r in sweep] == [("none", None)] + [
+        (mth, s) for mth in ("cfg", "dcfg") for s in (1.0, 2.0, 4.0)]
+    assert sweep[1]["guidance"] == "none" and sweep[1]["digit_accuracy"] == sweep[0]["digit_accuracy"]
+    assert all(r["n"] == 6 for r in sweep)
+    # composition and reversibility on cycle_n rows
+    assert run["composition"]["n"] == 3 and len(run["composition"]["l1_per_cycle"]) == 2
+    assert {(r["intervention"], r["method"]) for r in run["reversibility"]} == {
+        (n, mth) for n in ("thickness", "intensity", "digit") for mth in ("none", "cfg", "dcfg")}
+    # do(random parent): row counts add up to n
+    assert sum(run["random_parent"]["counts"].values()) == 12
+    # the factual floor: the toy oracles are exact on the factual images
+    assert m["factual"]["digit_accuracy"] == 1.0
+    assert m["factual"]["intensity_measurement_mae"] < 0.01
+
+
+def test_scales_best_cfg_and_fixed_dcfg(result):
+    run = result.metrics["pipelines"]["main"]
+    for node, chosen in run["scales"].items():
+        assert chosen["dcfg"] == 2.0
+        sweep = [r for r in run["sweep"][node] if r["method"] == "cfg"]
+        key = "digit_accuracy" if node == "digit" else f"{node}_mae"
+        vals = {r["scale"]: r[key] for r in sweep}
+        best = max(vals.values()) if node == "digit" else min(vals.values())
+        assert vals[chosen["cfg"]] == best
+        assert chosen["cfg"] == min(s for s, v in vals.items() if v == best)  # ties -> the smaller scale
+
+
+def test_main_table_reuses_the_sweep_decodings(result):
+    run = result.metrics["pipelines"]["main"]
+    for node in ("thickness", "intensity", "digit"):
+        sweep_dcfg = next(r for r in run["sweep"][node] if r["method"] == "dcfg" and r["scale"] == 2.0)
+        assert sweep_dcfg["steps"] == 3
+    plan = result.metrics["plan_nfe"]
+    spent = run["nfe"]
+    # the plan of estimate_nfe is what the run spent when the chosen CFG scales are >= 1 and in the sweep
+    assert spent["total"] <= plan["total"]
+    assert spent["inversion"] == 3 * 12
+
+
+def test_nfe_accounting_of_the_engine(tiny_pipeline, tiny_batch):
+    x, a = tiny_batch
+    eng = QueryEngine(tiny_pipeline, chunk_size=4)
+    z = eng.invert(x, a, steps=2)
+    assert eng.nfe == 2 * len(x)
+    eng.decode(z, a, "dcfg", [["thickness", "intensity"], ["digit"]], [2.0, 1.0], steps=2)
+    assert eng.nfe == 2 * len(x) + 3 * 2 * len(x)
+    # chunking does not change the result
+    z_one = QueryEngine(tiny_pipeline, chunk_size=64).invert(x, a, steps=2)
+    assert torch.allclose(z, z_one, atol=1e-5)
+
+
+def test_estimate_nfe_counts_a_small_plan(tiny_pipeline):
+    c = resolve_config(EvaluationConfig(n=10, steps=2, scales=(1.0, 3.0), scale=3.0, cfg_scale=3.0, sweep_n=4,
+                                        cycle_n=2, cycles=3, per_attribute_n=4, interventions=("digit",)),
+                       tiny_pipeline, 40)
+    est = estimate_nfe(c, tiny_pipeline.graph)
+    assert est["inversion"] == 20
+    assert est["sweep"] == 2 * 4 * (2 + 3 + 3)      # CFG 3 (k=2), DCFG 1 and 3 (k=3); CFG 1 = none
+    assert est["main"] == 2 * (1 * 10 + 5 * 6)      # none on 10 rows, CFG+DCFG on the 6 rows past the sweep
+    assert est["per_attribute"] == 4 * 2 * 4
+    assert est["composition"] == 2 * 2 * 5
+    assert est["reversibility"] == 2 * 2 * (3 + 1 + 2 + 3)
+    assert est["total"] == sum(v for k, v in est.items() if k != "total")
+
+
+def test_composition_and_reversibility_functions(tiny_pipeline, tiny_batch):
+    x, a = tiny_batch
+    curve = composition(tiny_pipeline, x, a, cycles=2, steps=4)
+    assert curve.shape == (len(x), 2) and np.isfinite(curve).all() and (curve >= 0).all()
+    # reusing a precomputed inversion gives the same first cycle
+    z = tiny_pipeline.invert(x, {k: a[k] for k in tiny_pipeline.graph.image_parents()}, steps=4)
+    again = composition(tiny_pipeline, x, a, cycles=1, steps=4, x_T=z)
+    assert np.allclose(again[:, 0], curve[:, 0], atol=1e-4)
+    d = reversibility(tiny_pipeline, x, a, {"thickness": torch.full((len(x),), 3.0)}, "dcfg", 2.0, steps=4)
+    assert d.shape == (len(x),) and np.isfinite(d).all()
+    with pytest.raises(ValueError, match="cycles"):
+        composition(tiny_pipeline, x, a, cycles=0)
+
+
+def test_ground_truth_is_asked_only_for_continuous_interventions(result, toy_data):
+    _, _, oracles = toy_data
+    assert sorted(map(tuple, oracles.truth_calls)) == [("digit",), ("intensity",), ("thickness",)]
+
+
+def test_same_seed_same_metrics(tiny_pipeline, toy_data, result):
+    images, parents, oracles = toy_data
+    cfg = EvaluationConfig(n=12, steps=3, scales=(1.0, 2.0, 4.0), scale=2.0, sweep_n=6, cycle_n=3, cycles=2,
+                           per_attribute_n=6, grid_n=2, seed=3, interventions=("thickness",))
+    again = evaluate(tiny_pipeline, images, parents, oracles, cfg, progress=False)
+    a = result.metrics["pipelines"]["main"]["main"]["thickness"][2]
+    b = again.metrics["pipelines"]["main"]["main"]["thickness"][2]
+    assert a["thickness_mae"] == pytest.approx(b["thickness_mae"], abs=1e-6)
+    assert a["gt_l1"] == pytest.approx(b["gt_l1"], abs=1e-6)
+
+
+def test_ablation_is_evaluated_the_same_way(tiny_pipeline, toy_data):
+    images, parents, oracles = toy_data
+    cfg = EvaluationConfig(n=6, steps=2, scales=(1.0, 2.0), scale=2.0, sweep_n=4, cycle_n=2, cycles=1,
+                           per_attribute_n=0, grid_n=1, interventions=("digit", "thickness"))
+    res = evaluate(tiny_pipeline, images, parents, oracles, cfg, ablation=tiny_pipeline, progress=False)
+    runs = res.metrics["pipelines"]
+    assert set(runs) == {"main", "ablation"}
+    # the same pipeline twice: identical numbers, columns side by side in the headline
+    assert runs["main"]["main"]["digit"] == runs["ablation"]["main"]["digit"]
+    row = next(r for r in res.metrics["headline"] if r["metric"] == "do(digit): digit_accuracy")
+    assert {"main/dcfg", "ablation/dcfg", "main/cfg", "ablation/none"} <= set(row["values"])
+    assert all(len(r["method"]) for r in runs["main"]["main"]["thickness"])
+    assert [r["method"] for r in runs["main"]["main"]["thickness"]] == ["none", "cfg", "dcfg"]
+
+
+def test_outputs_are_written_atomically(result, tmp_path, monkeypatch):
+    out = write_outputs(result, tmp_path / "eval")
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["n"] == 12 and metrics["settings"]["steps"] == 3
+    assert metrics["settings"]["scales"] == [1.0, 2.0, 4.0] and metrics["settings"]["sweep_n"] == 6
+    report = (out / "report.md").read_text()
+    for heading in ("## Headline", "## do(thickness)", "## do(intensity)", "## do(digit)",
+                    "## Spurious change at equal effectiveness", "## Composition", "## do(random parent)"):
+        assert heading in report
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG" and (out / "grid.png").stat().st_size > 1000
+    # a failure while writing leaves the earlier evaluation in place and no temporary folder behind
+    before = (out / "metrics.json").read_text()
+    import pipeline.evaluation.report as report_mod
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(report_mod, "plot_grid", boom)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        write_outputs(result, out)
+    assert (out / "metrics.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+    with pytest.raises(RuntimeError):
+        write_outputs(result, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_out_dir_checks(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        check_out_dir(tmp_path / "file")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="other content"):
+        check_out_dir(other)
+    assert check_out_dir(tmp_path / "new" / "eval") == tmp_path / "new" / "eval"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": 0}, "n=0"), ({"n": 500}, "exceeds the 40 test rows"), ({"steps": 0}, "steps=0"),
+    ({"scales": ()}, "scales is empty"), ({"scales": (1.0, float("nan"))}, "scales=nan"),
+    ({"sweep_methods": ("dcfg",)}, "must include 'cfg'"), ({"sweep_methods": ("cfg", "magic")}, "magic"),
+    ({"sweep_n": 50, "n": 10}, "sweep_n=50 exceeds n=10"), ({"cycle_n": 11, "n": 10}, "cycle_n=11"),
+    ({"interventions": ("colour",)}, "colour"), ({"scale": -1.0}, "scale=-1.0"), ({"cfg_scale": "worst"}, "worst"),
+])
+def test_config_errors_name_the_setting(tiny_pipeline, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config(EvaluationConfig(**{"n": 10, **kwargs}), tiny_pipeline, 40)
+
+
+def test_evaluate_input_errors(tiny_pipeline, toy_data):
+    images, parents, oracles = toy_data
+    with pytest.raises(TypeError, match="Oracles"):
+        evaluate(tiny_pipeline, images, parents, object(), SMALL, progress=False)
+    with pytest.raises(ValueError, match="'digit'"):
+        evaluate(tiny_pipeline, images, {k: v for k, v in parents.items() if k != "digit"}, oracles, SMALL,
+                 progress=False)
