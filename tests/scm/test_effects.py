@@ -248,7 +248,7 @@ def test_specs_override_attributes_and_data() -> None:
 
 def test_to_gcm_picks_the_model_class_and_fits() -> None:
     assert type(to_gcm(CONFOUNDED)) is gcm.InvertibleStructuralCausalModel
-    assert type(to_gcm(RICH)) is gcm.StructuralCausalModel  # flag and digit-children need classifiers
+    assert type(to_gcm(RICH)) is gcm.StructuralCausalModel  # the binary child flag needs a classifier
     model = to_gcm(CONFOUNDED, confounded_rows(1000, seed=1), seed=0)
     np.random.seed(0)
     ate = gcm.average_causal_effect(model, "y", interventions_alternative={"t": lambda v: 1.0},
@@ -301,6 +301,27 @@ def test_falsify_flags_wrong_graphs(method: str, wrong: str) -> None:
     frame = report.to_frame()
     assert list(frame.columns) == ["x", "y", "given", "p_value", "p_adjusted", "rejected"]
     assert (frame["p_adjusted"] >= frame["p_value"]).all() and frame["rejected"].any()
+
+
+@pytest.mark.parametrize("method", ["approx_kernel", "regression"])
+def test_other_dowhy_tests_pass_the_chain_and_flag_the_fork(method: str) -> None:
+    rows = chain_rows(300, seed=0, linear=False)
+    assert not falsify_graph(abc([("a", "b"), ("b", "c")]), rows, method=method).rejected
+    assert falsify_graph(abc([("a", "b"), ("a", "c")]), rows, method=method).rejected
+
+
+def test_falsify_on_the_morpho_graph(morpho_graph: CausalGraph) -> None:
+    """The image node is dropped; digit is independent of the stroke, intensity depends on thickness."""
+    rows = morpho_data(500)
+    report = falsify_graph(morpho_graph, rows)
+    assert not report.rejected
+    assert {(frozenset((t.x, t.y)), t.given) for t in report.tests} == {
+        (frozenset(("thickness", "digit")), ()), (frozenset(("intensity", "digit")), ()),
+        (frozenset(("intensity", "digit")), ("thickness",))}
+    cut = CausalGraph.from_edges([], {n: morpho_graph.spec(n) for n in morpho_graph.attribute_nodes()})
+    bad = falsify_graph(cut, rows)
+    assert len(bad.tests) == 3
+    assert {frozenset((t.x, t.y)) for t in bad.violations} == {frozenset(("thickness", "intensity"))}
 
 
 def test_markov_equivalent_graph_is_not_flagged() -> None:
