@@ -706,7 +706,10 @@ def estimate_effect(graph: CausalGraph, data: Any, treatment: str, outcome: str,
 
     The placebo refuter permutes the treatment (``placebo_type="permute"``) unless
     ``refuter_params`` says otherwise: dowhy's default placebo for a float treatment draws from
-    ``N(0, 0)``, a constant, which tests nothing.
+    ``N(0, 0)``, a constant, which tests nothing. Refuters get a clean copy of the data: dowhy's
+    propensity estimators write their score column into the model's data, and a placebo refit
+    through ``CausalModel.refute_estimate`` reuses the true treatment's scores (with
+    ``backdoor.propensity_score_weighting`` that gave a placebo effect of -2.7 for a true effect of 2).
 
     Args:
         graph: the causal DAG (its image node, if any, is dropped).
