@@ -163,6 +163,15 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
     for name, res in pipes.items():
         out.append(f"- {name}: main-table scales " + ", ".join(
             f"do({n}) CFG w={_scale(v['cfg'])}, DCFG w={_scale(v['dcfg'])}" for n, v in res["scales"].items()))
+    for name, res in pipes.items():
+        rec = res.get("recommended") or {}
+        for m in ("dcfg", "cfg"):
+            if m in rec and rec[m]["overall"] is not None:
+                out.append(f"- {name}: sweep-recommended {_LABELS[m]} scale {_scale(rec[m]['overall'])} overall; per "
+                           "intervention " + ", ".join(f"do({n}) {_scale(v)}"
+                                                       for n, v in rec[m]["per_intervention"].items()))
+    if any((res.get("recommended") or {}).get("rule") for res in pipes.values()):
+        out.append(f"- recommendation rule: {next(iter(pipes.values()))['recommended']['rule']}.")
     out.append("")
     cols: list[str] = []
     table = [r for r in metrics["headline"] if not any(k.endswith("/ratio") for k in r["values"])]

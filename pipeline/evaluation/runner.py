@@ -234,7 +234,8 @@ def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weig
 def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1) -> dict[str, int]:
     """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
 
-    Assumes the main table's scales are among the sweep's (then the sweep's rows are reused).
+    Exact when the main table's CFG scale is not 1 (CFG at w = 1 is guidance none and costs less); a
+    main-table scale found among ``scales`` reuses the sweep's ``sweep_n`` decoded rows.
 
     Example:
         >>> from pipeline.presets import morphomnist_graph
@@ -252,19 +253,26 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1) -> di
         out["inversion"] += c.sweep_steps * c.sweep_n
     if c.cycle_steps not in (c.steps, c.sweep_steps):
         out["inversion"] += c.cycle_steps * c.cycle_n
+    same = c.sweep_steps == c.steps
     sweep = 0
     for node in nodes:
+        sweep += k[node]["none"] * c.sweep_steps * c.sweep_n  # guidance none = CFG at w = 1
         for m in c.sweep_methods:
             for s in c.scales:
-                kk = 1 if (m == "cfg" and s == 1.0) else k[node][m]
-                if kk == 1 and c.sweep_steps == c.steps:
-                    continue  # = guidance none, decoded by the main table
-                sweep += kk * c.sweep_steps * c.sweep_n
+                if not (m == "cfg" and s == 1.0):
+                    sweep += k[node][m] * c.sweep_steps * c.sweep_n
     out["sweep"] = sweep
-    reuse = c.sweep_n if c.sweep_steps == c.steps else 0
-    out["main"] = sum(c.steps * (k[node]["none"] * c.n + (k[node]["cfg"] + k[node]["dcfg"]) * (c.n - reuse))
-                      for node in nodes)
-    out["per_attribute"] = sum(k[node]["dcfg_per_attribute"] * c.steps * c.per_attribute_n for node in nodes)
+    main = 0
+    for node in nodes:
+        main += k[node]["none"] * c.steps * (c.n - (c.sweep_n if same else 0))
+        for m, scale in (("cfg", c.cfg_scale), ("dcfg", c.scale)):
+            swept = m in c.sweep_methods and (scale == "best" or scale in c.scales)
+            main += k[node][m] * c.steps * (c.n - (c.sweep_n if same and swept else 0))
+    out["main"] = main
+    per_attr_swept = "dcfg_per_attribute" in c.sweep_methods and (c.scale == "best" or c.scale in c.scales)
+    out["per_attribute"] = sum(k[node]["dcfg_per_attribute"] * c.steps
+                               * max(c.per_attribute_n - (c.sweep_n if same and per_attr_swept else 0), 0)
+                               for node in nodes)
     out["composition"] = c.cycle_steps * c.cycle_n * (2 * c.cycles - 1)
     out["reversibility"] = sum(c.steps * c.cycle_n * (3 + k[node]["none"] + k[node]["cfg"] + k[node]["dcfg"])
                                for node in nodes)
@@ -411,7 +419,8 @@ class _Run:
         self._phase("reversibility", t0, n0)
 
         tradeoff = _tradeoff(self.graph, sweep, c.sweep_methods)
-        return {"scales": chosen, "main": main, "sweep": sweep, "random_parent": random_parent,
+        return {"scales": chosen, "recommended": _recommend(self.graph, sweep, c.sweep_methods), "main": main,
+                "sweep": sweep, "random_parent": random_parent,
                 "composition": composition, "reversibility": reversibility, "tradeoff": tradeoff,
                 "nfe": dict(self.nfe, total=self.engine.nfe),
                 "seconds": dict(self.timing, measure_oracles=self.measure_s)}
@@ -482,6 +491,32 @@ def _primary(graph: Any, node: str) -> tuple[str, bool]:
     if graph.spec(node).is_discrete:
         return f"{node}_accuracy", True
     return f"{node}_mae", False
+
+
+def _recommend(graph: Any, sweep: Mapping[str, list[dict]], methods: Sequence[str]) -> dict[str, Any]:
+    """Scale recommendations from the sweep, for every swept method.
+
+    Per intervention: the scale with the best effectiveness (ties: the smaller scale). Overall: the scale
+    minimising the mean over interventions of the effectiveness loss relative to guidance none
+    (``MAE / MAE_none``, ``(1 - acc) / (1 - acc_none)``), ties to the smaller scale.
+    """
+    out: dict[str, Any] = {"rule": "per intervention: best effectiveness in the sweep; overall: least mean "
+                                   "effectiveness loss relative to guidance none over the interventions"}
+    for m in methods:
+        per: dict[str, float] = {}
+        rel: dict[float, list[float]] = {}
+        for node, rows in sweep.items():
+            key, higher = _primary(graph, node)
+            loss = {None if r["method"] == "none" else r["scale"]: (1.0 - r[key]) if higher else r[key]
+                    for r in rows if r["method"] in ("none", m)}
+            cands = {s: v for s, v in loss.items() if s is not None}
+            per[node] = min(cands, key=lambda s: (cands[s], s))
+            for s, v in cands.items():
+                rel.setdefault(s, []).append(v / max(loss[None], _EPS))
+        full = {s: float(np.mean(v)) for s, v in rel.items() if len(v) == len(sweep)}
+        out[m] = {"per_intervention": per, "overall": min(full, key=lambda s: (full[s], s)) if full else None,
+                  "relative_loss": {f"{s:g}": v for s, v in sorted(full.items())}}
+    return out
 
 
 def _tradeoff(graph: Any, sweep: Mapping[str, list[dict]], methods: Sequence[str]) -> list[dict[str, Any]]:
