@@ -102,16 +102,20 @@ class _DataOrder:
             self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
         return self._perm
 
-    def batch(self, step: int, batch_size: int) -> list[int]:
-        """The dataset indices of global batch number ``step``."""
-        out: list[int] = []
+    def batch_with_epochs(self, step: int, batch_size: int) -> list[tuple[int, int]]:
+        """``(epoch, dataset index)`` of every row of global batch number ``step``."""
+        out: list[tuple[int, int]] = []
         pos = step * batch_size
         while len(out) < batch_size:
             epoch, offset = divmod(pos, self.n)
             take = min(batch_size - len(out), self.n - offset)
-            out.extend(self._permutation(epoch)[offset:offset + take].tolist())
+            out.extend((epoch, i) for i in self._permutation(epoch)[offset:offset + take].tolist())
             pos += take
         return out
+
+    def batch(self, step: int, batch_size: int) -> list[int]:
+        """The dataset indices of global batch number ``step``."""
+        return [i for _, i in self.batch_with_epochs(step, batch_size)]
 
 
 def _step_draws(cfg: TrainConfig, step: int, shape: Sequence[int], num_attrs: int, T: int
@@ -142,6 +146,33 @@ def _fetch(dataset: Any, indices: list[int]) -> list[Any]:
     if callable(getitems):
         return list(getitems(indices))
     return [dataset[i] for i in indices]
+
+
+class _Loader:
+    """Fetches rows in stream order, calling ``dataset.set_epoch(epoch)`` (if it has one) when the epoch changes,
+    as with ``DistributedSampler.set_epoch``; a dataset that redraws per epoch must do so deterministically."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.set_epoch = getattr(dataset, "set_epoch", None)
+        self.epoch: int | None = None
+
+    def __call__(self, rows: list[tuple[int, int]]) -> list[Any]:
+        if not callable(self.set_epoch):
+            return _fetch(self.dataset, [i for _, i in rows])
+        samples: list[Any] = []
+        start = 0
+        while start < len(rows):
+            epoch = rows[start][0]
+            end = start
+            while end < len(rows) and rows[end][0] == epoch:
+                end += 1
+            if epoch != self.epoch:
+                self.set_epoch(epoch)
+                self.epoch = epoch
+            samples.extend(_fetch(self.dataset, [i for _, i in rows[start:end]]))
+            start = end
+        return samples
 
 
 def _collate(samples: list[Any], config: ImageModelConfig) -> tuple[Tensor, dict[str, Tensor]]:
@@ -274,7 +305,8 @@ def train(
         train_config: the training hyper-parameters (see :class:`TrainConfig`).
         dataset: a map-style dataset whose items are ``(image (C, H, W) in [-1, 1], attrs)``, ``attrs`` a dict
             name -> scalar (tensor or number) holding at least every attribute of ``model_config``; extra keys
-            are ignored. A ``__getitems__(indices)`` method, if present, fetches a batch at once.
+            are ignored. A ``__getitems__(indices)`` method, if present, fetches a batch at once; a
+            ``set_epoch(epoch)`` method, if present, is called whenever the data stream enters a new epoch.
         out_dir: the run directory (created): checkpoint, ``loss.csv`` and the EMA ``model/`` directory.
         resume: continue from ``out_dir``'s checkpoint if there is one (else start fresh). ``False`` starts
             fresh and overwrites an existing run. Only ``steps``, ``ckpt_every`` and ``log_every`` may differ
@@ -380,6 +412,7 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
     T = model_config.num_train_timesteps
     names_k = model_config.attribute_names
     order = _DataOrder(n_data, cfg.seed)
+    load = _Loader(dataset)
     b_local = cfg.batch_size // ctx.world_size
     lo, hi = ctx.rank * b_local, (ctx.rank + 1) * b_local
     if ctx.is_main:
@@ -420,8 +453,8 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
                     write_checkpoint(step, wall_before + time.perf_counter() - t0)
                     stop.raise_now()
                 # 1. the global batch of this step, and this rank's slice of it
-                indices = order.batch(step, cfg.batch_size)[lo:hi]
-                x0, attrs = _collate(_fetch(dataset, indices), model_config)
+                rows = order.batch_with_epochs(step, cfg.batch_size)[lo:hi]
+                x0, attrs = _collate(load(rows), model_config)
                 t, eps, keep = _step_draws(cfg, step, model_config.image_shape, len(names_k), T)
                 x0, eps, t = x0.to(dev), eps[lo:hi].to(dev), t[lo:hi].to(dev)
                 attrs = {k: v.to(dev) for k, v in attrs.items()}

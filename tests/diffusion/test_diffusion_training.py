@@ -190,3 +190,26 @@ def test_data_order_covers_each_epoch_once():
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
     assert stream[:10] != stream[10:]
     assert _DataOrder(10, seed=3).batch(3, 4) == order.batch(3, 4)
+
+
+class Redrawn(ToyImages):
+    """Redraws its images every epoch (deterministically), like MorphoMNIST(redraw_each_epoch=True)."""
+
+    def __init__(self):
+        super().__init__(12)
+        self.base, self.calls = self.images.clone(), []
+
+    def set_epoch(self, epoch):
+        self.calls.append(epoch)
+        self.images = (self.base * (1 - 0.1 * epoch)).clamp(-1, 1)
+
+
+def test_set_epoch_is_called_and_resume_stays_exact(tmp_path, config):
+    full_data = Redrawn()
+    full = train(config, TrainConfig(steps=5, **FAST), full_data, tmp_path / "full", progress=False)
+    assert full_data.calls == [0, 1, 2, 3]  # 5 batches of 8 rows over 12 items: epochs 0..3
+    train(config, TrainConfig(steps=2, **FAST), Redrawn(), tmp_path / "part", progress=False)
+    resumed_data = Redrawn()
+    rest = train(config, TrainConfig(steps=5, **FAST), resumed_data, tmp_path / "part", resume=True, progress=False)
+    assert resumed_data.calls == [1, 2, 3]  # step 2 starts at row 16, inside epoch 1
+    assert rest.losses == full.losses[2:]
