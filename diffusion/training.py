@@ -470,6 +470,10 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                value = float(ctx.mean(loss.detach()).item())  # the global-batch mean loss
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"the loss became {value} at step {step + 1}; lower lr={cfg.lr} or "
+                                             f"check the data (resume restarts from the last checkpoint)")
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 consistent = False
@@ -478,15 +482,11 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
                 with torch.no_grad():
                     torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
                 step += 1
-                consistent = True
-                # 4. logging and checkpoints
-                value = float(ctx.mean(loss.detach()).item())
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"the loss became {value} at step {step}; lower lr={cfg.lr} or "
-                                             f"check the data (resume restarts from the last good checkpoint)")
-                losses.append(value)
                 wall = wall_before + time.perf_counter() - t0
                 log.add(step, value, lr, wall)
+                losses.append(value)
+                consistent = True
+                # 4. logging and checkpoints
                 if step % cfg.log_every == 0:
                     log.flush()
                 bar.update(1)

@@ -213,3 +213,22 @@ def test_set_epoch_is_called_and_resume_stays_exact(tmp_path, config):
     rest = train(config, TrainConfig(steps=5, **FAST), resumed_data, tmp_path / "part", resume=True, progress=False)
     assert resumed_data.calls == [1, 2, 3]  # step 2 starts at row 16, inside epoch 1
     assert rest.losses == full.losses[2:]
+
+
+class NaNAfter(ToyImages):
+    def __init__(self, after):
+        super().__init__(20)
+        self.calls, self.after = 0, after
+
+    def __getitem__(self, i):
+        self.calls += 1
+        x, a = super().__getitem__(i)
+        return (x * float("nan"), a) if self.calls > self.after else (x, a)
+
+
+def test_non_finite_loss_stops_before_the_update(tmp_path, config):
+    with pytest.raises(FloatingPointError, match="the loss became nan at step 3"):
+        train(config, TrainConfig(steps=6, **FAST), NaNAfter(1 + 2 * 8), tmp_path, progress=False)
+    state = load_file(tmp_path / "checkpoint.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in state.items() if k.startswith(("model/", "ema/")))
+    assert read_losses(tmp_path / "loss.csv")[0] == [1, 2]
