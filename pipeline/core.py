@@ -65,6 +65,8 @@ class PipelineConfig:
         invariant_weight: DCFG weight of the invariant group.
         chunk_size: rows per batched forward; large queries are processed in chunks of this size so
             that peak memory does not grow with the number of images.
+        refine_steps: fixed-point iterations per DDIM inversion step (0 = plain DDIM inversion);
+            each costs one more network call per step and makes inversion closer to exact.
     """
 
     guidance: str = "dcfg"
@@ -72,6 +74,7 @@ class PipelineConfig:
     steps: int = 50
     invariant_weight: float = 1.0
     chunk_size: int = 256
+    refine_steps: int = 0
 
 
 class CounterfactualPipeline:
@@ -262,11 +265,13 @@ class CounterfactualPipeline:
 
     @torch.no_grad()
     def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int | None = None,
-               progress: bool = False) -> Tensor:
+               refine_steps: int | None = None, progress: bool = False) -> Tensor:
         """DDIM-invert images to their noise ``x_T`` under the given parents (no guidance)."""
         steps = self.config.steps if steps is None else steps
+        refine = self.config.refine_steps if refine_steps is None else refine_steps
         eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
-        return ddim_invert(eps_fn, images, self._alphas(images.device), steps, progress=progress)
+        return ddim_invert(eps_fn, images, self._alphas(images.device), steps,
+                           refine_steps=refine, progress=progress)
 
     @torch.no_grad()
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str = "none",
