@@ -56,6 +56,13 @@ class QueryEngine:
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
         self.bar = bar
         self.nfe = 0
+        try:
+            self.device = next(pipe.image_model.parameters()).device
+        except (AttributeError, StopIteration):
+            self.device = None
+
+    def _to(self, x: Tensor) -> Tensor:
+        return x if self.device is None else x.to(self.device)
 
     def _spent(self, nfe: int) -> None:
         self.nfe += int(nfe)
@@ -69,8 +76,9 @@ class QueryEngine:
         out = []
         for start in range(0, len(images), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            x = images[sl]
-            out.append(self.pipe.invert(x, {k: parents[k][sl].to(x.device) for k in names}, steps=steps))
+            x = self._to(images[sl])
+            z = self.pipe.invert(x, {k: parents[k][sl].to(x.device) for k in names}, steps=steps)
+            out.append(z.to(images.device))  # computed on the model's device, returned on the input's
             self._spent(steps * len(x))
         return torch.cat(out) if out else images[:0].clone()
 
@@ -83,12 +91,12 @@ class QueryEngine:
         out = []
         for start in range(0, len(x_T), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
-            z = x_T[sl]
+            z = self._to(x_T[sl])
             cond = {n: parents[n][sl].to(z.device) for n in names}
             if guidance == "none":
-                out.append(self.pipe.decode(z, cond, guidance="none", steps=steps))
+                x = self.pipe.decode(z, cond, guidance="none", steps=steps)
             else:
-                out.append(self.pipe.decode(z, cond, guidance=guidance, groups=groups, weights=weights,
-                                            steps=steps))
+                x = self.pipe.decode(z, cond, guidance=guidance, groups=groups, weights=weights, steps=steps)
+            out.append(x.to(x_T.device))
             self._spent(k * steps * len(z))
         return torch.cat(out) if out else x_T[:0].clone()

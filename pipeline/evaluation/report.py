@@ -179,14 +179,16 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
         for k in r["values"]:
             if k not in cols:
                 cols.append(k)
-    judged = [c for c in cols if c.endswith("/dcfg")]
     rows = []
     for r in table:
         met = r.get("met") or {}
-        rows.append([r["metric"], r.get("target") or ""] + [r["values"].get(c) for c in cols]
-                    + [_fmt(met.get(c)) if c in met else "" for c in judged])
-    out += [_table(["metric", "target"] + [_column(c, len(pipes)) for c in cols]
-                   + [f"met ({_column(c, len(pipes))})" for c in judged], rows), ""]
+        # the verdict of DCFG (the method under test) where it has a value, else of what was measured
+        shown = {k: v for k, v in met.items() if k.endswith("/dcfg")} or met
+        verdict = ", ".join((f"{_column(k, len(pipes))}: " if len(shown) > 1 else "") + _fmt(v)
+                            for k, v in shown.items())
+        rows.append([r["metric"], r.get("target") or ""] + [r["values"].get(c) for c in cols] + [verdict])
+    out += [_table(["metric", "target"] + [_column(c, len(pipes)) for c in cols] + ["target met (DCFG)"], rows),
+            ""]
 
     # Trade-off ratios.
     out += ["## Spurious change at equal effectiveness", "",

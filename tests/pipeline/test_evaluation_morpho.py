@@ -1,9 +1,11 @@
-"""``dcfg evaluate`` end to end on a tiny 28x28 Morpho-MNIST pipeline, and the Morpho-MNIST oracles.
+"""The Morpho-MNIST oracles, an ideal pipeline's figures, and ``dcfg evaluate`` end to end.
 
 Graph (the benchmark's):  thickness -> intensity;  (thickness, intensity, digit) -> image (1x28x28)
 
-The pipeline's image model is tiny and untrained and its classifier random: these tests check the
-plumbing (flags, files, errors), not the figures.
+The CLI pipeline's image model is tiny and untrained and its classifier random: those tests check the
+plumbing (flags, files, errors). The *ideal* pipeline (identity inversion; decoding = the benchmark's own
+set_thickness / set_intensity towards the counterfactual parents; the exact SCM equations) checks that rows,
+targets, the SCM's i' and the ground truth line up: its figures must sit at the renderer's floor.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pipeline.evaluation.oracles import MorphoOracles
 from pipeline.evaluation.report import OUTPUT_FILES
 from pipeline.presets import morphomnist_graph
 from pipeline.train import image_model_config_for
-from scm import SCM
+from scm import SCM, AffineSigmoidMechanism, GammaMechanism
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +96,51 @@ def test_morpho_oracles(test_digits):
     assert bool((y != fact["digit"]).all()) and bool(((y >= 0) & (y <= 9)).all())
     with pytest.raises(ValueError, match="classifier"):
         MorphoOracles(test_digits, None)
+
+
+class IdealPipeline(CounterfactualPipeline):
+    """Abduction = the image itself; prediction = set_thickness / set_intensity to the counterfactual parents."""
+
+    def invert(self, images, parents, steps=None, progress=False):
+        return images.clone()
+
+    def decode(self, x_T, parents, guidance="none", groups=None, weights=None, scale=1.0, steps=None,
+               progress=False):
+        from pipeline.morphometry import set_intensity, set_thickness
+
+        x = set_thickness(x_T, parents["thickness"].double().numpy(), n_jobs=1)
+        return set_intensity(x, parents["intensity"].double().numpy())
+
+
+def test_an_ideal_pipeline_scores_at_the_renderer_floor(test_digits):
+    from diffusion import ConditionalUNet
+
+    from pipeline.evaluation.runner import EvaluationConfig, evaluate
+
+    graph = morphomnist_graph()
+    scm = SCM(graph, {"thickness": GammaMechanism(10.0, 5.0, shift=0.5),
+                      "intensity": AffineSigmoidMechanism({"thickness": 2.0}, bias=-5.0, noise_scale=0.5, low=64.0,
+                                                          high=255.0)})
+    attrs = dict(test_digits.attributes)
+    cfg = image_model_config_for(graph, attrs, block_dim=4, block_out_channels=(8, 16),
+                                 attention_levels=(False, False), mid_attention=False, norm_num_groups=4)
+    pipe = IdealPipeline(graph, scm, ConditionalUNet(cfg).eval())
+    oracles = MorphoOracles(test_digits, DigitClassifier().eval(), n_jobs=1)
+    res = evaluate(pipe, test_digits.images, attrs, oracles,
+                   EvaluationConfig(n=10, steps=1, scales=(1.0, 2.0), scale=2.0, sweep_n=5, cycle_n=3, cycles=2,
+                                    per_attribute_n=0, grid_n=1, interventions=("thickness", "intensity")),
+                   rows=torch.arange(len(test_digits)), progress=False)
+    main = res.metrics["pipelines"]["main"]["main"]
+    for row in main["thickness"]:  # every guidance decodes the same way here
+        assert row["thickness_mae"] < 0.2
+        assert row["intensity_mae"] < 1.0 and row["intensity_excess_change"] < 1.0  # i' is the SCM's
+        assert row["gt_l1"] < 0.015 and row["gt_psnr"] > 30  # the true counterfactual, on the same rows
+    for row in main["intensity"]:
+        assert row["intensity_mae"] < 1.0 and row["thickness_abs_change"] < 0.2
+        assert row["gt_l1"] < 0.015
+    comp = res.metrics["pipelines"]["main"]["composition"]
+    assert comp["cycle_1"] < 3.0
+    assert all(r["l1"] < 6.0 for r in res.metrics["pipelines"]["main"]["reversibility"])
 
 
 def test_cli_writes_every_output(saved, cache_dir, tmp_path, monkeypatch):
