@@ -344,8 +344,11 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
                      sweep_methods_text, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
                      invariant_weight, ablation_dir, classifier_dir, root, max_sources, seed, data_seed, chunk_size,
                      n_jobs, out_dir, threads, quiet):
-    """CFG vs DCFG on the Morpho-MNIST benchmark: effectiveness, spurious change, ground truth, composition,
-    reversibility, realism and the trade-off sweep (see pipeline.evaluation.runner for the budget rule)."""
+    """Score CFG vs DCFG counterfactuals on the test digits; write metrics, report and plots.
+
+    Effectiveness, spurious change, ground truth, composition, reversibility, realism and the trade-off
+    sweep; the subsets and the compute budget are described in pipeline.evaluation.runner.
+    """
     def number_or_best(text, flag):
         if text is None or text == "best":
             return text

@@ -175,7 +175,9 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
        (the ratio of the areas under the two fronts there; a single shared point if the range is one value).
 
     The ratio is ``None`` (with a ``reason``) when the ranges do not overlap or the baseline has no spurious
-    change there.
+    change there. Without overlap, ``nearest`` still compares the two fronts at their nearest ends (the
+    least effective point of the more effective method against the most effective point of the other):
+    ``{"ratio": s_A / s_B, "method_more_effective": bool}``; it is not a ratio at equal effectiveness.
 
     Args:
         method: ``(effectiveness, spurious)`` arrays of the method (numerator), e.g. DCFG.
@@ -184,8 +186,8 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
         grid: number of evaluation points in the common range.
 
     Returns:
-        ``{"ratio", "range", "method_mean", "baseline_mean", "reason"}``; ``range`` is in the metric's own
-        units (un-oriented), lowest first.
+        ``{"ratio", "range", "method_mean", "baseline_mean", "reason", "nearest"}``; ``range`` is in the
+        metric's own units (un-oriented), lowest first.
 
     Example:
         >>> cfg = ([1.0, 0.5, 0.2], [0.2, 0.4, 0.6])      # thickness MAE, spurious
@@ -199,10 +201,14 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
     eb, sb = pareto_front(*baseline, higher_is_better=higher_is_better)
     lo, hi = max(ea[0], eb[0]), min(ea[-1], eb[-1])
     sign = 1.0 if higher_is_better else -1.0
-    out: dict = {"ratio": None, "range": None, "method_mean": None, "baseline_mean": None, "reason": None}
+    out: dict = {"ratio": None, "range": None, "method_mean": None, "baseline_mean": None, "reason": None,
+                 "nearest": None}
     if lo > hi:
         out["reason"] = ("the two methods' effectiveness ranges do not overlap: "
                          + _span(sign * ea[0], sign * ea[-1]) + " vs " + _span(sign * eb[0], sign * eb[-1]))
+        better = bool(ea[0] > eb[-1])  # the method's least effective point beats the baseline's best
+        s_a, s_b = (sa[0], sb[-1]) if better else (sa[-1], sb[0])
+        out["nearest"] = {"ratio": float(s_a / s_b) if s_b > 0 else None, "method_more_effective": better}
         return out
     g = np.linspace(lo, hi, grid) if hi > lo else np.array([lo])
     ma, mb = float(np.mean(np.interp(g, ea, sa))), float(np.mean(np.interp(g, eb, sb)))

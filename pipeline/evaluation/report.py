@@ -201,9 +201,14 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
     for name, res in pipes.items():
         for tr in res["tradeoff"]:
             rng = tr.get("range")
+            note = f"{tr['effectiveness']} in [{_fmt(rng[0])}, {_fmt(rng[1])}]" if rng else (tr.get("reason") or "")
+            near = tr.get("nearest")
+            if near and near.get("ratio") is not None:
+                who = _LABELS.get(tr["method"], tr["method"]) if near["method_more_effective"] else "CFG"
+                note += (f"; at the nearest ends (where {who} is more effective) the ratio is "
+                         f"{_fmt(near['ratio'])}, not an equal-effectiveness figure")
             rows.append([name, f"do({tr['intervention']})", tr["spurious"], _LABELS.get(tr["method"], tr["method"]),
-                         tr["ratio"], f"{tr['effectiveness']} in [{_fmt(rng[0])}, {_fmt(rng[1])}]" if rng else
-                         (tr.get("reason") or "")])
+                         tr["ratio"], note])
     out += [_table(["pipeline", "intervention", "spurious metric", "method", "ratio vs CFG", "common range"], rows), ""]
 
     return "\n".join(out).rstrip() + "\n"

@@ -23,9 +23,12 @@ What runs (for each pipeline: the evaluated one, and an optional ablation evalua
 
 Cost, in image-NFEs (one network evaluation of one image): ``S`` per inverted image, ``k S`` per
 decoded one (``k`` = 1 none, 2 CFG, M + 1 DCFG with M groups). :func:`estimate_nfe` adds them up before
-the run; at the defaults (``n = 1000``, ``S = 20``, ``sweep_n = 125``, ``cycle_n = 100``, 6 scales,
-3 interventions) it is about 0.67 M image-NFEs, about 27 minutes at 2.4 ms each (a 28x28 forward on
-2 CPU cores), plus a minute of morphometry and rendering; ``n = 50`` takes about 2 minutes.
+the run (``plan_nfe`` in ``metrics.json``; the run records what it spent beside it). At the defaults
+(``n = 1000``, ``S = 20``, ``sweep_n = 125``, ``cycle_n = 100``, 6 scales, 3 interventions) the plan is
+674,500 image-NFEs: about 28 minutes at 2.4 ms per 28x28 forward on 2 CPU cores (the chunked decoding
+runs within 5% of bare forwards), plus about a minute of morphometry, rendering and features.
+``n = 50`` plans 39,800 image-NFEs, under 2 minutes. ``S = 50`` at the same ``n`` costs 2.5 times as
+much; ``n = 400, S = 50`` costs the same as the defaults.
 
 Metric definitions (BENCHMARK.md "Metrics"; the single definitions live in
 :mod:`pipeline.evaluation.metrics` and :mod:`pipeline.evaluation.scores`):

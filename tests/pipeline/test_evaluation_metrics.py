@@ -118,8 +118,13 @@ def test_equal_effectiveness_ratio_ignores_dominated_overshoot_and_handles_accur
 
 
 def test_equal_effectiveness_ratio_undefined_cases():
-    res = equal_effectiveness_ratio(([0.1, 0.2], [1.0, 2.0]), ([0.5, 0.6], [1.0, 2.0]), higher_is_better=False)
+    # MAE: the method (0.2 -> 0.1) is more effective than the baseline everywhere (0.6 -> 0.5)
+    res = equal_effectiveness_ratio(([0.2, 0.1], [1.0, 2.0]), ([0.6, 0.5], [4.0, 8.0]), higher_is_better=False)
     assert res["ratio"] is None and "do not overlap" in res["reason"]
+    # nearest ends: the method's least effective point (0.2, 1.0) vs the baseline's best (0.5, 8.0)
+    assert res["nearest"] == {"ratio": pytest.approx(1.0 / 8.0), "method_more_effective": True}
+    res = equal_effectiveness_ratio(([0.6, 0.5], [4.0, 8.0]), ([0.2, 0.1], [1.0, 2.0]), higher_is_better=False)
+    assert res["nearest"] == {"ratio": pytest.approx(8.0 / 1.0), "method_more_effective": False}
     res = equal_effectiveness_ratio(([0.6, 0.1], [1.0, 2.0]), ([0.5, 0.2], [0.0, 0.0]), higher_is_better=False)
     assert res["ratio"] is None and "no spurious change" in res["reason"]
     # ranges touching at one point: the ratio at that point
