@@ -66,7 +66,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -76,7 +75,7 @@ from torch import Tensor
 from pipeline.evaluation.engine import QueryEngine, nfe_per_step
 from pipeline.evaluation.metrics import equal_effectiveness_ratio, frechet_distance
 from pipeline.evaluation.oracles import MorphoOracles, Oracles
-from pipeline.evaluation.scores import effectiveness, ground_truth_error, roles, spurious_change
+from pipeline.evaluation.scores import effectiveness, ground_truth_error, spurious_change
 
 __all__ = ["EvaluationConfig", "EvaluationResult", "METHODS", "BENCHMARK_TARGETS", "evaluate", "run_evaluation",
            "estimate_nfe", "resolve_config"]
