@@ -1,4 +1,5 @@
-"""Datasets: the real MNIST digits bundled offline, local MNIST folders, and Morpho-MNIST.
+"""Datasets: the real MNIST digits bundled offline, local MNIST folders, Morpho-MNIST, and real-data loaders
+(:class:`ImageAttributeFolder` for any image folder plus a CSV of attributes, :class:`CelebAAttributes`).
 
 Example:
     >>> from pipeline.datasets import load_mnist5k, mnist5k_split
@@ -6,8 +7,10 @@ Example:
     >>> train_idx, test_idx = mnist5k_split()
 """
 from pipeline.datasets import morpho_equations
+from pipeline.datasets.folder import CelebAAttributes, DataNotFoundError, ImageAttributeFolder
 from pipeline.datasets.mnist import MNIST5K_SPLIT_SEED, load_mnist5k, load_mnist_folder, mnist5k_split, read_idx
 from pipeline.datasets.morpho import RENDER_VERSION, MorphoMNIST, default_cache_dir, render
 
 __all__ = ["MNIST5K_SPLIT_SEED", "load_mnist5k", "load_mnist_folder", "mnist5k_split", "read_idx", "morpho_equations",
-           "MorphoMNIST", "render", "default_cache_dir", "RENDER_VERSION"]
+           "MorphoMNIST", "render", "default_cache_dir", "RENDER_VERSION",
+           "ImageAttributeFolder", "CelebAAttributes", "DataNotFoundError"]
