@@ -206,6 +206,9 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
         raise ValueError(f"interventions {list(interventions)} must be non-empty image parents of the pipeline: "
                          f"{parents}")
     scale = _scale_value("scale", c.scale, allow_none=True)
+    if scale == "best" and "dcfg" not in c.sweep_methods:
+        raise ValueError(f"scale='best' picks DCFG's scale from the sweep, but sweep_methods="
+                         f"{list(c.sweep_methods)} has no 'dcfg'; add it or give a number")
     if scale is None:
         scale = float(pipe.config.scale)
     iw = float(pipe.config.invariant_weight) if c.invariant_weight is None else float(c.invariant_weight)

@@ -307,6 +307,7 @@ def test_out_dir_checks(tmp_path):
     ({"sweep_methods": ("dcfg",)}, "must include 'cfg'"), ({"sweep_methods": ("cfg", "magic")}, "magic"),
     ({"sweep_n": 50, "n": 10}, "sweep_n=50 exceeds n=10"), ({"cycle_n": 11, "n": 10}, "cycle_n=11"),
     ({"interventions": ("colour",)}, "colour"), ({"scale": -1.0}, "scale=-1.0"), ({"cfg_scale": "worst"}, "worst"),
+    ({"scale": "best", "sweep_methods": ("cfg",)}, "has no 'dcfg'"),
 ])
 def test_config_errors_name_the_setting(tiny_pipeline, kwargs, match):
     with pytest.raises(ValueError, match=match):
