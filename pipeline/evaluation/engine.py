@@ -1,7 +1,8 @@
 """Chunked DDIM inversion and decoding with a count of network evaluations, for the evaluation.
 
-A counterfactual query with S DDIM steps costs S image-NFEs for the inversion (no guidance) and
-``k * S`` for the decoding, with ``k = 1`` (no guidance), 2 (CFG) or ``M + 1`` (DCFG with M groups).
+A counterfactual query with S DDIM steps costs ``(1 + r) S`` image-NFEs for the inversion (no guidance;
+``r`` = the pipeline's ``config.refine_steps`` fixed-point iterations per step, 0 by default) and ``k * S`` for
+the decoding, with ``k = 1`` (no guidance), 2 (CFG) or ``M + 1`` (DCFG with M groups).
 :class:`QueryEngine` runs both in chunks of ``chunk_size`` rows (peak memory does not grow with the
 number of images), adds up the image-NFEs it spent, and advances an optional tqdm bar by them.
 
@@ -56,6 +57,7 @@ class QueryEngine:
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
         self.bar = bar
         self.nfe = 0
+        self.refine_steps = int(getattr(pipe.config, "refine_steps", 0) or 0)
         try:
             self.device = next(pipe.image_model.parameters()).device
         except (AttributeError, StopIteration):
@@ -79,7 +81,7 @@ class QueryEngine:
             x = self._to(images[sl])
             z = self.pipe.invert(x, {k: parents[k][sl].to(x.device) for k in names}, steps=steps)
             out.append(z.to(images.device))  # computed on the model's device, returned on the input's
-            self._spent(steps * len(x))
+            self._spent((1 + self.refine_steps) * steps * len(x))
         return torch.cat(out) if out else images[:0].clone()
 
     @torch.no_grad()

@@ -236,8 +236,11 @@ def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weig
     return guidance, g, w
 
 
-def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1) -> dict[str, int]:
+def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0) -> dict[str, int]:
     """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
+
+    ``pipelines`` identical pipelines are counted; ``refine_steps`` is the pipelines' fixed-point
+    refinement of DDIM inversion (each inversion step then costs ``1 + refine_steps`` forwards).
 
     Exact when the main table's CFG scale is not 1 (CFG at w = 1 is guidance none and costs less); a
     main-table scale found among ``scales`` reuses the sweep's ``sweep_n`` decoded rows.
@@ -253,11 +256,12 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1) -> di
     c = config
     nodes = list(c.interventions)
     k = {node: {m: nfe_per_step(*_groups_for(graph, node, m, 3.0, 1.0)[:2]) for m in METHODS} for node in nodes}
-    out = {"inversion": c.steps * c.n}
+    inv = 1 + int(refine_steps)
+    out = {"inversion": inv * c.steps * c.n}
     if c.sweep_steps != c.steps:
-        out["inversion"] += c.sweep_steps * c.sweep_n
+        out["inversion"] += inv * c.sweep_steps * c.sweep_n
     if c.cycle_steps not in (c.steps, c.sweep_steps):
-        out["inversion"] += c.cycle_steps * c.cycle_n
+        out["inversion"] += inv * c.cycle_steps * c.cycle_n
     same = c.sweep_steps == c.steps
     sweep = 0
     for node in nodes:
@@ -278,8 +282,8 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1) -> di
     out["per_attribute"] = sum(k[node]["dcfg_per_attribute"] * c.steps
                                * max(c.per_attribute_n - (c.sweep_n if same and per_attr_swept else 0), 0)
                                for node in nodes)
-    out["composition"] = c.cycle_steps * c.cycle_n * (2 * c.cycles - 1)
-    out["reversibility"] = sum(c.steps * c.cycle_n * (3 + k[node]["none"] + k[node]["cfg"] + k[node]["dcfg"])
+    out["composition"] = c.cycle_steps * c.cycle_n * (c.cycles + inv * (c.cycles - 1))
+    out["reversibility"] = sum(c.steps * c.cycle_n * (3 * inv + k[node]["none"] + k[node]["cfg"] + k[node]["dcfg"])
                                for node in nodes)
     out = {key: v * pipelines for key, v in out.items()}
     out["total"] = sum(out.values())
@@ -634,7 +638,9 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
         raise ValueError(f"the ablation pipeline's image parents {ablation.graph.image_parents()} differ from "
                          f"{pipe.graph.image_parents()}; both must answer the same queries")
     pipelines = {"main": pipe} if ablation is None else {"main": pipe, "ablation": ablation}
-    plan = estimate_nfe(c, pipe.graph, pipelines=len(pipelines))
+    plans = [estimate_nfe(c, p.graph, refine_steps=int(getattr(p.config, "refine_steps", 0) or 0))
+             for p in pipelines.values()]
+    plan = {k: sum(pl[k] for pl in plans) for k in plans[0]}
     log(f"plan: {plan['total']:,} image-NFEs ({', '.join(f'{k} {v:,}' for k, v in plan.items() if k != 'total')})")
 
     t_start = time.perf_counter()

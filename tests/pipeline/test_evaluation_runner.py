@@ -204,11 +204,21 @@ def test_estimate_nfe_counts_a_small_plan(tiny_pipeline):
     assert est["composition"] == 2 * 2 * 5
     assert est["reversibility"] == 2 * 2 * (3 + 1 + 2 + 3)
     assert est["total"] == sum(v for k, v in est.items() if k != "total")
+    # with one fixed-point refinement per inversion step, every inversion costs twice as much
+    ref = estimate_nfe(c, tiny_pipeline.graph, refine_steps=1)
+    assert ref["inversion"] == 40 and ref["composition"] == 2 * 2 * (3 + 2 * 2)
+    assert ref["reversibility"] == 2 * 2 * (6 + 1 + 2 + 3) and ref["sweep"] == est["sweep"]
 
 
-@pytest.mark.parametrize("scale", [4.0, 3.0])  # in the sweep (its rows are reused) or not
-def test_plan_equals_spent_nfe(tiny_pipeline, toy_data, scale):
+@pytest.mark.parametrize("scale, refine", [(4.0, 0), (3.0, 0), (4.0, 1)])  # scale in the sweep or not
+def test_plan_equals_spent_nfe(tiny_pipeline, toy_data, scale, refine):
+    import copy
+    from dataclasses import replace
+
     images, parents, oracles = toy_data
+    if refine:
+        tiny_pipeline = copy.copy(tiny_pipeline)  # the session fixture stays as it is
+        tiny_pipeline.config = replace(tiny_pipeline.config, refine_steps=refine)
     cfg = EvaluationConfig(n=7, steps=2, scales=(1.0, 2.0, 4.0), scale=scale, cfg_scale=2.0, sweep_n=4, cycle_n=2,
                            cycles=2, per_attribute_n=5, grid_n=1, interventions=("thickness", "digit"))
     res = evaluate(tiny_pipeline, images, parents, oracles, cfg, progress=False)
