@@ -426,6 +426,8 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--ckpt-every", type=click.IntRange(1), default=250, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Start a fresh image-model run from these weights (a pipeline or model directory).")
 @click.option("--classifier/--no-classifier", "with_classifier", default=True, show_default=True,
               help="Also train the benchmark's digit classifier (reused when resuming).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
@@ -433,7 +435,7 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_mode, p_attr,
-          p_all, lr, ckpt_every, seed, with_classifier, resume, threads, quiet):
+          p_all, lr, ckpt_every, seed, init_from, with_classifier, resume, threads, quiet):
     """Train a pipeline (SCM, image model, classifier); resumable, also under torchrun."""
     from pipeline.parsing import check_writable
 
@@ -447,7 +449,8 @@ def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_
     train_morphomnist(out_dir, steps=steps, batch_size=batch_size, root=root,
                       samples_per_digit=samples_per_digit, dropout_mode=dropout_mode,
                       p_attr=p_attr, p_all=p_all, lr=lr, ckpt_every=ckpt_every, seed=seed,
-                      with_classifier=with_classifier, resume=resume, progress=not quiet)
+                      with_classifier=with_classifier, init_from=init_from, resume=resume,
+                      progress=not quiet)
     click.echo(f"pipeline saved to {out_dir}/pipeline")
 
 

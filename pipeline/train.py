@@ -67,6 +67,7 @@ def train_pipeline(
     scm_fit: Mapping[str, Any] | None = None,
     pipeline_config: PipelineConfig | None = None,
     classifier: torch.nn.Module | None = None,
+    init_from: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
 ) -> CounterfactualPipeline:
@@ -84,6 +85,8 @@ def train_pipeline(
         scm: an SCM to fit (default ``SCM(graph)``); ``scm_fit`` are keyword arguments of ``fit``.
         pipeline_config: defaults saved with the pipeline.
         classifier: optional oracle classifier saved beside the model.
+        init_from: a saved pipeline or image-model directory whose weights (and config) start a
+            fresh diffusion run; ignored when resuming an existing run.
         resume: reuse finished stages and continue the diffusion run from its last checkpoint.
         progress: tqdm bars.
 
@@ -105,11 +108,19 @@ def train_pipeline(
 
     # Stage 2: the image mechanism.
     run_dir = out / "image_model_run"
+    init_model = None
+    if init_from is not None and not (resume and (run_dir / "checkpoint.safetensors").is_file()):
+        # Warm start of a fresh run (e.g. on more data) from trained weights and their config.
+        init_dir = Path(init_from)
+        if (init_dir / "image_model" / "config.json").is_file():
+            init_dir = init_dir / "image_model"
+        init_model = ConditionalUNet.from_pretrained(init_dir)
+        image_config = init_model.config
     if image_config is None:
         attrs = getattr(image_dataset, "attributes", None) or attribute_data
         image_config = image_model_config_for(graph, attrs, **MORPHO_IMAGE_MODEL)
     train_diffusion(image_config, train_config, image_dataset, run_dir, resume=resume,
-                    progress=progress)
+                    progress=progress, model=init_model)
     image_model = ConditionalUNet.from_pretrained(_final_model_dir(run_dir)).eval()
 
     # Stage 3: assemble and save.
@@ -185,6 +196,7 @@ def train_morphomnist(
     classifier_epochs: int = 10,
     classifier_images: int = 20000,
     with_classifier: bool = True,
+    init_from: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
@@ -233,7 +245,8 @@ def train_morphomnist(
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                        dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
     return train_pipeline(graph, scm_data, image_data, out, train_config=tcfg,
-                          scm_fit={}, classifier=classifier, resume=resume, progress=progress)
+                          scm_fit={}, classifier=classifier, init_from=init_from, resume=resume,
+                          progress=progress)
 
 
 def train_morphomnist_classifier(out_dir: str | os.PathLike, image_data: Any | None = None, *,
