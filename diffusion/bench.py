@@ -50,18 +50,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, device: torch.device, warmup: bool = True) -> float:
-    """Median wall time of ``fn()`` in seconds, after one untimed warm-up call."""
-    if warmup:
+def _interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device
+                       ) -> dict[str, list[float]]:
+    """Wall times (s) of every ``fns[k]()``, ``repeats`` rounds after one warm-up round.
+
+    The candidates run interleaved (a, b, c, a, b, c, ...) so that a change of background load hits them alike;
+    callers report the minimum (the least disturbed run, as ``timeit`` does) and the median.
+    """
+    for fn in fns.values():
         fn()
-    times = []
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return times
 
 
 def _random_attrs(config: ImageModelConfig, batch: int, g: torch.Generator, device: torch.device
@@ -127,7 +133,8 @@ def bench_diffusion(
         batch_sizes: batch sizes of the forward timings.
         sample_batch: B of the sampling timings (CFG runs 2 B rows per step, DCFG with M = 2 runs 3 B).
         steps: DDIM steps (NFE) of each sampling run.
-        repeats: timed repetitions (the median is reported), after one warm-up.
+        repeats: timed rounds after one warm-up; candidates run interleaved and the minimum is reported (the
+            least disturbed run on a shared machine), with the medians beside it.
         train_steps: timed training steps for the throughput figure (0 skips training).
         train_batch: training batch size.
         seed: seeds the random inputs.
@@ -158,19 +165,12 @@ def bench_diffusion(
     }
 
     # 1. ms per forward (NFE) at each batch size
-    fwd: dict[str, float] = {}
-    with torch.inference_mode():
-        for b in list(batch_sizes) + [sample_batch]:
-            if str(b) in fwd:
-                continue
-            x = torch.randn((b, *cfg.image_shape), generator=g).to(dev)
-            t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=g).to(dev)
-            attrs = _random_attrs(cfg, b, g, dev)
-            fwd[str(b)] = 1e3 * _median_time(lambda: net.eps(x, t, attrs), repeats, dev)
-    result["forward_ms"] = {str(b): fwd[str(b)] for b in batch_sizes}
-    result["forward_ms_per_image"] = {str(b): fwd[str(b)] / b for b in batch_sizes}
-
-    # 2. the sampler's overhead: wall time / (NFE x one forward) at the sampling batch
+    forwards: dict[str, Callable[[], Any]] = {}
+    for b in dict.fromkeys(list(batch_sizes) + [sample_batch]):
+        x = torch.randn((b, *cfg.image_shape), generator=g).to(dev)
+        t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=g).to(dev)
+        a = _random_attrs(cfg, b, g, dev)
+        forwards[str(b)] = (lambda x=x, t=t, a=a: net.eps(x, t, a))
     B = sample_batch
     x_T = torch.randn((B, *cfg.image_shape), generator=g).to(dev)
     attrs = _random_attrs(cfg, B, g, dev)
@@ -180,29 +180,48 @@ def bench_diffusion(
         return lambda: ddim_sample(fn, x_T, abar, steps)
 
     plain_fn = guided_eps_fn(net, attrs, "none")
-    calls: list[int] = []
+    calls: list[float] = []  # seconds of every network evaluation made by the plain sampling runs
 
     def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        calls.append(1)
-        return plain_fn(x, t)
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = plain_fn(x, t)
+        _sync(dev)
+        calls.append(time.perf_counter() - t0)
+        return out
 
+    # 2. sampling (plain, CFG, DCFG with two groups), interleaved with the forward at the sampling batch
+    runs: dict[str, Callable[[], Any]] = {"forward": forwards[str(B)], "sample": sample(counted)}
+    groups: list[list[str]] = []
+    if len(names) >= 2:
+        half = (len(names) + 1) // 2
+        groups = [names[:half], names[half:]]
+        runs["cfg"] = sample(guided_eps_fn(net, attrs, "cfg", scale=3.0))
+        runs["dcfg"] = sample(guided_eps_fn(net, attrs, "dcfg", groups=groups, weights=[3.0, 1.0]))
     with torch.inference_mode():
-        t_plain = _median_time(sample(counted), repeats, dev)
-        nfe = len(calls) // (repeats + 1)  # network evaluations per sampling run (the warm-up run included)
-        result["sampling"] = {"batch": B, "steps": steps, "nfe": nfe, "wall_s": t_plain,
-                              "forward_ms": fwd[str(B)], "ratio": t_plain / (nfe * fwd[str(B)] / 1e3),
-                              "target": 1.05}
-        # 3. DCFG with two groups against CFG, same batch and steps
-        if len(names) >= 2:
-            half = (len(names) + 1) // 2
-            groups = [names[:half], names[half:]]
-            t_cfg = _median_time(sample(guided_eps_fn(net, attrs, "cfg", scale=3.0)), repeats, dev)
-            t_dcfg = _median_time(sample(guided_eps_fn(net, attrs, "dcfg", groups=groups, weights=[3.0, 1.0])),
-                                  repeats, dev)
-            result["guidance"] = {"batch": B, "steps": steps, "groups": groups, "cfg_s": t_cfg, "dcfg_s": t_dcfg,
-                                  "ratio": t_dcfg / t_cfg, "ideal": 1.5, "target": 1.58}
-        else:
-            result["guidance"] = {"skipped": f"DCFG with 2 groups needs >= 2 attributes, the model has {names}"}
+        fwd_times = _interleaved_times({k: f for k, f in forwards.items() if k != str(B)}, repeats, dev)
+        times = _interleaved_times(runs, repeats, dev)
+    fwd_times[str(B)] = times.pop("forward")
+    nfe = len(calls) // (repeats + 1)  # network evaluations per sampling run (the warm-up run included)
+    # the same ratio with the forwards timed inside each sampling run (immune to load drift between runs)
+    inline = [w / sum(calls[(r + 1) * nfe:(r + 2) * nfe]) for r, w in enumerate(times["sample"])]
+    best = {k: min(v) for k, v in {**fwd_times, **times}.items()}
+    median = {k: statistics.median(v) for k, v in {**fwd_times, **times}.items()}
+    result["timing"] = f"min over {repeats} interleaved runs after a warm-up (medians under *_median)"
+    result["forward_ms"] = {str(b): 1e3 * best[str(b)] for b in batch_sizes}
+    result["forward_ms_median"] = {str(b): 1e3 * median[str(b)] for b in batch_sizes}
+    result["forward_ms_per_image"] = {str(b): 1e3 * best[str(b)] / b for b in batch_sizes}
+    result["sampling"] = {"batch": B, "steps": steps, "nfe": nfe, "wall_s": best["sample"],
+                          "forward_ms": 1e3 * best[str(B)], "ratio": best["sample"] / (nfe * best[str(B)]),
+                          "ratio_median": median["sample"] / (nfe * median[str(B)]),
+                          "ratio_inline": statistics.median(inline), "target": 1.05}
+    # 3. DCFG with two groups against CFG, same batch and steps
+    if groups:
+        result["guidance"] = {"batch": B, "steps": steps, "groups": groups, "cfg_s": best["cfg"],
+                              "dcfg_s": best["dcfg"], "ratio": best["dcfg"] / best["cfg"],
+                              "ratio_median": median["dcfg"] / median["cfg"], "ideal": 1.5, "target": 1.58}
+    else:
+        result["guidance"] = {"skipped": f"DCFG with 2 groups needs >= 2 attributes, the model has {names}"}
 
     # 4. training throughput of this config
     if train_steps:
@@ -221,13 +240,15 @@ def format_table(result: dict[str, Any]) -> str:
         return f"{label:<46}{value:>14{fmt}}{target:>10}"
 
     lines = [f"dcfg bench diffusion  device={result['device']} threads={result['torch_threads']} "
-             f"params={result['params']:,}", "", f"{'measure':<46}{'value':>14}{'target':>10}"]
+             f"params={result['params']:,}", f"timing: {result['timing']}", "",
+             f"{'measure':<46}{'value':>14}{'target':>10}"]
     for b, ms in result["forward_ms"].items():
         lines.append(row(f"ms per forward (NFE), batch {b}", ms, ".2f"))
         lines.append(row(f"  ms per image, batch {b}", result["forward_ms_per_image"][b], ".3f"))
     s = result["sampling"]
     lines.append(row(f"sampling wall / (NFE x forward), B={s['batch']} S={s['steps']}", s["ratio"], ".3f",
                      f"<= {s['target']}"))
+    lines.append(row("  same, forwards timed inside the sampling run", s["ratio_inline"], ".3f"))
     gd = result["guidance"]
     if "ratio" in gd:
         lines.append(row("DCFG (M=2) / CFG sampling wall time", gd["ratio"], ".3f", f"<= {gd['target']}"))

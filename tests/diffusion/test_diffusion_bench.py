@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -19,7 +20,7 @@ def test_bench_sections_and_json(tmp_path):
                           train_steps=2, train_batch=4, out=tmp_path / "b.json", verbose=False)
     assert json.loads((tmp_path / "b.json").read_text()) == json.loads(json.dumps(res))
     assert set(res["forward_ms"]) == {"1", "4"} and all(v > 0 for v in res["forward_ms"].values())
-    assert res["forward_ms_per_image"]["4"] == res["forward_ms"]["4"] / 4
+    assert res["forward_ms_per_image"]["4"] == pytest.approx(res["forward_ms"]["4"] / 4)
     assert res["sampling"]["nfe"] == 3  # one network evaluation per DDIM step
     assert res["sampling"]["ratio"] > 0
     g = res["guidance"]
@@ -45,3 +46,10 @@ def test_cli_bench_diffusion(tmp_path):
     assert json.loads(out.read_text())["sampling"]["steps"] == 2
     bad = CliRunner().invoke(main, ["bench", "diffusion", "--batch-sizes", "1,x", "--out", str(out)])
     assert bad.exit_code == 2 and "--batch-sizes" in bad.output
+
+
+def test_bench_inline_ratio_is_at_least_one():
+    """Sampling can never take less time than the network evaluations it makes."""
+    res = bench_diffusion(ConditionalUNet(tiny_config()), batch_sizes=(2,), sample_batch=2, steps=3, repeats=2,
+                          train_steps=0, verbose=False)
+    assert res["sampling"]["ratio_inline"] >= 1.0
