@@ -95,7 +95,8 @@ def _ddim_step(x: Tensor, eps: Tensor, abar_from: Tensor | float, abar_to: Tenso
 
 
 def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, *, spacing: str = "trailing",
-                progress: bool = False, return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+                clip_denoised: bool = False, progress: bool = False, return_trajectory: bool = False
+                ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Decode noise ``x_T`` into images with S deterministic DDIM steps.
 
     Args:
@@ -105,6 +106,9 @@ def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, 
         alphas_cumprod: alpha-bar of the model's schedule (``model.alphas_cumprod``).
         steps: S, the number of model evaluations.
         spacing: the timestep grid (see :func:`ddim_timesteps`); use the same one as for :func:`ddim_invert`.
+        clip_denoised: clamp every predicted clean image ``x0_hat`` to [-1, 1] and re-derive eps from it
+            (diffusers' ``clip_sample``). It steadies generation from pure noise with a weak model, but the map
+            is then no longer the inverse of :func:`ddim_invert`: leave it off to decode inverted noise.
         progress: show a tqdm bar.
         return_trajectory: also return ``[x_{tau_S}, ..., x_{tau_1}, x_0]``.
 
@@ -126,6 +130,9 @@ def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, 
         t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         eps = eps_fn(x.to(x_T.dtype), t_vec).to(torch.float64)
         abar_prev = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
+        if clip_denoised:
+            x0_hat = ((x - (1.0 - abar[t]) ** 0.5 * eps) / abar[t] ** 0.5).clamp(-1.0, 1.0)
+            eps = (x - abar[t] ** 0.5 * x0_hat) / (1.0 - abar[t]) ** 0.5
         x = _ddim_step(x, eps, abar[t], abar_prev)
         if return_trajectory:
             traj.append(x.to(x_T.dtype))

@@ -29,7 +29,7 @@ from diffusion.guidance import guided_eps_fn
 def sample_images(model: Any, attrs: Mapping[str, Tensor], *, steps: int = 50, guidance: str = "none",
                   scale: float = 1.0, groups: Sequence[Sequence[str]] | None = None,
                   weights: Sequence[float] | None = None, seed: int | torch.Generator = 0,
-                  progress: bool = False) -> Tensor:
+                  clip_denoised: bool = False, progress: bool = False) -> Tensor:
     """Sample one image per row of ``attrs`` with DDIM from seeded noise.
 
     Args:
@@ -38,6 +38,7 @@ def sample_images(model: Any, attrs: Mapping[str, Tensor], *, steps: int = 50, g
         steps: DDIM steps.
         guidance, scale, groups, weights: as in :func:`~diffusion.guidance.guided_eps_fn`.
         seed: an int seed or a ``torch.Generator`` (CPU) for the initial noise.
+        clip_denoised: clamp the predicted clean image at every step (see :func:`~diffusion.ddim.ddim_sample`).
         progress: tqdm bar.
 
     Returns:
@@ -51,7 +52,8 @@ def sample_images(model: Any, attrs: Mapping[str, Tensor], *, steps: int = 50, g
     x_T = torch.randn((batch, *model.config.image_shape), generator=g).to(device)
     fn = guided_eps_fn(model, {k: v.to(device) for k, v in attrs.items()}, guidance, scale, groups, weights)
     with torch.no_grad():
-        return ddim_sample(fn, x_T, model.alphas_cumprod, steps, progress=progress).clamp(-1, 1)
+        return ddim_sample(fn, x_T, model.alphas_cumprod, steps, clip_denoised=clip_denoised,
+                           progress=progress).clamp(-1, 1)
 
 
 def save_grid(images: Tensor, path: str | os.PathLike, *, nrow: int = 8, padding: int = 2, scale: int = 2) -> Path:

@@ -134,3 +134,14 @@ def test_plain_inversion_reconstructs_at_50_steps_after_longer_training(tmp_path
     res = train(tiny_config(), TrainConfig(steps=1500, batch_size=32, lr=2e-3, warmup=20, ema_decay=0.99,
                                            ckpt_every=10_000), data, tmp_path, progress=False)
     assert recon_error(res.model, data, 50) <= 0.02
+
+
+def test_clip_denoised_bounds_the_prediction():
+    wild = lambda x, t: -5.0 * torch.ones_like(x)  # noqa: E731 - an eps-model that predicts far out of range
+    x_T = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    free = ddim_sample(wild, x_T, ABAR, 10)
+    clipped = ddim_sample(wild, x_T, ABAR, 10, clip_denoised=True)
+    assert free.abs().max() > 2 and clipped.abs().max() <= 1.0
+    # with a well-behaved model whose predictions stay in range, clipping changes nothing
+    fn = gaussian_eps(0.0, 0.1)
+    torch.testing.assert_close(ddim_sample(fn, x_T, ABAR, 10, clip_denoised=True), ddim_sample(fn, x_T, ABAR, 10))
