@@ -116,21 +116,31 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _augment(x: Tensor, gen: torch.Generator, max_shift: int = 2, max_rot_deg: float = 10.0) -> Tensor:
-    """Random small rotations, scalings and shifts (affine grid), background stays at -1."""
-    b = x.shape[0]
+def _augment(x: Tensor, gen: torch.Generator, max_shift: int = 2, max_rot_deg: float = 10.0,
+             elastic: float = 0.0) -> Tensor:
+    """Random small rotations, scalings, shifts and (optionally) elastic distortions; the
+    background stays at -1.
+
+    The elastic field is Gaussian noise of ``elastic`` pixels' amplitude smoothed over about 4 pixels
+    (Simard et al. 2003), added to the affine sampling grid.
+    """
+    b, _, h, w = x.shape
     ang = (torch.rand(b, generator=gen) * 2 - 1) * max_rot_deg * torch.pi / 180
     sc = 1 + (torch.rand(b, generator=gen) * 2 - 1) * 0.08
-    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2 * max_shift / x.shape[-1])
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2 * max_shift / w)
     cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if elastic > 0:
+        field = torch.randn(b, 2, h // 4, w // 4, generator=gen, dtype=x.dtype)
+        field = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
+        grid = grid + field.permute(0, 2, 3, 1) * (2 * elastic / w)
     return F.grid_sample(x + 1, grid, align_corners=False, padding_mode="zeros") - 1
 
 
 def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, augment: bool = True,
+                     lr: float = 2e-3, seed: int = 0, augment: bool = True, elastic: float = 1.0,
                      val: tuple[Tensor, Tensor] | None = None,
                      progress: bool = True) -> tuple[DigitClassifier, list[dict]]:
     """Train a :class:`DigitClassifier` with AdamW and a one-cycle schedule.
@@ -141,6 +151,7 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_s
         epochs, batch_size, lr: optimisation settings.
         seed: seed of initialisation, shuffling and augmentation.
         augment: random small affine transforms.
+        elastic: amplitude (pixels) of random elastic distortions when augmenting (0 = none).
         val: optional held-out ``(images, labels)``; its accuracy is logged per epoch.
         progress: tqdm bar.
 
@@ -166,14 +177,14 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_s
             idx = perm[s * batch_size:(s + 1) * batch_size]
             x, y = images[idx], labels[idx]
             if augment:
-                x = _augment(x, gen)
+                x = _augment(x, gen, elastic=elastic)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
             bar.update(1)
