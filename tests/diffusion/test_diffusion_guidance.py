@@ -138,3 +138,31 @@ def test_dcfg_on_a_subset_of_attributes(net, batch):
         e_null = net.eps(x, t, {})
         ref = net.eps(x, t, {"digit": sub["digit"]}) + net.eps(x, t, {"thickness": sub["thickness"]}) - e_null
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_guidance_strengthens_a_learned_condition(tmp_path):
+    """Toy data: `digit % 4` picks the quadrant of a bright square. After training, samples follow the digit,
+    and CFG / DCFG on the digit follow it more often (measured: 0.80 -> 0.97 / 0.98 with seed 0)."""
+    from diffusion import TrainConfig, ddim_sample, train
+    from diffusion_helpers import ToyImages
+
+    torch.manual_seed(0)
+    res = train(tiny_config(), TrainConfig(steps=2000, batch_size=32, lr=2e-3, warmup=20, ema_decay=0.99,
+                                           ckpt_every=10_000), ToyImages(256), tmp_path, progress=False)
+    n = 64
+    attrs = {"thickness": torch.full((n,), 3.0), "intensity": torch.full((n,), 230.0),
+             "digit": torch.arange(n) % 4}
+    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def accuracy(guidance, **kw):
+        with torch.no_grad():
+            x = ddim_sample(guided_eps_fn(res.model, attrs, guidance, **kw), x_T, res.model.alphas_cumprod, 20,
+                            clip_denoised=True)
+        quadrants = torch.stack([x[:, 0, :4, :4], x[:, 0, :4, 4:], x[:, 0, 4:, :4], x[:, 0, 4:, 4:]], 1)
+        return (quadrants.mean((2, 3)).argmax(1) == attrs["digit"]).float().mean().item()
+
+    plain = accuracy("none")
+    assert plain >= 0.6  # chance is 0.25
+    assert accuracy("cfg", scale=3.0) >= plain + 0.1
+    assert accuracy("dcfg", groups=[["digit"], ["thickness", "intensity"]], weights=[3.0, 1.0]) >= plain + 0.1
