@@ -6,6 +6,8 @@
 * :func:`ddim_sample`, :func:`ddim_invert`: deterministic DDIM over any ``eps_fn(x, t)``, float64 updates.
 * :func:`cfg`, :func:`dcfg`, :func:`guided_eps_fn`: (decoupled) classifier-free guidance in one batched forward.
 * :func:`train`: DDPM training with per-group condition dropout, EMA, atomic resumable checkpoints, DDP.
+* :mod:`diffusion.grid` (``sample_images``, ``save_grid``) and :mod:`diffusion.bench` (``bench_diffusion``, behind
+  ``dcfg bench diffusion``).
 
 This package never imports ``scm`` or ``pipeline``.
 """
