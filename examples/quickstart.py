@@ -12,8 +12,8 @@ from pipeline.images import save_grid
 # model of the image given its three parents. It loads from package data; nothing is downloaded.
 pipe = CounterfactualPipeline.pretrained()
 
-# Four held-out test digits, rendered with attributes drawn from the benchmark's SCM.
-test = MorphoMNIST("test", samples_per_digit=1)
+# Held-out test digits (one per class), rendered with attributes drawn from the benchmark's SCM.
+test = MorphoMNIST("test", samples_per_digit=1, max_sources=10)
 images, parents = test.images[:4], {k: v[:4] for k, v in test.attributes.items()}
 
 # "What would these digits look like had their strokes been 4 px thick?"

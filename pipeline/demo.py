@@ -46,8 +46,9 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
 
     out_dir = Path(out_dir)
     gen = torch.Generator().manual_seed(seed)
+    # a class-balanced handful of test digits: only these are rendered
     test = MorphoMNIST("test", samples_per_digit=1, seed=seed, attribute_sampling="scm",
-                       progress=progress)
+                       max_sources=max(10, n_digits), progress=False)
     idx = torch.randperm(len(test), generator=gen)[:n_digits]
     x = test.images[idx]
     attrs = {k: v[idx] for k, v in test.attributes.items()}
