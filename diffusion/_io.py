@@ -47,9 +47,16 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a safetensors file (never unpickles): ``(tensors, metadata)``."""
+    """Load a safetensors file (never unpickles): ``(tensors, metadata)``.
+
+    Raises:
+        ValueError: the file is truncated or not a safetensors file.
+    """
     data = Path(path).read_bytes()
-    tensors = _st_load(data)
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + header_len])
+    try:
+        tensors = _st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+    except Exception as e:  # safetensors raises its own (Rust) error types
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
     return tensors, dict(header.get("__metadata__") or {})

@@ -725,7 +725,11 @@ class SCM(nn.Module):
         scm = cls(graph, mechanisms=mechs, hidden=tuple(settings.get("hidden", (32, 32))),
                   count_bins=int(settings.get("count_bins", 8)), bound=float(settings.get("bound", 4.0)),
                   seed=int(settings.get("seed", 0)))
-        state = load_file(str(weights_file), device=str(map_location))
+        try:
+            state = load_file(str(weights_file), device=str(map_location))
+        except Exception as e:  # safetensors raises its own (Rust) error types
+            raise ValueError(f"{weights_file} is not a readable safetensors file (truncated or corrupted?): "
+                             f"{e}") from None
         expected = scm.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

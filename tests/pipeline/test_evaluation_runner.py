@@ -168,7 +168,7 @@ def test_recommended_scales_follow_the_rule(result):
     assert means[rec["overall"]] == pytest.approx(min(means.values()))
 
 
-def test_main_table_reuses_the_sweep_decodings(result):
+def test_main_table_reuses_the_sweep_decodings(result, tiny_pipeline):
     run = result.metrics["pipelines"]["main"]
     for node in ("thickness", "intensity", "digit"):
         sweep_dcfg = next(r for r in run["sweep"][node] if r["method"] == "dcfg" and r["scale"] == 2.0)
@@ -177,16 +177,17 @@ def test_main_table_reuses_the_sweep_decodings(result):
     spent = run["nfe"]
     # the plan of estimate_nfe is what the run spent when the chosen CFG scales are >= 1 and in the sweep
     assert spent["total"] <= plan["total"]
-    assert spent["inversion"] == 3 * 12
+    assert spent["inversion"] == (1 + tiny_pipeline.config.refine_steps) * 3 * 12
 
 
 def test_nfe_accounting_of_the_engine(tiny_pipeline, tiny_batch):
     x, a = tiny_batch
     eng = QueryEngine(tiny_pipeline, chunk_size=4)
     z = eng.invert(x, a, steps=2)
-    assert eng.nfe == 2 * len(x)
+    inv = (1 + tiny_pipeline.config.refine_steps) * 2 * len(x)
+    assert eng.nfe == inv
     eng.decode(z, a, "dcfg", [["thickness", "intensity"], ["digit"]], [2.0, 1.0], steps=2)
-    assert eng.nfe == 2 * len(x) + 3 * 2 * len(x)
+    assert eng.nfe == inv + 3 * 2 * len(x)
     # chunking does not change the result
     z_one = QueryEngine(tiny_pipeline, chunk_size=64).invert(x, a, steps=2)
     assert torch.allclose(z, z_one, atol=1e-5)

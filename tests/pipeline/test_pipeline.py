@@ -144,5 +144,13 @@ def test_load_errors(tiny_pipeline, tmp_path):
     path2 = tiny_pipeline.save(tmp_path / "pipe2")
     w = path2 / "image_model" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="safetensors"):
         CounterfactualPipeline.load(path2)
+
+
+def test_truncated_scm_weights_are_reported(tiny_pipeline, tmp_path):
+    path = tiny_pipeline.save(tmp_path / "pipe")
+    w = next((path / "scm").glob("*.safetensors"))
+    w.write_bytes(w.read_bytes()[:50])
+    with pytest.raises(ValueError, match="safetensors"):
+        CounterfactualPipeline.load(path)
