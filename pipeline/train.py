@@ -193,7 +193,7 @@ def train_morphomnist(
     ema_decay: float = 0.9995,
     ckpt_every: int = 250,
     seed: int = 0,
-    classifier_epochs: int = 10,
+    classifier_epochs: int = 20,
     classifier_images: int = 20000,
     with_classifier: bool = True,
     init_from: str | os.PathLike | None = None,
@@ -250,14 +250,16 @@ def train_morphomnist(
 
 
 def train_morphomnist_classifier(out_dir: str | os.PathLike, image_data: Any | None = None, *,
-                                 epochs: int = 10, n_images: int = 20000, samples_per_digit: int = 4,
+                                 epochs: int = 20, n_images: int = 20000, elastic: float = 0.5,
+                                 samples_per_digit: int = 4,
                                  seed: int = 0, root: str | os.PathLike | None = None,
                                  resume: bool = True, progress: bool = True):
     """Train (or, when resuming, load) the benchmark's digit classifier into ``out_dir/classifier``.
 
     It learns from ``n_images`` renders of the training digits (``image_data``, by default the image
-    model's training set) and its accuracy on the 1,000 rendered test digits is recorded per epoch in
-    ``classifier/history.json`` (never used for selection).
+    model's training set; all of them, in order, when there are no more than ``n_images``), with
+    small affine and ``elastic`` distortions. Its accuracy on the 1,000 rendered test digits is
+    recorded per epoch in ``classifier/history.json`` (never used for selection).
     """
     from .classifier import DigitClassifier, train_classifier
     from .datasets import MorphoMNIST
@@ -270,9 +272,12 @@ def train_morphomnist_classifier(out_dir: str | os.PathLike, image_data: Any | N
                                  seed=seed + 1, attribute_sampling="independent", progress=progress)
     test = MorphoMNIST("test", root=root, samples_per_digit=1, seed=seed + 2,
                        attribute_sampling="scm", progress=progress)
-    pick = torch.randperm(len(image_data), generator=torch.Generator().manual_seed(seed))[:n_images]
+    images, labels = image_data.images, image_data.attributes["digit"]
+    if n_images < len(image_data):
+        pick = torch.randperm(len(image_data), generator=torch.Generator().manual_seed(seed))[:n_images]
+        images, labels = images[pick], labels[pick]
     classifier, history = train_classifier(
-        image_data.images[pick], image_data.attributes["digit"][pick], epochs=epochs, seed=seed,
+        images, labels, epochs=epochs, elastic=elastic, seed=seed,
         val=(test.images, test.attributes["digit"]), progress=progress)
     classifier.save_pretrained(clf_dir)
     (clf_dir / "history.json").write_text(json.dumps(history, indent=2))
