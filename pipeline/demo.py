@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .core import CounterfactualPipeline
+from .groups import resolve_guidance
 
 GUIDANCES = ("none", "cfg", "dcfg")
 
@@ -27,6 +28,7 @@ class DemoRow:
     target: str
     images: list[Tensor]      # factual, then one per guidance
     measured: list[dict]      # thickness, intensity, digit per image
+    scales: tuple[float, float] = (1.0, 1.0)  # CFG scale, DCFG scale
 
 
 def _targets(attrs: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
@@ -54,23 +56,23 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
     attrs = {k: v[idx] for k, v in test.attributes.items()}
     targets = _targets(attrs, gen)
     steps = steps or pipe.config.steps
-    scale = pipe.config.scale if scale is None else scale
-    cfg_scale = scale if cfg_scale is None else cfg_scale
 
     # Abduction of the image noise is shared by every query on the same digits.
     x_T = pipe.invert(x, {k: attrs[k] for k in pipe.graph.image_parents()}, steps=steps,
                       progress=progress)
     u = pipe.scm.abduct(attrs, seed=seed)
     columns: dict[str, list[Tensor]] = {}
+    scales: dict[str, tuple[float, float]] = {}
     for node in ("thickness", "intensity", "digit"):
         do = {node: targets[node]}
         cf_parents = pipe.scm.predict(u, do=do)
         cond = {k: cf_parents[k] for k in pipe.graph.image_parents()}
+        w = pipe.config.default_scale([node]) if scale is None else scale
+        w_cfg = w if cfg_scale is None else cfg_scale
+        scales[node] = (w_cfg, w)
         imgs = []
         for g in GUIDANCES:
-            from .groups import resolve_guidance
-            groups, weights = resolve_guidance(pipe.graph, [node], g,
-                                               cfg_scale if g == "cfg" else scale)
+            groups, weights = resolve_guidance(pipe.graph, [node], g, w_cfg if g == "cfg" else w)
             imgs.append(pipe.decode(x_T, cond, guidance=g, groups=groups, weights=weights,
                                     steps=steps, progress=progress))
         columns[node] = imgs
@@ -90,12 +92,12 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
             tgt = targets[node][j]
             tgt_s = f"{node}={int(tgt)}" if node == "digit" else f"{node}={float(tgt):.1f}"
             rows.append(DemoRow(node, tgt_s, [x[j]] + [b[j] for b in imgs],
-                                [fact_m[j]] + [m[j] for m in col_m[node]]))
-    _plot(rows, out_dir / "demo.png", scale, cfg_scale)
+                                [fact_m[j]] + [m[j] for m in col_m[node]], scales[node]))
+    _plot(rows, out_dir / "demo.png")
     return rows
 
 
-def _plot(rows: list[DemoRow], path: Path, scale: float, cfg_scale: float) -> None:
+def _plot(rows: list[DemoRow], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,8 +105,8 @@ def _plot(rows: list[DemoRow], path: Path, scale: float, cfg_scale: float) -> No
 
     from .images import atomic_save
 
-    heads = ["factual", "no guidance", f"CFG (w={cfg_scale:g})", f"DCFG (w={scale:g})"]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.9, len(rows) * 2.15))
+    heads = ["factual", "no guidance", "CFG", "DCFG (affected / invariant)"]
+    fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.9, len(rows) * 2.3))
     axes = np.atleast_2d(axes)
     for r, row in enumerate(rows):
         for c in range(4):
@@ -113,7 +115,12 @@ def _plot(rows: list[DemoRow], path: Path, scale: float, cfg_scale: float) -> No
             ax.set_xticks([])
             ax.set_yticks([])
             m = row.measured[c]
-            ax.set_xlabel(f"t={m['thickness']:.1f} i={m['intensity']:.0f} y={m['digit']}", fontsize=7)
+            label = f"t={m['thickness']:.1f} i={m['intensity']:.0f} y={m['digit']}"
+            if c == 2:
+                label += f"\nw={row.scales[0]:g}"
+            elif c == 3:
+                label += f"\nw={row.scales[1]:g} / 1"
+            ax.set_xlabel(label, fontsize=7)
             if r == 0:
                 ax.set_title(heads[c], fontsize=8)
             if c == 0:
