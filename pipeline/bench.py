@@ -1,10 +1,11 @@
 """``dcfg bench pipeline``: the cost of a whole counterfactual query against its network evaluations.
 
-A query with S DDIM steps runs S network calls of B rows for the inversion, then S calls of k*B rows
-for the decoding (k = 1 without guidance, 2 for CFG, M+1 for DCFG with M groups). The *overhead
-ratio* divides the query's wall time by the time of those same network calls measured alone:
+A query with S DDIM steps runs (1 + r) * S network calls of B rows for the inversion (r fixed-point
+refinements per step), then S calls of k*B rows for the decoding (k = 1 without guidance, 2 for CFG,
+M+1 for DCFG with M groups). The *overhead ratio* divides the query's wall time by the time of those
+same network calls measured alone:
 
-    ratio = wall / (S * t_fwd(B) + S * t_fwd(k * B))
+    ratio = wall / ((1 + r) * S * t_fwd(B) + S * t_fwd(k * B))
 
 A ratio of 1.0 means the SCM, the guidance arithmetic and the DDIM updates cost nothing beside the
 network.
@@ -88,9 +89,10 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
             t0 = time.perf_counter()
             pipe.counterfactual(x, parents, do=do, guidance=guidance, scale=3.0, steps=s, seed=seed)
             wall = time.perf_counter() - t0
-            ideal = s * fwd[batch] + s * fwd[k * batch]
+            inv_calls = (1 + pipe.config.refine_steps) * s
+            ideal = inv_calls * fwd[batch] + s * fwd[k * batch]
             rows.append({"guidance": guidance, "groups": len(groups), "steps": s, "batch": batch,
-                         "nfe_per_step": 1 + k, "wall_s": wall,
+                         "nfe_per_step": 1 + pipe.config.refine_steps + k, "wall_s": wall,
                          "ms_per_counterfactual": 1000 * wall / batch,
                          "network_s": ideal, "overhead_ratio": wall / ideal})
     result = {"forward_ms": {str(r): 1000 * v for r, v in sorted(fwd.items())}, "rows": rows,
