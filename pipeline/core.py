@@ -12,7 +12,6 @@ The three steps of a counterfactual (Pearl), as :meth:`CounterfactualPipeline.co
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -26,7 +25,8 @@ from torch import Tensor
 from diffusion import ConditionalUNet, ddim_invert, ddim_sample, guided_eps_fn
 from scm import SCM, CausalGraph
 
-from .groups import derive_groups, resolve_guidance
+from .groups import resolve_guidance
+from .images import replace_dir
 
 DoValue = float | int | Tensor | Callable[[Tensor], Tensor]
 
@@ -359,14 +359,7 @@ class CounterfactualPipeline:
             self.image_model.save_pretrained(tmp / "image_model")
             if self.classifier is not None:
                 self.classifier.save_pretrained(tmp / "classifier")
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -92,3 +92,22 @@ def atomic_save(write, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move the finished directory ``tmp`` to ``path``, replacing an existing one.
+
+    The old directory is renamed aside first and removed only after the new one is in place, so
+    ``path`` always holds either the old or the new complete directory.
+    """
+    import shutil
+
+    tmp, path = Path(tmp), Path(path)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pipeline.images import replace_dir
+
 __all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid", "to_json", "OUTPUT_FILES"]
 
 #: The files of an evaluation folder.
@@ -92,14 +94,7 @@ def write_outputs(result: Any, out: str | os.PathLike) -> Path:
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp create private modes; give the usual ones
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
