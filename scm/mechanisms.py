@@ -169,6 +169,17 @@ class Mechanism(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- built-ins
+class _StandardNormalNoise:
+    """Mixin for mechanisms whose exogenous noise is one standard normal per row."""
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, generator=_generator(generator))
+
+    def noise_distribution(self, n: int, device: torch.device | None = None,
+                           dtype: torch.dtype = torch.float32) -> dist.Distribution:
+        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0, validate_args=False)
+
+
 class ParentEncoder(nn.Module):
     """Feature vector of a node's parents: standardised continuous values, 0/1 binaries, one-hots.
 
@@ -253,7 +264,7 @@ class _Standardize(nn.Module):
         return T.AffineTransform(self.loc, self.scale)
 
 
-class FlowMechanism(Mechanism):
+class FlowMechanism(_StandardNormalNoise, Mechanism):
     """A learnable invertible mechanism for a continuous node (``real``, ``positive``, ``interval``).
 
     ``x = support( standardise( affine_pa( spline_pa(u) ) ) )`` with ``u ~ N(0, 1)``, where
@@ -326,13 +337,6 @@ class FlowMechanism(Mechanism):
     def _base(self, n: int, like: Tensor) -> dist.Distribution:
         zeros = torch.zeros(n, 1, dtype=like.dtype, device=like.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
-
-    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, generator=_generator(generator))
-
-    def noise_distribution(self, n: int, device: torch.device | None = None,
-                           dtype: torch.dtype = torch.float32) -> dist.Distribution:
-        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0, validate_args=False)
 
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         y = noise.to(self.standardize.loc.dtype).unsqueeze(-1)
@@ -520,7 +524,7 @@ def _weighted_sum(weights: Mapping[str, float], parents: Mapping[str, Tensor], l
     return total
 
 
-class LinearGaussianMechanism(Mechanism):
+class LinearGaussianMechanism(_StandardNormalNoise, Mechanism):
     """``x = bias + sum_p weights[p] * p + scale * u`` with ``u ~ N(0, 1)`` (a ``real`` node).
 
     Args:
@@ -547,13 +551,6 @@ class LinearGaussianMechanism(Mechanism):
     def _mean(self, parents: Mapping[str, Tensor], like: Tensor) -> Tensor:
         return self.bias + _weighted_sum(self.weights, parents, like)
 
-    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, generator=_generator(generator))
-
-    def noise_distribution(self, n: int, device: torch.device | None = None,
-                           dtype: torch.dtype = torch.float32) -> dist.Distribution:
-        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0, validate_args=False)
-
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         return self._mean(parents, noise) + self.scale * noise
 
@@ -565,7 +562,7 @@ class LinearGaussianMechanism(Mechanism):
         return dist.Normal(self._mean(parents, value), self.scale).log_prob(value)
 
 
-class AffineSigmoidMechanism(Mechanism):
+class AffineSigmoidMechanism(_StandardNormalNoise, Mechanism):
     """``x = low + (high - low) * sigmoid(noise_scale * u + bias + sum_p weights[p] * p)``, ``u ~ N(0, 1)``.
 
     For an ``interval`` node; e.g. the Morpho-MNIST intensity equation
@@ -603,13 +600,6 @@ class AffineSigmoidMechanism(Mechanism):
 
     def _loc(self, parents: Mapping[str, Tensor], like: Tensor) -> Tensor:
         return self.bias + _weighted_sum(self.weights, parents, like)
-
-    def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, generator=_generator(generator))
-
-    def noise_distribution(self, n: int, device: torch.device | None = None,
-                           dtype: torch.dtype = torch.float32) -> dist.Distribution:
-        return dist.Normal(torch.zeros(n, device=device, dtype=dtype), 1.0, validate_args=False)
 
     def forward(self, parents: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         z = self.noise_scale * noise + self._loc(parents, noise)
