@@ -39,10 +39,6 @@ class GuidanceGroups:
     affected: tuple[str, ...]
     invariant: tuple[str, ...]
 
-    def as_lists(self) -> list[list[str]]:
-        """Non-empty groups in the order (affected, invariant)."""
-        return [list(g) for g in (self.affected, self.invariant) if g]
-
 
 def derive_groups(graph: "CausalGraph", intervened: Iterable[str]) -> GuidanceGroups:
     """Split the image's parents into the ``affected`` and ``invariant`` groups.

@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import linalg
 from torch import Tensor
 
