@@ -271,8 +271,8 @@ def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, threads)
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--steps", "steps_text", default="10,20,50", show_default=True,
               help="Comma-separated DDIM step counts.")
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True,
-              help="Forward timings: the median of this many runs.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Timed runs of each forward and each query (the median is reported).")
 @click.option("--out", type=click.Path(dir_okay=False), default="bench/pipeline.json",
               show_default=True, help="JSON file for the figures.")
 @_PIPELINE_OPT
