@@ -1,4 +1,5 @@
-"""Morphometry of digit images (thickness, intensity, slant) and the perturbations that set them.
+"""Morphometry of digit images (thickness, intensity, slant) and the perturbations that set them
+(``set_thickness``, ``set_intensity``, ``set_slant``).
 
 Example:
     >>> from pipeline.datasets import load_mnist5k
@@ -23,7 +24,8 @@ from pipeline.morphometry.perturb import (
     set_intensity,
     set_thickness,
 )
+from pipeline.morphometry.slant import SLANT_RANGE, set_slant
 
 __all__ = ["MEASURE_SCALE", "measure", "measure_intensity", "measure_slant", "measure_thickness",
            "reference_thickness", "set_thickness", "set_intensity", "THICKNESS_RANGE", "INTENSITY_RANGE",
-           "PERTURB_SCALE"]
+           "PERTURB_SCALE", "set_slant", "SLANT_RANGE"]
