@@ -277,6 +277,9 @@ def parse_interventions(text: str, source: str = "--do") -> dict[str, Interventi
                 raise ValueError(f"{source}: cannot parse {part.strip()!r}; a per-image draw reads "
                                  f"name~{_DISTRIBUTIONS}, e.g. thickness~uniform(1,4)")
             name, dist = m.group("name"), m.group("dist").lower()
+            if dist not in ("uniform", "normal", "choice"):
+                raise ValueError(f"{source}: unknown distribution {m.group('dist')!r} in {part.strip()!r}; "
+                                 f"use {_DISTRIBUTIONS}")
             args = _draw_args(name, dist, m.group("args"), source)
             value: Intervention
             if dist == "uniform":
@@ -289,10 +292,8 @@ def parse_interventions(text: str, source: str = "--do") -> dict[str, Interventi
                     raise ValueError(f"{source}: {name}~normal{tuple(args)} needs a mean and a std > 0, "
                                      f"e.g. {name}~normal(2,0.5)")
                 value = Normal(float(args[0]), float(args[1]))
-            elif dist == "choice":
-                value = Choice(tuple(args))
             else:
-                raise ValueError(f"{source}: unknown distribution {dist!r} in {part.strip()!r}; use {_DISTRIBUTIONS}")
+                value = Choice(tuple(args))
         else:
             parsed = parse_do(part, source)
             (name, raw), = parsed.items()
