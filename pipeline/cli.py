@@ -577,5 +577,61 @@ def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_
     click.echo(f"pipeline saved to {out_dir}/pipeline")
 
 
+# ---------------------------------------------------------------------------- experiments
+class _SpecFailure(click.ClickException):
+    """A bad spec or output folder: ``Error: <message>`` on one line, exit code 2, nothing written."""
+
+    exit_code = 2
+
+
+@main.group()
+def experiment() -> None:
+    """DAG-defined experiments from a TOML spec (see examples/*.toml)."""
+
+
+@experiment.command("validate")
+@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False))
+@click.option("--quick", is_flag=True, help="Validate with the --quick budgets applied.")
+def experiment_validate(spec_path, quick):
+    """Check a spec; print a one-line summary, or the first problem (exit code 2)."""
+    from pipeline.experiment import SpecError, load_spec, summarize_spec
+
+    try:
+        spec = load_spec(spec_path, quick=quick)
+    except SpecError as e:
+        raise _SpecFailure(str(e))
+    click.echo(f"ok: {summarize_spec(spec)}")
+
+
+@experiment.command("run")
+@click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Report folder (default: experiments/<name>, or experiments/<name>-quick); finished stages "
+                   "in OUT/stages are reused.")
+@click.option("--quick", is_flag=True, help="Tiny budgets (data, training, evaluation): minutes on 2 cores.")
+@click.option("--n-jobs", type=click.IntRange(1), default=None, help="Rendering/morphometry processes.")
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No progress bars or stage messages.")
+def experiment_run(spec_path, out_dir, quick, n_jobs, threads, quiet):
+    """Run a spec: data, pipeline (train or load), evaluation, effects; write report.md, metrics.json, figures."""
+    from pipeline.experiment import SpecError, load_spec
+    from pipeline.experiment.run import check_experiment_dir, default_out_dir
+
+    try:
+        spec = load_spec(spec_path, quick=quick)
+        out = check_experiment_dir(out_dir if out_dir is not None else default_out_dir(spec))
+    except (SpecError, ValueError) as e:
+        raise _SpecFailure(str(e))
+    _threads(threads)
+    from pipeline.experiment.run import run_experiment
+
+    command = f"dcfg experiment run {spec_path}" + (f" --out {out_dir}" if out_dir else "") + \
+        (" --quick" if quick else "")
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    res = run_experiment(spec, out, n_jobs=n_jobs, progress=not quiet, log=log, command=command)
+    click.echo(f"wrote {res.out}/report.md (metrics.json, groups.json, figures/) in "
+               f"{res.metrics['timing']['wall_s'] / 60:.1f} min")
+
+
 if __name__ == "__main__":  # pragma: no cover - `python -m pipeline.cli`
     main()
