@@ -207,7 +207,7 @@ class CausalGraph:
                 raise ValueError(f"bad edge {edge!r}: an edge is a [parent, child] pair")
             a, b = edge
             for end in (a, b):
-                if end not in specs:
+                if not isinstance(end, str) or end not in specs:
                     raise ValueError(f"edge {a!r} -> {b!r} refers to unknown node {end!r}; declared nodes: "
                                      f"{list(specs)}")
             if a == b:
@@ -252,8 +252,11 @@ class CausalGraph:
         extra = sorted(set(d) - {"nodes", "edges"})
         if extra:
             raise ValueError(f"unexpected graph key(s) {extra}; allowed keys: ['edges', 'nodes']")
+        edges = d.get("edges", [])
+        if isinstance(edges, (str, bytes)) or not isinstance(edges, (list, tuple)):
+            raise ValueError(f"the graph's 'edges' must be a list of [parent, child] pairs, got {edges!r:.80}")
         specs = {name: NodeSpec.from_dict(name, spec) for name, spec in d["nodes"].items()}
-        return cls(specs, [tuple(e) if isinstance(e, list) else e for e in d.get("edges", [])])
+        return cls(specs, list(edges))  # edges as given, so that errors quote them as written
 
     @classmethod
     def from_edges(cls, edges: Iterable[tuple[str, str]],

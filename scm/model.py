@@ -28,6 +28,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -41,12 +42,13 @@ import pyro
 import pyro.poutine as poutine
 from pyro.poutine.messenger import Messenger
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as _st_load
+from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from scm.graph import CausalGraph
-from scm.mechanisms import (CategoricalMechanism, FlowMechanism, Mechanism, mechanism_key,
+from scm.graph import CausalGraph, NodeSpec
+from scm.mechanisms import (CategoricalMechanism, FlowMechanism, GumbelMaxMechanism, Mechanism, mechanism_key,
                             registered_mechanism)
 from scm.support import as_values
 
@@ -169,6 +171,7 @@ class SCM(nn.Module):
                 want = "discrete (GumbelMaxMechanism)" if spec.is_discrete else "continuous"
                 raise ValueError(f"node {name!r} is {spec.kind} and needs a {want} mechanism, got "
                                  f"{type(mech).__name__}")
+            _check_mechanism_fits(name, mech, graph, self._parents[name])
             weights = getattr(mech, "weights", None)
             if isinstance(weights, Mapping):
                 strangers = sorted(set(weights) - set(self._parents[name]))
@@ -662,7 +665,8 @@ class SCM(nn.Module):
                                "config": self.mechanisms[n].get_config()} for n in self._order},
         }
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
-        _atomic_write(path / _WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": _FORMAT}))
+        blob = _weights_blob(state)
+        _atomic_write(path / _WEIGHTS, lambda tmp: Path(tmp).write_bytes(blob))
         _atomic_write(path / "config.json",
                       lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n"))
         return path
@@ -703,12 +707,21 @@ class SCM(nn.Module):
         if int(cfg.get("format_version", 0)) > _FORMAT_VERSION:
             raise ValueError(f"{cfg_file} has format_version {cfg['format_version']}, newer than this dcfg "
                              f"({_FORMAT_VERSION}); upgrade dcfg")
-        graph = CausalGraph.from_dict(cfg["graph"])
+        graph = CausalGraph.from_dict(cfg.get("graph"))
         overrides = dict(mechanisms or {})
         settings = cfg.get("scm", {})
+        entries = cfg.get("mechanisms", {})
+        if not isinstance(settings, Mapping) or not isinstance(entries, Mapping):
+            raise ValueError(f"{cfg_file}: 'scm' and 'mechanisms' must be JSON objects (got {type(settings).__name__} "
+                             f"and {type(entries).__name__}); the file is not one written by SCM.save")
+        for node, entry in entries.items():
+            if (not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str)
+                    or not isinstance(entry.get("config", {}), Mapping)):
+                raise ValueError(f"{cfg_file}: the mechanism entry of node {node!r} must be "
+                                 f"{{'type': 'module:Class', 'config': {{...}}}}, got {entry!r:.120}")
         mechs: dict[str, Mechanism] = {}
         with torch.random.fork_rng(devices=[]):  # constructors may draw initial weights; they are replaced
-            for node, entry in cfg.get("mechanisms", {}).items():
+            for node, entry in entries.items():
                 if node in overrides:
                     mechs[node] = overrides.pop(node)
                     continue
@@ -722,14 +735,13 @@ class SCM(nn.Module):
         missing_nodes = [n for n in graph.attribute_nodes() if n not in mechs]
         if missing_nodes:
             raise ValueError(f"{cfg_file} has no mechanism for node(s) {missing_nodes}")
-        scm = cls(graph, mechanisms=mechs, hidden=tuple(settings.get("hidden", (32, 32))),
-                  count_bins=int(settings.get("count_bins", 8)), bound=float(settings.get("bound", 4.0)),
-                  seed=int(settings.get("seed", 0)))
         try:
-            state = load_file(str(weights_file), device=str(map_location))
-        except Exception as e:  # safetensors raises its own (Rust) error types
-            raise ValueError(f"{weights_file} is not a readable safetensors file (truncated or corrupted?): "
-                             f"{e}") from None
+            scm = cls(graph, mechanisms=mechs, hidden=tuple(settings.get("hidden", (32, 32))),
+                      count_bins=int(settings.get("count_bins", 8)), bound=float(settings.get("bound", 4.0)),
+                      seed=int(settings.get("seed", 0)))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{cfg_file}: {e}") from None
+        state = {k: v.to(map_location) for k, v in _read_weights(weights_file).items()}
         expected = scm.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -783,6 +795,53 @@ class _ResolveCallables(Messenger):
                 raise ValueError(f"the do callable of node {name!r} failed on its (n,) tensor of pre-intervention "
                                  f"values: {type(e).__name__}: {e}") from e
             self.fixed[name] = self.check(name, result)
+
+
+def _check_mechanism_fits(name: str, mech: Mechanism, graph: CausalGraph, parents: list[str]) -> None:
+    """A mechanism built for other parents, another support or another cardinality than the graph's is an error."""
+    spec = graph.spec(name)
+    own = getattr(mech, "spec", None)
+    if isinstance(own, NodeSpec) and own != spec:
+        raise ValueError(f"the mechanism of node {name!r} was built for {own.to_dict()}, but the graph declares "
+                         f"{spec.to_dict()}; the graph and the mechanism disagree (an edited config.json?): rebuild "
+                         f"the mechanism for this graph")
+    if isinstance(mech, GumbelMaxMechanism) and spec.is_discrete and mech.cardinality != (spec.cardinality or 2):
+        raise ValueError(f"the mechanism of node {name!r} has {mech.cardinality} classes, but the graph declares "
+                         f"cardinality {spec.cardinality}; the graph and the mechanism disagree")
+    built_for = getattr(mech, "parent_specs", None)
+    if isinstance(built_for, Mapping):
+        want = {p: graph.spec(p) for p in parents}
+        if dict(built_for) != want:
+            raise ValueError(f"the mechanism of node {name!r} was built for parents "
+                             f"{ {p: s.to_dict() for p, s in built_for.items()} }, but the graph gives it "
+                             f"{ {p: s.to_dict() for p, s in want.items()} }; the graph and the mechanism disagree "
+                             f"(an edited config.json?): rebuild the mechanism for this graph")
+
+
+def _weights_blob(state: Mapping[str, Tensor]) -> bytes:
+    """safetensors bytes of ``state`` whose metadata holds the sha256 of the tensor data (checked on load)."""
+    blob = _st_save(dict(state), metadata={"format": _FORMAT})
+    return _st_save(dict(state), metadata={"format": _FORMAT, "sha256": _data_digest(blob)})
+
+
+def _data_digest(blob: bytes) -> str:
+    header = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(memoryview(blob)[8 + header:]).hexdigest()
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """Load safetensors weights (never unpickles); ``ValueError`` when truncated, corrupted or tampered with."""
+    data = path.read_bytes()
+    try:
+        state = _st_load(data)
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    except Exception as e:  # safetensors raises its own (Rust) error types
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
+    digest = (header.get("__metadata__") or {}).get("sha256")
+    if digest is not None and digest != _data_digest(data):
+        raise ValueError(f"{path} is corrupted: the sha256 of its tensor data does not match the one recorded when "
+                         f"it was saved; restore the file or save the model again")
+    return state
 
 
 def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:

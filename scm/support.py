@@ -54,7 +54,11 @@ def _to_tensor(name: str, value: Any, what: str) -> Tensor:
     if isinstance(value, (bool, np.bool_)):
         value = int(value)
     if isinstance(value, (numbers.Number, np.ndarray, list, tuple)):
-        arr = np.asarray(value)
+        try:
+            arr = np.asarray(value)
+        except (ValueError, TypeError, OverflowError) as e:  # ragged nested lists
+            raise TypeError(f"node {name!r}: {what} values {value!r:.80} are not a flat list of numbers ({e}); "
+                            f"pass a number, a 1-D tensor/array/list, or a pandas Series") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise TypeError(f"node {name!r}: {what} values must be numeric, got dtype {arr.dtype} "
                             f"(value {value!r:.80}); pass numbers or a tensor")
@@ -132,4 +136,15 @@ def as_values(name: str, spec: NodeSpec, value: Any, *, what: str, dtype: torch.
         i = int(out.reshape(-1).nonzero()[0])
         raise ValueError(f"node {name!r}: {what} value {tf.reshape(-1)[i].item()} at row {i} is outside the "
                          f"support of this {spec.kind} node; allowed: {spec.describe()}; {fix}")
-    return t.to(dtype)
+    # A value in the support may leave it once cast to the model's dtype (1e40 -> inf, 1e-300 -> 0 in float32).
+    result = t.to(dtype)
+    rf = result.to(torch.float64)
+    lost = ~torch.isfinite(rf)
+    if spec.kind == "positive":
+        lost |= rf <= 0
+    if bool(lost.any()):
+        i = int(lost.reshape(-1).nonzero()[0])
+        raise ValueError(f"node {name!r}: {what} value {tf.reshape(-1)[i].item()} at row {i} becomes "
+                         f"{rf.reshape(-1)[i].item()} in {dtype}, outside the support; allowed: {spec.describe()}, "
+                         f"representable in {dtype}")
+    return result
