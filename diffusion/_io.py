@@ -1,9 +1,12 @@
 """Atomic file writes: write a temporary file in the target's folder, fsync it, then ``os.replace``.
 
 A reader (or a crash) therefore sees either the old file or the new one, never a half-written one.
+Safetensors files carry the sha256 of their tensor data in their metadata (``"sha256"``), so that a
+corrupted file is refused on load instead of giving garbage weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -43,14 +46,25 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, str] | None = None) -> None:
     """Save a flat dict of tensors as safetensors, atomically (tensors are copied to contiguous CPU memory)."""
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, _st_save(flat, metadata=dict(metadata) if metadata else None))
+    meta = dict(metadata or {})
+    meta.pop("sha256", None)
+    # the tensor data does not depend on the metadata, so its digest can be stored in the header
+    digest = _data_digest(_st_save(flat, metadata=meta or None))
+    atomic_write_bytes(path, _st_save(flat, metadata={**meta, "sha256": digest}))
+
+
+def _data_digest(blob: bytes) -> str:
+    """sha256 of the tensor data of a safetensors file (the bytes after its header)."""
+    header = int.from_bytes(blob[:8], "little")
+    return hashlib.sha256(memoryview(blob)[8 + header:]).hexdigest()
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a safetensors file (never unpickles): ``(tensors, metadata)``.
 
     Raises:
-        ValueError: the file is truncated or not a safetensors file.
+        ValueError: the file is truncated, not a safetensors file, or its tensor data does not match the
+            sha256 recorded in its metadata (files without one are not checked).
     """
     data = Path(path).read_bytes()
     try:
@@ -59,4 +73,9 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         header = json.loads(data[8:8 + header_len])
     except Exception as e:  # safetensors raises its own (Rust) error types
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
-    return tensors, dict(header.get("__metadata__") or {})
+    metadata = dict(header.get("__metadata__") or {})
+    digest = metadata.pop("sha256", None)
+    if digest is not None and digest != _data_digest(data):
+        raise ValueError(f"{path} is corrupted: the sha256 of its tensor data does not match the one recorded when "
+                         f"it was saved; restore the file or save it again")
+    return tensors, metadata

@@ -190,14 +190,26 @@ class ConditionalUNet(nn.Module):
 
         Raises:
             FileNotFoundError: if ``config.json`` or ``model.safetensors`` is missing.
-            ValueError: if the weights do not match the config (missing, unexpected or mis-shaped tensors).
+            ValueError: if the config is invalid, the weights are truncated or corrupted (sha256 mismatch), or
+                they do not match the config (missing, unexpected or mis-shaped tensors).
         """
         directory = Path(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found; a saved ConditionalUNet directory holds "
                                         f"{CONFIG_NAME} and {WEIGHTS_NAME} (written by save_pretrained)")
-        config = ImageModelConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+        cfg_file = directory / CONFIG_NAME
+        try:
+            data = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or "format" not in data:
+            raise ValueError(f"{cfg_file} is not an ImageModelConfig (a JSON object with a 'format' entry, as "
+                             f"written by save_pretrained)")
+        try:
+            config = ImageModelConfig.from_dict(data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{cfg_file}: {e}") from None
         model = cls(config)
         tensors, _ = load_tensors(directory / WEIGHTS_NAME)
         load_state_checked(model, tensors, source=str(directory / WEIGHTS_NAME))

@@ -253,6 +253,16 @@ class _StopFlag:
         raise KeyboardInterrupt
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files of writes that a killed run left half done (they are never read)."""
+    for name in (ckpt.CHECKPOINT_NAME, Path(ckpt.CHECKPOINT_NAME).with_suffix(".json").name, LOSS_CSV):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        for tmp in (out / MODEL_DIR).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------------- loss log
 class _LossLog:
     """``loss.csv`` appended progressively (rank 0 only); rows past the resumed step are dropped first."""
@@ -417,6 +427,7 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
     lo, hi = ctx.rank * b_local, (ctx.rank + 1) * b_local
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(out)
     log = _LossLog(out / LOSS_CSV, keep_through=start_step, enabled=ctx.is_main)
 
     saved_at = [-1]
