@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from diffusion._io import load_tensors, save_tensors
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class ClassifierConfig:
     num_classes: int = 10
     width: int = 32
     feature_dim: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "num_classes", "width", "feature_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"classifier config {name}={value!r} must be a positive integer")
 
 
 class DigitClassifier(nn.Module):
@@ -84,10 +91,7 @@ class DigitClassifier(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(path / "config.json", json.dumps(asdict(self.config), indent=2))
-        fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
-        os.close(fd)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, tmp)
-        os.replace(tmp, path / "model.safetensors")
+        save_tensors(path / "model.safetensors", self.state_dict())  # atomic, with a sha256 of the data
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "DigitClassifier":
@@ -95,13 +99,14 @@ class DigitClassifier(nn.Module):
         path = Path(path)
         try:
             cfg = ClassifierConfig(**json.loads((path / "config.json").read_text()))
-        except (OSError, TypeError, json.JSONDecodeError) as e:
+        except (OSError, TypeError, ValueError) as e:  # incl. JSONDecodeError and bad fields
             raise ValueError(f"{path}: cannot read the classifier's config.json ({e})") from None
         model = cls(cfg)
-        try:
-            state = load_file(str(path / "model.safetensors"))
-        except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{path}/model.safetensors cannot be read: {e}") from None
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise ValueError(f"{path}: model.safetensors is missing (a classifier directory holds config.json and "
+                             f"model.safetensors, written by save_pretrained)")
+        state, _ = load_tensors(weights)  # ValueError when truncated or corrupted
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

@@ -12,6 +12,8 @@ The three steps of a counterfactual (Pearl), as :meth:`CounterfactualPipeline.co
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from diffusion import ConditionalUNet, ddim_invert, ddim_sample, guided_eps_fn
 from scm import SCM, CausalGraph
+from scm.support import as_values
 
 from .groups import resolve_guidance
 from .images import replace_dir
@@ -83,6 +86,28 @@ class PipelineConfig:
     refine_steps: int = 1
     attribute_scales: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        def finite(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"pipeline config {name}={value!r} must be a finite number")
+
+        def count(name: str, value: Any, low: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"pipeline config {name}={value!r} must be an integer >= {low}")
+
+        if self.guidance not in ("dcfg", "cfg", "none"):
+            raise ValueError(f"pipeline config guidance={self.guidance!r} must be one of 'dcfg', 'cfg', 'none'")
+        finite("scale", self.scale)
+        finite("invariant_weight", self.invariant_weight)
+        count("steps", self.steps, 1)
+        count("chunk_size", self.chunk_size, 1)
+        count("refine_steps", self.refine_steps, 0)
+        if not isinstance(self.attribute_scales, Mapping):
+            raise ValueError(f"pipeline config attribute_scales={self.attribute_scales!r} must be a dict "
+                             f"attribute -> scale")
+        for name, value in self.attribute_scales.items():
+            finite(f"attribute_scales[{name!r}]", value)
+
     def default_scale(self, intervened: Sequence[str]) -> float:
         """The scale a query on ``intervened`` uses when it passes none."""
         known = [float(self.attribute_scales[n]) for n in intervened if n in self.attribute_scales]
@@ -121,6 +146,19 @@ class CounterfactualPipeline:
             raise ValueError(
                 f"the image model is conditioned on {model_attrs}, but the image node "
                 f"{graph.image_node!r} has parents {parents}; they must be the same attributes")
+        shape = tuple(graph.spec(graph.image_node).shape or ())
+        if tuple(image_model.config.image_shape) != shape:
+            raise ValueError(f"the image model makes images of shape {tuple(image_model.config.image_shape)}, but "
+                             f"the image node {graph.image_node!r} has shape {shape}; they must be equal")
+        for attr in image_model.config.attributes:
+            spec = graph.spec(attr.name)
+            want = "categorical" if spec.is_discrete else "continuous"
+            if attr.kind != want or (spec.is_discrete and attr.cardinality != (spec.cardinality or 2)):
+                raise ValueError(f"the image model treats {attr.name!r} as {attr.kind}"
+                                 f"{f' with {attr.cardinality} classes' if attr.cardinality else ''}, but the "
+                                 f"graph declares it {spec.to_dict()}; they must agree")
+        if scm.graph != graph:
+            raise ValueError("the SCM was built on another graph than the pipeline's; pass the same CausalGraph")
         self.graph = graph
         self.scm = scm
         self.image_model = image_model
@@ -166,13 +204,18 @@ class CounterfactualPipeline:
                              f"{needed} to abduct its noise")
         out: dict[str, Tensor] = {}
         for k in needed:
-            v = torch.as_tensor(parents[k])
+            try:
+                v = torch.as_tensor(parents[k])
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise TypeError(f"parents[{k!r}] = {parents[k]!r:.80} is not numeric ({e}); pass a (B,) tensor or "
+                                f"a number") from None
             if v.dim() == 0:
                 v = v.expand(batch)
             if v.dim() != 1 or v.shape[0] != batch:
                 raise ValueError(f"parents[{k!r}] has shape {tuple(v.shape)}, expected ({batch},) "
                                  f"to match the {batch} images")
-            out[k] = v
+            # in the support, and in the form the models take: float values, int64 class indices
+            out[k] = as_values(k, self.graph.spec(k), v, what="parents")
         return out
 
     def _check_do(self, do: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -237,7 +280,7 @@ class CounterfactualPipeline:
         chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
         images = self._check_images(images)
         batch = images.shape[0]
@@ -379,21 +422,30 @@ class CounterfactualPipeline:
             cfg = json.loads(cfg_file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("pipeline", {}), dict):
+            raise ValueError(f"{cfg_file} is not a pipeline config (a JSON object with 'format_version', 'graph' "
+                             f"and 'pipeline' entries, as written by CounterfactualPipeline.save)")
         if cfg.get("format_version") != _FORMAT_VERSION:
             raise ValueError(f"{cfg_file}: format_version {cfg.get('format_version')!r} is not "
                              f"supported (expected {_FORMAT_VERSION})")
-        graph = CausalGraph.from_dict(cfg["graph"])
+        graph = CausalGraph.from_dict(cfg.get("graph"))
+        known = set(PipelineConfig.__dataclass_fields__)
+        try:
+            pcfg = PipelineConfig(**{k: v for k, v in cfg.get("pipeline", {}).items() if k in known})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{cfg_file}: {e}") from None
         scm = SCM.load(path / "scm")
         if scm.graph.to_dict() != graph.to_dict():
             raise ValueError(f"{path}: the SCM's graph does not match the pipeline's config.json "
                              f"graph; the directory is inconsistent")
-        image_model = ConditionalUNet.from_pretrained(path / "image_model").to(device).eval()
+        try:
+            image_model = ConditionalUNet.from_pretrained(path / "image_model").to(device).eval()
+        except FileNotFoundError as e:
+            raise ValueError(f"{path} is an incomplete pipeline: {e}") from None
         classifier = None
         if cfg.get("classifier"):
             from .classifier import DigitClassifier
             classifier = DigitClassifier.from_pretrained(path / "classifier").to(device).eval()
-        known = set(PipelineConfig.__dataclass_fields__)
-        pcfg = PipelineConfig(**{k: v for k, v in cfg.get("pipeline", {}).items() if k in known})
         return cls(graph, scm, image_model, pcfg, classifier)
 
     @classmethod

@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -93,8 +94,9 @@ def resolve_guidance(
     """
     if guidance not in ("none", "cfg", "dcfg"):
         raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
-    if not isinstance(scale, (int, float)) or scale != scale or scale in (float("inf"), float("-inf")):
-        raise ValueError(f"scale={scale!r} must be a finite number (e.g. 3.0)")
+    for name, value in (("scale", scale), ("invariant_weight", invariant_weight)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name}={value!r} must be a finite number (e.g. 3.0)")
     parents = list(graph.image_parents())
     if guidance in ("none", "cfg"):
         if groups is not None or weights is not None:
@@ -121,6 +123,10 @@ def resolve_guidance(
         raise ValueError(
             f"groups={groups!r} is not understood: use 'dag', 'per_attribute' or a list of lists of "
             f"attribute names partitioning {parents}")
+    if (not isinstance(groups, Sequence)
+            or not all(isinstance(g, Sequence) and not isinstance(g, str) for g in groups)):
+        raise TypeError(f"groups={groups!r:.80} must be 'dag', 'per_attribute' or a list of lists of attribute "
+                        f"names partitioning {parents}")
     out_groups = [list(g) for g in groups]
     seen: list[str] = [n for g in out_groups for n in g]
     unknown = [n for n in seen if n not in parents]
@@ -133,6 +139,11 @@ def resolve_guidance(
         out_weights = [float(scale) if any(n in dag.affected for n in g) else float(invariant_weight)
                        for g in out_groups]
     else:
+        if isinstance(weights, str) or not isinstance(weights, Sequence):
+            raise TypeError(f"weights={weights!r:.80} must be a list of numbers, one per group")
+        for i, w in enumerate(weights):
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                raise ValueError(f"weights[{i}]={w!r} must be a finite number (e.g. 3.0)")
         out_weights = [float(w) for w in weights]
         if len(out_weights) != len(out_groups):
             raise ValueError(
