@@ -34,6 +34,7 @@ def bench() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench_scm_command(n_rows, fit_rows, epochs, repeats, seed, threads, out, quiet):
     """SCM.counterfactual rows/s beside dowhy.gcm's counterfactual_samples on the same Morpho rows."""
+    _check_out(out)
     import torch
 
     from scm.bench import bench_scm
@@ -68,14 +69,18 @@ def bench_diffusion_command(model_dir, batch_sizes, sample_batch, steps, repeats
     except ValueError:
         raise click.BadParameter(f"{batch_sizes!r} must be comma-separated positive integers, e.g. 1,64,256",
                                  param_hint="--batch-sizes")
+    _check_out(out)
     import torch
 
     from diffusion.bench import bench_diffusion
 
     if threads:
         torch.set_num_threads(threads)
-    bench_diffusion(model_dir, batch_sizes=sizes, sample_batch=sample_batch, steps=steps, repeats=repeats,
-                    train_steps=train_steps, seed=seed, out=out)
+    try:
+        bench_diffusion(model_dir, batch_sizes=sizes, sample_batch=sample_batch, steps=steps, repeats=repeats,
+                        train_steps=train_steps, seed=seed, out=out)
+    except (ValueError, FileNotFoundError) as e:  # e.g. --model is not a saved ConditionalUNet
+        _fail(str(e))
     click.echo(f"saved {out}")
 
 
@@ -89,6 +94,7 @@ def bench_diffusion_command(model_dir, batch_sizes, sample_batch, steps, repeats
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def bench_morphometry_command(n_images, n_jobs, no_reference, out, quiet):
     """Fast vs reference thickness (ms/image, agreement) and set_thickness / set_intensity errors."""
+    _check_out(out)
     from pipeline.morphometry.bench import bench_morphometry, format_report
 
     res = bench_morphometry(n=n_images, n_jobs=n_jobs, out=out, reference=not no_reference, progress=not quiet)
@@ -121,6 +127,7 @@ def data_preview_command(out, split, n_digits, sampling, seed, root, quiet):
 
     if not out.lower().endswith(".png"):
         raise click.BadParameter(f"{out!r} must end in .png", param_hint="--out")
+    _check_out(out)
     try:
         res = preview_morpho(out, split=split, n=n_digits, seed=seed, attribute_sampling=sampling, root=root,
                              progress=not quiet)
@@ -139,12 +146,22 @@ def _fail(message: str) -> None:
     raise click.UsageError(message)
 
 
+def _check_out(path: str, flag: str = "--out") -> None:
+    """Exit 2 before any work when ``path`` cannot be written."""
+    from pipeline.parsing import check_writable
+
+    try:
+        check_writable(path, flag)
+    except ValueError as e:
+        _fail(str(e))
+
+
 def _load_pipeline(path: str | None):
     from pipeline.core import CounterfactualPipeline
 
     try:
         return CounterfactualPipeline.pretrained() if path is None else CounterfactualPipeline.load(path)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         _fail(str(e))
 
 
@@ -157,7 +174,7 @@ def _threads(n: int | None) -> None:
 
 _PIPELINE_OPT = click.option("--pipeline", "pipeline_dir", type=click.Path(), default=None,
                              help="Saved pipeline directory (default: the bundled Morpho-MNIST one).")
-_THREADS_OPT = click.option("--threads", type=int, default=None,
+_THREADS_OPT = click.option("--threads", type=click.IntRange(1), default=None,
                             help="torch CPU threads (default: torch's choice).")
 
 
@@ -192,7 +209,7 @@ def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, threads
 
 
 @main.command()
-@click.option("--image", "image_path", required=True, type=click.Path(),
+@click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The factual image (PNG/JPEG).")
 @click.option("--parents", "parents_text", required=True,
               help="Factual attributes, e.g. thickness=2.1,intensity=180,digit=3")
@@ -203,7 +220,7 @@ def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, threads
 @click.option("--scale", type=float, default=None, help="Guidance scale (default: the pipeline's).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_path", required=True, type=click.Path(), help="Output PNG.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @_PIPELINE_OPT
 @_THREADS_OPT
 def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, out_path,
@@ -243,7 +260,7 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
 @click.option("--scale", type=float, default=1.0, show_default=True, help="CFG scale (1 = none).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_path", required=True, type=click.Path(), help="Output PNG grid.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG grid.")
 @_PIPELINE_OPT
 @_THREADS_OPT
 def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, threads):
