@@ -1,0 +1,221 @@
+"""The CLI's malformed-input catalogue: every user error is one ``Error: ...`` line, exit code 2, nothing written.
+
+Each case runs a ``dcfg`` command (click's CliRunner, in an empty working directory) with one bad input among
+good ones: malformed ``--parents`` / ``--do`` texts, wrong image files, a missing or damaged pipeline directory,
+an unwritable ``--out``. The checks: exit code 2, no traceback, exactly one ``Error:`` line that says what is
+wrong (a fragment of it is given per case), the output folder never created, the working directory still
+empty and the pipeline directory unchanged.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hardening_helpers import small_pipeline
+from pipeline.cli import main
+from pipeline.images import save_image
+
+torch.set_num_threads(1)
+
+GOOD_PARENTS = "t=1.5,i=130,d=1"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """A saved toy pipeline, a good 8x8 input image and assorted bad files."""
+    root = tmp_path_factory.mktemp("cli_files")
+    pipe = small_pipeline(classifier=False)
+    pipe.save(root / "pipe")
+    save_image(torch.zeros(1, 1, 8, 8), root / "in.png")
+    save_image(torch.zeros(1, 1, 12, 12), root / "big.png")
+    (root / "notes.png").write_text("this is not an image\n")
+    (root / "cut.png").write_bytes((root / "in.png").read_bytes()[:40])
+    (root / "a_file").write_text("x")
+    (root / "a_dir").mkdir()
+    (root / "empty_pipe").mkdir()
+    damaged = root / "damaged_pipe"
+    pipe.save(damaged)
+    w = damaged / "image_model" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-10])
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def run_user_error(files: Path, tmp_path: Path, args: list[str], fragment: str) -> str:
+    """Run ``dcfg args`` (``{F}`` = the fixture folder, ``{OUT}`` = a fresh output folder); check the contract."""
+    out = tmp_path / "out"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [a.replace("{F}", str(files)).replace("{OUT}", str(out)) for a in args]
+    before = _snapshot(files)
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        res = CliRunner().invoke(main, args)
+    finally:
+        os.chdir(old)
+    text = res.output
+    assert res.exit_code == 2, f"exit {res.exit_code}: {text}\n{res.exception!r}"
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, text
+    assert fragment in errors[0], text
+    assert not out.exists(), "the failed command wrote its output folder"
+    assert list(cwd.iterdir()) == [], "the failed command wrote into the working directory"
+    assert _snapshot(files) == before, "the failed command modified its inputs"
+    return errors[0]
+
+
+CF = ["counterfactual", "--pipeline", "{F}/pipe", "--image", "{F}/in.png", "--steps", "1",
+      "--out", "{OUT}/cf.png"]
+
+
+def _cf(**changes: str) -> list[str]:
+    """The counterfactual command line with some options replaced (``parents``, ``do``, ``image``, ...)."""
+    opts = {"parents": GOOD_PARENTS, "do": "t=2"}
+    opts.update(changes)
+    args = list(CF)
+    for k, v in opts.items():
+        flag = "--" + k.replace("_", "-")
+        if flag in args:
+            args[args.index(flag) + 1] = v
+        else:
+            args += [flag, v]
+    return args
+
+
+COUNTERFACTUAL_CASES = {
+    # --parents
+    "parents: missing '='": (dict(parents="t"), "cannot parse 't'"),
+    "parents: unknown node": (dict(parents=GOOD_PARENTS + ",zz=3"), "unknown node(s) ['zz']"),
+    "parents: non-numeric": (dict(parents="t=thick,i=130,d=1"), "'thick' of 't' is not a number"),
+    "parents: out of support": (dict(parents="t=-1,i=130,d=1"), "node 't'"),
+    "parents: interval overflow": (dict(parents="t=1.5,i=256,d=1"), "node 'i'"),
+    "parents: image node": (dict(parents=GOOD_PARENTS + ",image=1"), "'image'"),
+    "parents: duplicate key": (dict(parents="t=1.5,t=2,i=130,d=1"), "node 't' is given twice"),
+    "parents: empty": (dict(parents=""), "--parents: empty"),
+    "parents: blank": (dict(parents="  "), "--parents: empty"),
+    "parents: NaN": (dict(parents="t=nan,i=130,d=1"), "finite"),
+    "parents: inf": (dict(parents="t=1.5,i=inf,d=1"), "finite"),
+    "parents: non-integer class": (dict(parents="t=1.5,i=130,d=1.5"), "node 'd'"),
+    "parents: class out of range": (dict(parents="t=1.5,i=130,d=3"), "node 'd'"),
+    "parents: missing node": (dict(parents="t=1.5,i=130"), "missing node(s) ['d']"),
+    "parents: a shift": (dict(parents="t+=1,i=130,d=1"), "shift"),
+    "parents: trailing comma": (dict(parents=GOOD_PARENTS + ","), "empty item"),
+    "parents: bad name": (dict(parents="t t=1"), "not a valid node name"),
+    # --do
+    "do: missing '='": (dict(do="t"), "cannot parse 't'"),
+    "do: unknown node": (dict(do="zz=1"), "unknown node 'zz'"),
+    "do: non-numeric": (dict(do="t=big"), "'big' of 't' is not a number"),
+    "do: out of support": (dict(do="i=300"), "node 'i'"),
+    "do: float32 underflow": (dict(do="t=1e-300"), "node 't'"),
+    "do: image node": (dict(do="image=0"), "image node 'image'"),
+    "do: duplicate key": (dict(do="t=1,t=2"), "node 't' is given twice"),
+    "do: empty": (dict(do=""), "--do: empty"),
+    "do: NaN": (dict(do="t=nan"), "finite"),
+    "do: -inf": (dict(do="t=-inf"), "finite"),
+    "do: class out of range": (dict(do="d=7"), "node 'd'"),
+    "do: double comma": (dict(do="t=1,,d=2"), "empty item"),
+    "do: value missing": (dict(do="t="), "cannot parse 't='"),
+    # images
+    "image: missing file": (dict(image="{F}/nope.png"), "does not exist"),
+    "image: a directory": (dict(image="{F}/a_dir"), "is a directory"),
+    "image: not an image": (dict(image="{F}/notes.png"), "not a readable PNG/JPEG"),
+    "image: truncated PNG": (dict(image="{F}/cut.png"), "not a readable PNG/JPEG"),
+    "image: wrong size": (dict(image="{F}/big.png"), "12x12"),
+    # the pipeline directory
+    "pipeline: missing": (dict(pipeline="{F}/no_such_pipe"), "does not exist"),
+    "pipeline: empty folder": (dict(pipeline="{F}/empty_pipe"), "no config.json"),
+    "pipeline: a file": (dict(pipeline="{F}/a_file"), "does not exist"),
+    "pipeline: damaged weights": (dict(pipeline="{F}/damaged_pipe"), "model.safetensors"),
+    # --out and other options
+    "out: parent is a file": (dict(out="{F}/a_file/cf.png"), "not a writable directory"),
+    "out: an existing folder": (dict(out="{F}/a_dir"), "is a directory"),
+    "scale: NaN": (dict(scale="nan"), "scale=nan"),
+    "steps: 0": (dict(steps="0"), "--steps"),
+    "threads: -1": (dict(threads="-1"), "--threads"),
+    "seed: too large": (dict(seed=str(2 ** 70)), "seed="),
+    "guidance: unknown": (dict(guidance="dcfg2"), "--guidance"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COUNTERFACTUAL_CASES))
+def test_counterfactual_user_errors(files, tmp_path, case):
+    changes, fragment = COUNTERFACTUAL_CASES[case]
+    run_user_error(files, tmp_path, _cf(**changes), fragment)
+
+
+SAMPLE = ["sample", "--pipeline", "{F}/pipe", "--n", "2", "--steps", "1"]
+SAMPLE_CASES = {
+    "parents: unknown node": (["--parents", "zz=1", "--out", "{OUT}/g.png"], "unknown node 'zz'"),
+    "parents: non-numeric": (["--parents", "d=three", "--out", "{OUT}/g.png"], "not a number"),
+    "parents: out of support": (["--parents", "t=0", "--out", "{OUT}/g.png"], "node 't'"),
+    "parents: image node": (["--parents", "image=1", "--out", "{OUT}/g.png"], "image node"),
+    "parents: duplicate key": (["--parents", "d=1,d=2", "--out", "{OUT}/g.png"], "given twice"),
+    "parents: missing '='": (["--parents", "d", "--out", "{OUT}/g.png"], "cannot parse"),
+    "parents: NaN": (["--parents", "i=nan", "--out", "{OUT}/g.png"], "finite"),
+    "parents: blank": (["--parents", " ", "--out", "{OUT}/g.png"], "--parents: empty"),
+    "scale: inf": (["--scale", "inf", "--out", "{OUT}/g.png"], "scale=inf"),
+    "n: 0": (["--n", "0", "--out", "{OUT}/g.png"], "--n"),
+    "out: parent is a file": (["--out", "{F}/a_file/g.png"], "not a writable directory"),
+    "out: an existing folder": (["--out", "{F}/a_dir"], "is a directory"),
+    "pipeline: missing": (["--pipeline", "{F}/nope", "--out", "{OUT}/g.png"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAMPLE_CASES))
+def test_sample_user_errors(files, tmp_path, case):
+    extra, fragment = SAMPLE_CASES[case]
+    run_user_error(files, tmp_path, SAMPLE + extra, fragment)
+
+
+OTHER_CASES = {
+    "demo: --out under a file": (["demo", "--out", "{F}/a_file/demo"], "not a writable directory"),
+    "demo: missing pipeline": (["demo", "--pipeline", "{F}/nope", "--out", "{OUT}"], "does not exist"),
+    "train: --out under a file": (["train", "--out", "{F}/a_file/run"], "not a writable directory"),
+    "train: --steps 0": (["train", "--steps", "0", "--out", "{OUT}"], "--steps"),
+    "bench scm: --out under a file": (["bench", "scm", "--out", "{F}/a_file/b.json"], "not a writable directory"),
+    "bench diffusion: bad --batch-sizes": (["bench", "diffusion", "--batch-sizes", "1,a", "--out", "{OUT}/b.json"],
+                                           "--batch-sizes"),
+    "bench diffusion: --out under a file": (["bench", "diffusion", "--out", "{F}/a_file/b.json"],
+                                            "not a writable directory"),
+    "bench diffusion: --model not a model": (["bench", "diffusion", "--model", "{F}/a_dir", "--train-steps", "0",
+                                              "--out", "{OUT}/b.json"], "config.json"),
+    "bench morphometry: --out under a file": (["bench", "morphometry", "--out", "{F}/a_file/b.json"],
+                                              "not a writable directory"),
+    "bench pipeline: bad --steps": (["bench", "pipeline", "--pipeline", "{F}/pipe", "--steps", "10,x",
+                                     "--out", "{OUT}/b.json"], "--steps"),
+    "bench pipeline: --out under a file": (["bench", "pipeline", "--pipeline", "{F}/pipe", "--out",
+                                            "{F}/a_file/b.json"], "not a writable directory"),
+    "data preview: --out not a PNG": (["data", "preview", "--out", "{OUT}/p.jpg"], ".png"),
+    "data preview: --out under a file": (["data", "preview", "--out", "{F}/a_file/p.png"],
+                                         "not a writable directory"),
+    "evaluate: --out under a file": (["evaluate", "--pipeline", "{F}/pipe", "--out", "{F}/a_file/ev"],
+                                     "not a writable directory"),
+    "evaluate: bad --scales": (["evaluate", "--pipeline", "{F}/pipe", "--scales", "1,two", "--out", "{OUT}"],
+                               "--scales"),
+    "unknown option": (["counterfactual", "--dose", "t=1"], "No such option"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_CASES))
+def test_other_commands_user_errors(files, tmp_path, case):
+    args, fragment = OTHER_CASES[case]
+    run_user_error(files, tmp_path, args, fragment)
+
+
+def test_the_good_command_line_works(files, tmp_path):
+    """The base command lines of the catalogue succeed, so each case fails for its one bad input only."""
+    out = tmp_path / "out"
+    for args in (_cf(), SAMPLE + ["--parents", "d=2", "--out", "{OUT}/g.png"]):
+        args = [a.replace("{F}", str(files)).replace("{OUT}", str(out)) for a in args]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["cf.png", "g.png"]
