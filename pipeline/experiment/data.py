@@ -219,7 +219,7 @@ class ExperimentData:
         tensors.update({f"noise/{k}": v for k, v in self.test_noise.items()})
         if self.test_sources is not None:
             tensors["test/sources"] = self.test_sources
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
         atomic_save(lambda p: save_file(tensors, p), folder / "data.safetensors")
         atomic_save(lambda p: Path(p).write_text(json.dumps(self.info, indent=2)), folder / "info.json")
 
