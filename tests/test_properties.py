@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import string
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -86,19 +87,25 @@ def pipe(graph, scm) -> CounterfactualPipeline:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = ConditionalUNet(cfg).eval()
-    return CounterfactualPipeline(graph, scm, model, PipelineConfig(steps=1))
+    return CounterfactualPipeline(graph, scm, model, PipelineConfig(steps=1, refine_steps=0))
 
 
 def mentions(message: str, key) -> bool:
     return repr(key) in message or str(key) in message
 
 
+PACKAGES = [Path(__file__).resolve().parents[1] / p for p in ("scm", "diffusion", "pipeline")]
+
+
 def assert_refused(call, key) -> str:
-    """``call()`` must raise ValueError/TypeError naming ``key``; returns the message."""
+    """``call()`` must raise ValueError/TypeError naming ``key``, from the project's own checks (not from inside
+    torch, pyro or numpy); returns the message."""
     with pytest.raises((ValueError, TypeError)) as info:
         call()
     message = str(info.value)
     assert mentions(message, key), f"the error does not name {key!r}: {message}"
+    origin = Path(str(info.traceback[-1].path)).resolve()
+    assert any(origin.is_relative_to(p) for p in PACKAGES), f"raised inside {origin}: {message}"
     return message
 
 
