@@ -55,7 +55,7 @@ __all__ = ["ExperimentData", "ExperimentOracles", "build_data", "true_scm", "mak
            "write_morpho_csv", "bundled_classifier", "RENDER_ORDER", "DATA_VERSION"]
 
 #: Bumped whenever the generated data change for the same spec (part of the data stage's hash).
-DATA_VERSION = 1
+DATA_VERSION = 2
 #: The order in which the render ops are applied to a source digit.
 RENDER_ORDER = ("slant", "thickness", "intensity")
 
@@ -316,13 +316,16 @@ def _build_synthetic(spec: Any, n_jobs: int | None, progress: bool, log: Any) ->
     tr_x, tr_y, te_x, te_y = _sources(spec)
     scm = true_scm(spec)
     digit = spec.digit_node()
-    gen = torch.Generator().manual_seed(spec.seed)
+    # one random stream per part, so that e.g. the test rows do not depend on how training rows are drawn
+    gen_scm, gen_train, gen_test = (torch.Generator().manual_seed(int(s)) for s in
+                                    np.random.SeedSequence(spec.seed).generate_state(3))
     ops = {node: op for node, op in spec.render.items() if op != "digit"}
     # Observational rows: source labels drawn with replacement.
-    pick = torch.randint(0, len(tr_y), (d.scm_rows,), generator=gen)
-    _, scm_rows = _draw(scm, d.scm_rows, gen, digit, torch.from_numpy(tr_y)[pick])
+    pick = torch.randint(0, len(tr_y), (d.scm_rows,), generator=gen_scm)
+    _, scm_rows = _draw(scm, d.scm_rows, gen_scm, digit, torch.from_numpy(tr_y)[pick])
     # The image model's training rows: samples_per_digit renders per source.
     src = np.repeat(np.arange(len(tr_y)), d.samples_per_digit)
+    gen = gen_train
     _, values = _draw(scm, len(src), gen, digit, torch.from_numpy(tr_y[src]))
     if d.image_parents == "independent":
         for p in graph.image_parents():
@@ -331,7 +334,7 @@ def _build_synthetic(spec: Any, n_jobs: int | None, progress: bool, log: Any) ->
     log(f"rendering {len(src)} training digits and {len(te_y)} test digits")
     train_images, clipped_train = render(tr_x[src], {op: values[n] for n, op in ops.items()}, n_jobs, progress)
     # Test rows: one SCM draw per test source, noise kept for the ground truth.
-    test_noise, test_values = _draw(scm, len(te_y), gen, digit, torch.from_numpy(te_y))
+    test_noise, test_values = _draw(scm, len(te_y), gen_test, digit, torch.from_numpy(te_y))
     test_images, clipped_test = render(te_x, {op: test_values[n] for n, op in ops.items()}, n_jobs, progress)
     info = {"source": d.source, "train_sources": int(len(tr_y)), "test_sources": int(len(te_y)),
             "scm_rows": int(d.scm_rows), "train_images": int(len(src)), "test_images": int(len(te_y)),
