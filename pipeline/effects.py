@@ -91,7 +91,7 @@ class Morphometric:
     Example:
         >>> import torch
         >>> x = -torch.ones(1, 1, 28, 28); x[0, 0, 6:22, 12:15] = 0.6    # a bar of intensity 204
-        >>> Morphometric("intensity")(x).tolist()
+        >>> [round(v, 2) for v in Morphometric("intensity")(x).tolist()]
         [204.0]
     """
 

@@ -358,3 +358,13 @@ def test_summary_line():
     assert summarize_spec(parse_spec(BASE)) == (
         "tiny: 5 nodes, 8 edges, image parents ['digit', 'slant', 'thickness', 'intensity']; data morpho; "
         "pipeline train (4 steps); interventions do(slant), do(thickness); 1 effect(s)")
+
+
+@pytest.mark.parametrize("name", ["pipeline.experiment", "pipeline.experiment.spec", "pipeline.experiment.data",
+                                  "pipeline.experiment.run"])
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
