@@ -447,7 +447,8 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 @click.option("--scales", "scales_text", default="1,1.5,2,3,4,6", show_default=True,
               help="Guidance scales of the sweep (the trade-off curves).")
 @click.option("--scale", "scale_text", default=None,
-              help="DCFG scale of the main table: a number or 'best' (default: the pipeline's).")
+              help="DCFG scale of the main table: a number, 'best', or 'pipeline' (the default: per "
+                   "intervention, the pipeline's own default scale, which honours its attribute_scales).")
 @click.option("--cfg-scale", "cfg_scale_text", default="best", show_default=True,
               help="CFG scale of the main table: 'best' (best effectiveness in the sweep, per intervention) or a number.")
 @click.option("--sweep-n", type=click.IntRange(1), default=None, help="Rows of the sweep (default: n/8, at least 10).")
@@ -490,7 +491,7 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
     sweep; the subsets and the compute budget are described in pipeline.evaluation.runner.
     """
     def number_or_best(text, flag):
-        if text is None or text == "best":
+        if text is None or text == "best" or (text == "pipeline" and flag == "--scale"):
             return text
         try:
             return float(text)

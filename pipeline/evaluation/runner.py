@@ -111,7 +111,8 @@ class EvaluationConfig:
         n: test rows of the main table.
         steps: DDIM steps (inversion and decoding) of the main table.
         scales: guidance scales of the sweep (the trade-off curves).
-        scale: DCFG scale of the main table: a number, ``None`` (the pipeline's default) or ``"best"``
+        scale: DCFG scale of the main table: a number, ``None``/``"pipeline"`` (per intervention, the
+            pipeline's ``config.default_scale([node])``, which honours ``attribute_scales``) or ``"best"``
             (per intervention, the sweep scale with the best effectiveness).
         cfg_scale: CFG scale of the main table: ``"best"`` (default, as for ``scale``) or a number.
         sweep_n: rows of the sweep (``None``: ``min(n, max(10, n // 8))``).
@@ -167,9 +168,11 @@ def _scale_value(name: str, value: Any, allow_none: bool) -> float | str | None:
         return None
     if value == "best":
         return "best"
+    if value == "pipeline" and allow_none:
+        return "pipeline"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}={value!r} must be a non-negative finite number or 'best'"
-                         + (" (or None for the pipeline's default)" if allow_none else ""))
+                         + (" (or None/'pipeline' for the pipeline's default)" if allow_none else ""))
     return float(value)
 
 
@@ -209,8 +212,8 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
     if scale == "best" and "dcfg" not in c.sweep_methods:
         raise ValueError(f"scale='best' picks DCFG's scale from the sweep, but sweep_methods="
                          f"{list(c.sweep_methods)} has no 'dcfg'; add it or give a number")
-    if scale is None:
-        scale = float(pipe.config.scale)
+    if scale is None:  # per intervention: PipelineConfig.default_scale([node]) (attribute_scales, else scale)
+        scale = "pipeline"
     iw = float(pipe.config.invariant_weight) if c.invariant_weight is None else float(c.invariant_weight)
     if not math.isfinite(iw):
         raise ValueError(f"invariant_weight={c.invariant_weight!r} must be finite")
@@ -397,6 +400,8 @@ class _Run:
                     cands = [r for r in sweep[node] if r["method"] == method]
                     best = max(cands, key=lambda r: (r[key] if higher else -r[key], -r["scale"]))
                     chosen[node][method] = float(best["scale"])
+                elif requested == "pipeline":  # what pipe.counterfactual(..., scale=None) would use
+                    chosen[node][method] = float(self.pipe.config.default_scale([node]))
                 else:
                     chosen[node][method] = float(requested)
         log(f"[{self.name}] main-table scales: " + ", ".join(

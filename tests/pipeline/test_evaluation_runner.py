@@ -332,3 +332,22 @@ def test_evaluate_input_errors(tiny_pipeline, toy_data):
     with pytest.raises(ValueError, match="'digit'"):
         evaluate(tiny_pipeline, images, {k: v for k, v in parents.items() if k != "digit"}, oracles, SMALL,
                  progress=False)
+
+
+def test_default_dcfg_scale_is_the_pipelines_per_intervention(tiny_pipeline, toy_data):
+    """scale=None: each intervention's DCFG row uses PipelineConfig.default_scale([node]), as
+    ``pipe.counterfactual(..., scale=None)`` would; attribute_scales override the global scale."""
+    import copy
+    from dataclasses import replace
+
+    images, parents, oracles = toy_data
+    pipe = copy.copy(tiny_pipeline)
+    pipe.config = replace(pipe.config, scale=3.0, attribute_scales={"thickness": 1.5})
+    cfg = EvaluationConfig(n=4, steps=2, scales=(1.0, 2.0), scale=None, cfg_scale=2.0, sweep_n=4, cycle_n=0,
+                           per_attribute_n=0, grid_n=1, interventions=("thickness", "digit"))
+    assert resolve_config(cfg, pipe, len(images)).scale == "pipeline"
+    res = evaluate(pipe, images, parents, oracles, cfg, progress=False)
+    run = res.metrics["pipelines"]["main"]
+    assert run["scales"]["thickness"]["dcfg"] == 1.5 and run["scales"]["digit"]["dcfg"] == 3.0
+    dcfg_rows = {node: next(r for r in rows if r["method"] == "dcfg") for node, rows in run["main"].items()}
+    assert dcfg_rows["thickness"]["scale"] == 1.5 and dcfg_rows["digit"]["scale"] == 3.0
