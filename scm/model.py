@@ -74,7 +74,7 @@ def _make_generator(seed: Seed) -> torch.Generator:
         g.seed()
     elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         if not -2 ** 63 <= int(seed) < 2 ** 64:
-            raise ValueError(f"seed={seed} is out of range; use an integer in [0, 2**64)")
+            raise ValueError(f"seed={seed} is out of range; use an integer in [-2**63, 2**64)")
         g.manual_seed(int(seed))
     else:
         raise TypeError(f"seed must be an int, a torch.Generator or None, got {type(seed).__name__} {seed!r}")
