@@ -60,6 +60,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -346,8 +347,8 @@ def _check_interventions(do: Mapping[str, Any], graph: Any, length: int) -> dict
         if isinstance(value, bool):
             raise TypeError(f"{where}={value!r}: pass a number, Shift, Uniform, Normal or Choice, not a bool")
         if isinstance(value, (int, float, np.integer, np.floating)):
-            as_values(name, spec, torch.tensor([value]), what="do")
-            out[name] = value.item() if isinstance(value, (np.integer, np.floating)) else value
+            as_values(name, spec, torch.tensor([float(value)], dtype=torch.float64), what="do")
+            out[name] = int(value) if spec.is_discrete else float(value)  # 3 and 3.0 are one query
         elif isinstance(value, Shift):
             if spec.is_discrete:
                 raise ValueError(f"{where}: a shift of the {spec.kind} node {name!r} is not allowed; set a class "
@@ -379,7 +380,7 @@ def _check_interventions(do: Mapping[str, Any], graph: Any, length: int) -> dict
             if not value.values:
                 raise ValueError(f"{where}: choice() needs at least one value")
             as_values(name, spec, torch.tensor(value.values, dtype=torch.float64), what="do")
-            out[name] = Choice(tuple(int(v) for v in value.values)) if spec.is_discrete else value
+            out[name] = Choice(tuple(int(v) if spec.is_discrete else float(v) for v in value.values))
         elif isinstance(value, (Tensor, np.ndarray)):
             t = as_values(name, spec, torch.as_tensor(value), what="do")
             if t.shape[0] != length:
@@ -442,6 +443,12 @@ class _Rows(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index {index!r} must be an integer")
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} is out of range for {n} rows")
+        index = int(index) % n
         x, a = self.fetch(index, index + 1)
         return x[0], {k: v[0] for k, v in a.items()}
 
@@ -633,7 +640,9 @@ def _open(kind: str, rest: str) -> _Rows:
             attrs = {"thickness": torch.from_numpy(morpho["thickness"]).float(),
                      "intensity": torch.from_numpy(morpho["intensity"]).float(),
                      "digit": torch.from_numpy(labels)}
-            return _ArrayRows(images, attrs, {"spec": "mnist", "root": str(root), "split": split, "morpho_csv": True})
+            spec = {"spec": "mnist", "root": str(root), "split": split, "morpho_csv": True,
+                    "fingerprint": _fingerprint(SimpleNamespace(attributes=attrs))}
+            return _ArrayRows(images, attrs, spec)
         samples = _int_option(opts, "samples", 1, 1, "mnist")
         seed = _int_option(opts, "seed", 0, 0, "mnist")
         spec = {"spec": "mnist", "root": str(root), "split": split, "samples": samples, "seed": seed}
@@ -668,7 +677,7 @@ class _CsvRows(_Rows):
             folder = ImageAttributeFolder(self.csv, self.images, progress=False, **kwargs)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from None
-        return _DatasetRows(folder, self.spec)
+        return _DatasetRows(folder, {**self.spec, "fingerprint": _fingerprint(folder)})
 
 
 def _check_fits(rows: _Rows, graph: Any) -> None:
@@ -983,6 +992,7 @@ def generate(
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out={out!r} must be the path of the output folder")
     out = Path(out)
+    owns_group = _init_group(device)
     ctx = setup(device)
     try:
         pipe, pipe_hash = _pipeline(pipeline, ctx.device)
@@ -1037,6 +1047,27 @@ def generate(
         return Manifest.load(out)
     finally:
         ctx.close()
+        if owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+#: How long a rank may wait at a barrier for the others (a resumed run can be very unbalanced).
+_BARRIER_TIMEOUT_S = 7 * 24 * 3600
+
+
+def _init_group(device: str | torch.device | None) -> bool:
+    """Under torchrun, start the process group with a long timeout (the default 30 min is too short
+    for a rank that waits at the final barrier while the others finish their shards)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    dist.init_process_group(backend="nccl" if cuda else "gloo",
+                            timeout=datetime.timedelta(seconds=_BARRIER_TIMEOUT_S))
+    return True
 
 
 def _pipeline(pipeline: Any, device: torch.device) -> tuple[Any, dict[str, str]]:

@@ -208,6 +208,15 @@ def test_restart_with_another_query_refuses(setup, reference, tmp_path, change, 
     assert _files(out) == before
 
 
+def test_the_same_query_written_differently_resumes(setup, tmp_path):
+    out = tmp_path / "out"
+    _generate(setup, out, do="thickness=2,digit~choice(1,2)", limit=4)
+    written = []
+    _generate(setup, out, do="digit~choice(1.0,2), thickness=2.0", limit=4,
+              on_shard=lambda rec, dt: written.append(rec.index))
+    assert written == []
+
+
 def test_restart_with_another_pipeline_refuses(setup, tiny_pipeline, tmp_path):
     root, data = setup
     out = tmp_path / "out"
@@ -236,10 +245,11 @@ def test_python_api_with_a_dataset_object(tiny_pipeline, tiny_batch, tmp_path):
             return x[i], {k: v[i] for k, v in a.items()}
 
     m = generate(tiny_pipeline, Pairs(), {"digit": Choice((1, 2)), "thickness": 2.0}, out=tmp_path / "o",
-                 steps=2, shard_size=4, progress=False)
+                 steps=2, shard_size=4, image_dtype="float16", progress=False)
     assert m.data["spec"] == "<Pairs>" and m.data["length"] == len(x) and m.pipeline["hashed"] == "weights"
     s = load_file(tmp_path / "o" / "shard-00000.safetensors")
     assert set(s["counterfactual/digit"].tolist()) <= {1, 2} and bool((s["counterfactual/thickness"] == 2).all())
+    assert s["image"].dtype == torch.float16 and -1 <= float(s["image"].min()) <= float(s["image"].max()) <= 1
     with pytest.raises(TypeError, match="Shift"):
         generate(tiny_pipeline, Pairs(), {"thickness": lambda t: t + 1}, out=tmp_path / "p", progress=False)
     with pytest.raises(ValueError, match="support"):
@@ -253,6 +263,9 @@ def test_morpho_spec_renders_the_rows_of_MorphoMNIST():
 
     lazy = open_dataset("morpho-test", limit=6)
     x, a = lazy.fetch(2, 6)
+    assert len(lazy) == 6 and torch.equal(lazy[-1][0], lazy.fetch(5, 6)[0][0])
+    with pytest.raises(IndexError, match="out of range"):
+        lazy[6]
     full = MorphoMNIST("test", samples_per_digit=1, seed=0, n_jobs=1, progress=False)
     assert torch.equal(x, full.images[2:6])
     for k in ("thickness", "intensity", "digit"):
@@ -343,12 +356,12 @@ def _cli_args(setup, out) -> list[str]:
             "--shard-size", "4", "--out", str(out), "--quiet"]
 
 
-def test_killed_mid_run_and_restarted_gives_identical_files(setup, reference, tmp_path):
+def test_killed_mid_run_and_restarted_gives_identical_files(setup, tmp_path):
     """SIGKILL once a shard is complete, restart the same command: the files equal an uninterrupted run."""
     root, csv = setup
     out = tmp_path / "out"
     # many small shards and more steps, so that the kill lands between the first and the last shard
-    args = ["generate", "--pipeline", str(root / "pipe"), "--data", csv, "--do", DO, "--steps", "40",
+    args = ["generate", "--pipeline", str(root / "pipe"), "--data", csv, "--do", DO, "--steps", "20",
             "--shard-size", "1", "--out", str(out), "--quiet"]
     cmd = [sys.executable, "-m", "pipeline.cli", *args]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -363,10 +376,10 @@ def test_killed_mid_run_and_restarted_gives_identical_files(setup, reference, tm
     done = sorted(p.name for p in out.glob("shard-*.safetensors"))
     assert 1 <= len(done) < N_ROWS, done
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
-    res = subprocess.run(cmd, env=_env(), capture_output=True, timeout=300)
-    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    res = CliRunner().invoke(main, args)  # the same command again (in this process, also one thread)
+    assert res.exit_code == 0, res.output
     uninterrupted = tmp_path / "uninterrupted"
-    _generate(setup, uninterrupted, steps=40, shard_size=1)
+    _generate(setup, uninterrupted, steps=20, shard_size=1)
     assert _files(out) == _files(uninterrupted)
 
 
