@@ -196,10 +196,11 @@ def _effects_section(effects: list[Mapping[str, Any]]) -> list[str]:
         return []
     out = ["## Causal effects", "",
            "Attribute level: dowhy on the observational rows (identify, estimate, refute), the pipeline's SCM "
-           "(interventional Monte Carlo, common noise; the interval is Monte Carlo only, not the fit's "
-           "uncertainty) and the spec's equations (the truth, Monte Carlo). Image level: the outcome measured on "
-           "counterfactual images of test units under both arms, against the same units re-rendered under both "
-           "arms (bootstrap intervals over units).", ""]
+           "(interventional Monte Carlo with common noise; its interval is Monte Carlo only unless the effect "
+           "sets scm_bootstrap, which refits the SCM on bootstrap resamples) and, for synthetic data, the spec's "
+           "equations (the truth, Monte Carlo). Image level: the outcome measured on counterfactual images of "
+           "test units under both arms and, for synthetic data, on the same units re-rendered under both arms "
+           "(bootstrap intervals over units).", ""]
     for k, e in enumerate(effects):
         out += [f"### Effect {k + 1}: {e['treatment']} {_fmt(e['control'])} -> {_fmt(e['treated'])} on "
                 f"{e['outcome']}", ""]
@@ -213,8 +214,8 @@ def _effects_section(effects: list[Mapping[str, Any]]) -> list[str]:
             rows.append([f"dowhy ({e['method']}, {note}{'; ' + refs if refs else ''})", d["value"],
                          _ci(d.get("confidence_interval")), d.get("truth_covered")])
         s = e["scm"]
-        rows.append(["pipeline SCM, interventional ATE", s["value"], _ci(s["confidence_interval"]),
-                     s.get("truth_covered")])
+        rows.append([f"pipeline SCM, interventional ATE (interval: {s.get('interval', 'Monte Carlo only')})",
+                     s["value"], _ci(s["confidence_interval"]), s.get("truth_covered")])
         if "truth" in e:
             rows.append(["**ground truth** (the spec's equations)", e["truth"]["value"],
                          _ci(e["truth"]["confidence_interval"]), "–"])

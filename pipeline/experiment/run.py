@@ -17,7 +17,8 @@ stage           does                                                 depends on
 ``effects``     dowhy, the SCM's ATE, image-level effects, truth     the model, ``[[effects]]``
 ==============  ===================================================  ========================================
 
-``pipeline = "pretrained"`` (or a folder) replaces ``scm`` and ``image_model`` by loading.
+``pipeline = "pretrained"`` (or a folder) replaces ``scm`` and ``image_model`` by loading. Each key also holds
+the stage's code version (:data:`STAGE_VERSIONS`, ``DATA_VERSION``), bumped when its computation changes.
 
 Example:
     >>> res = run_experiment("examples/morphomnist.toml", "runs/morpho", quick=True)   # doctest: +SKIP
@@ -42,6 +43,8 @@ __all__ = ["run_experiment", "ExperimentResult", "StageRecord", "check_experimen
            "default_out_dir"]
 
 _MARKER = "done.json"
+#: Bumped when a stage's computation changes for the same spec (part of its hash), so old results are redone.
+STAGE_VERSIONS = {"scm": 1, "image_model": 1, "evaluation": 1, "effects": 3}
 
 
 @dataclass(frozen=True)
@@ -148,22 +151,19 @@ def _train_pipeline(spec: ExperimentSpec, data: Any, data_key: str, stages: _Sta
     from diffusion import ConditionalUNet, TrainConfig
     from diffusion import train as train_diffusion
     from pipeline.core import CounterfactualPipeline, PipelineConfig
-    from pipeline.experiment.data import make_mechanism
     from pipeline.train import image_model_config_for, plot_training_curve
     from scm import SCM
 
     graph = spec.graph
 
     def fit_scm(folder: Path) -> None:
-        mechanisms = None
-        if spec.scm.mechanisms == "equations":
-            mechanisms = {n: make_mechanism(eq, graph) for n, eq in spec.equations.items()}
-        scm = SCM(graph, mechanisms=mechanisms, hidden=spec.scm.hidden, seed=spec.seed)
+        scm = _new_scm(spec, spec.seed)
         history = scm.fit(data.scm_rows, epochs=spec.scm.epochs, lr=spec.scm.lr, seed=spec.seed, progress=progress)
         scm.save(folder / "scm")
         (folder / "history.json").write_text(json.dumps({"nll_per_epoch": history}))
 
-    scm, scm_key = stages.run("scm", {"data": data_key, "scm": asdict(spec.scm), "seed": spec.seed}, fit_scm,
+    scm, scm_key = stages.run("scm", {"data": data_key, "scm": asdict(spec.scm), "seed": spec.seed,
+                                      "version": STAGE_VERSIONS["scm"]}, fit_scm,
                               lambda f: SCM.load(f / "scm"))
     sizes = asdict(spec.model)
     sizes.pop("pipeline")
@@ -176,7 +176,8 @@ def _train_pipeline(spec: ExperimentSpec, data: Any, data_key: str, stages: _Sta
         if (folder / "run" / "loss.csv").is_file():
             plot_training_curve(folder / "run" / "loss.csv", folder / "training_curve.png")
 
-    image_key_obj = {"data": data_key, "model": model_config.to_dict(), "training": train_config.to_dict()}
+    image_key_obj = {"data": data_key, "model": model_config.to_dict(), "training": train_config.to_dict(),
+                     "version": STAGE_VERSIONS["image_model"]}
     image_model, image_key = stages.run("image_model", image_key_obj, train_model,
                                         lambda f: ConditionalUNet.from_pretrained(f / "run" / "model").eval())
     image_folder = Path(stages.records[-1].folder)
@@ -190,6 +191,17 @@ def _train_pipeline(spec: ExperimentSpec, data: Any, data_key: str, stages: _Sta
             "scm_mechanisms": spec.scm.mechanisms, "scm_epochs": spec.scm.epochs,
             "training_curve": str(image_folder / "training_curve.png")}
     return pipe, {"scm": scm_key, "image_model": image_key}, info
+
+
+def _new_scm(spec: ExperimentSpec, seed: int) -> Any:
+    """An unfitted SCM as ``[scm]`` says: learnable flows, or the spec's equations."""
+    from pipeline.experiment.data import make_mechanism
+    from scm import SCM
+
+    mechanisms = None
+    if spec.scm.mechanisms == "equations":
+        mechanisms = {n: make_mechanism(eq, spec.graph) for n, eq in spec.equations.items()}
+    return SCM(spec.graph, mechanisms=mechanisms, hidden=spec.scm.hidden, seed=seed)
 
 
 def _losses(loss_csv: Path) -> dict[str, Any]:
@@ -309,20 +321,41 @@ def _mc_effect(scm: Any, outcome: str, treatment: str, treated: float, control: 
 def _dowhy_inputs(spec: ExperimentSpec, rows: Mapping[str, torch.Tensor], e: Any
                   ) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any] | None, float]:
     """Graph, data, method params and the outcome's unit for dowhy; ``glm_family = "binomial"`` rescales an
-    interval outcome to [0, 1] for a logistic GLM, and the effect back by the interval's width."""
+    interval outcome to [0, 1] for a logistic GLM (by its ``affine_sigmoid`` equation's range if it has one,
+    else by the node's interval), and the effect back by the range's width."""
     if e.glm_family is None:
         return spec.graph, dict(rows), None, 1.0
     import statsmodels.api as sm
 
     from scm import CausalGraph
 
-    spec_y = spec.graph.spec(e.outcome)
-    low, high = float(spec_y.low), float(spec_y.high)
+    spec_y, eq = spec.graph.spec(e.outcome), spec.equations.get(e.outcome)
+    if eq is not None and eq.form == "affine_sigmoid":   # the equation's own range, e.g. [64, 255] in [0, 255]
+        low, high = float(eq.params["low"]), float(eq.params["high"])
+    else:
+        low, high = float(spec_y.low), float(spec_y.high)
     g = spec.graph.to_dict()
     g["nodes"][e.outcome] = {"kind": "interval", "low": 0.0, "high": 1.0}
     scaled = dict(rows)
     scaled[e.outcome] = (rows[e.outcome].double() - low) / (high - low)
     return CausalGraph.from_dict(g), scaled, {"init_params": {"glm_family": sm.families.Binomial()}}, high - low
+
+
+def _scm_bootstrap(spec: ExperimentSpec, rows: Mapping[str, torch.Tensor], e: Any, value: float) -> dict[str, Any]:
+    """The SCM's ATE refitted on ``e.scm_bootstrap`` bootstrap resamples of the rows: ``value +- 1.96 sd``."""
+    n = len(next(iter(rows.values())))
+    estimates = []
+    for b in range(e.scm_bootstrap):
+        idx = torch.randint(0, n, (n,), generator=torch.Generator().manual_seed(10007 * (spec.seed + 1) + b))
+        scm = _new_scm(spec, spec.seed + 1 + b)
+        scm.fit({k: v[idx] for k, v in rows.items()}, epochs=spec.scm.epochs, lr=spec.scm.lr, seed=b,
+                progress=False)
+        estimates.append(float(scm.average_causal_effect(e.outcome, {e.treatment: e.treated},
+                                                         {e.treatment: e.control}, n=min(e.scm_samples, 20000),
+                                                         seed=spec.seed)))
+    half = 1.96 * float(np.std(estimates, ddof=1))
+    return {"confidence_interval": [value - half, value + half], "bootstrap": estimates,
+            "interval": f"bootstrap over {e.scm_bootstrap} refits (+- 1.96 sd)"}
 
 
 def _image_outcome(name: str, classifier: Any) -> Any:
@@ -365,6 +398,9 @@ def _effects_stage(spec: ExperimentSpec, pipe: Any, data: Any, classifier: Any, 
             # Attribute level: the pipeline's SCM, and the spec's equations (the truth).
             row["scm"] = _mc_effect(pipe.scm, e.outcome, e.treatment, e.treated, e.control, e.scm_samples,
                                     spec.seed)
+            row["scm"]["interval"] = "Monte Carlo only"
+            if e.scm_bootstrap >= 2 and spec.model.pipeline == "train":
+                row["scm"].update(_scm_bootstrap(spec, data.scm_rows, e, row["scm"]["value"]))
             if truth_scm is not None:
                 row["truth"] = _mc_effect(truth_scm, e.outcome, e.treatment, e.treated, e.control,
                                           max(e.scm_samples, 100000), spec.seed + 1)
@@ -473,7 +509,7 @@ def run_experiment(spec: ExperimentSpec | str | os.PathLike, out: str | os.PathL
 
     # 3. Evaluation (CFG vs DCFG over the interventions).
     oracles = ExperimentOracles(spec, data, classifier, n_jobs=n_jobs)
-    eval_key = {"model": model_keys, "data": data_key,
+    eval_key = {"model": model_keys, "data": data_key, "version": STAGE_VERSIONS["evaluation"],
                 **{k: spec.raw.get(k) for k in ("evaluation", "guidance", "interventions")},
                 "interventions_resolved": [asdict(iv) for iv in spec.interventions]}
     evaluation, _ = stages.run("evaluation", eval_key, _evaluation_stage(spec, pipe, data, oracles, progress, log),
@@ -484,7 +520,8 @@ def run_experiment(spec: ExperimentSpec | str | os.PathLike, out: str | os.PathL
     effects: list[dict[str, Any]] = []
     effects_folder = None
     if spec.effects:
-        eff_key = {"model": model_keys, "data": data_key, "effects": [asdict(e) for e in spec.effects],
+        eff_key = {"model": model_keys, "data": data_key, "version": STAGE_VERSIONS["effects"],
+                   "effects": [asdict(e) for e in spec.effects],
                    "steps": spec.evaluation.steps, "guidance": spec.raw.get("guidance")}
         effects, _ = stages.run("effects", eff_key,
                                 _effects_stage(spec, pipe, data, classifier, n_jobs, progress, log),

@@ -24,7 +24,8 @@ top level           ``name``, ``description``, ``seed``
                     drawn from the training marginal) or ``shift`` (added to the factual value)
 ``[[effects]]``     effects estimated: ``treatment``, ``outcome``, ``control``, ``treated``, dowhy ``method``
                     (``glm_family = "binomial"``: a logistic GLM of an interval outcome's position in its
-                    interval), and an optional ``image_outcome`` measured on counterfactual images
+                    range), ``scm_bootstrap`` (refits of the SCM for its interval), and an optional
+                    ``image_outcome`` measured on counterfactual images
 ``[quick]``         overrides used by ``--quick`` (same tables and keys), on top of built-in small budgets
                     (:data:`QUICK_DEFAULTS`, a learning rate of at least 1e-3, and a UNet with half the
                     channels and no self-attention)
@@ -94,7 +95,7 @@ QUICK_DEFAULTS: dict[str, dict[str, Any]] = {
     "training": {"steps": 300, "batch_size": 32, "warmup": 20, "ckpt_every": 100},
     "evaluation": {"n": 24, "steps": 10, "sweep_n": 8, "cycle_n": 4, "cycles": 2, "grid_n": 3},
     "guidance": {"scales": 3},  # the first three scales
-    "effects": {"units": 16, "num_simulations": 10, "scm_samples": 20000},
+    "effects": {"units": 16, "num_simulations": 10, "scm_samples": 20000, "scm_bootstrap": 10},
 }
 
 
@@ -254,6 +255,7 @@ class EffectSpec:
     scm_samples: int = 100000
     guidance: str = "dcfg"
     glm_family: str | None = None
+    scm_bootstrap: int = 0
 
 
 @dataclass(frozen=True)
@@ -726,7 +728,7 @@ def _parse_effects(raw: Mapping[str, Any], graph: Any) -> tuple[EffectSpec, ...]
                "image_outcome": _str, "units": _pos(2),
                "refuters": lambda v, w: _list(v, w, _str, min_len=0), "num_simulations": _pos(2),
                "scm_samples": _pos(100), "guidance": lambda v, w: _str(v, w, ("none", "cfg", "dcfg")),
-               "glm_family": lambda v, w: _str(v, w, ("binomial",))}
+               "glm_family": lambda v, w: _str(v, w, ("binomial",)), "scm_bootstrap": _pos(0)}
     out = []
     for k, entry in enumerate(entries):
         where = f"[[effects]] #{k + 1}"
