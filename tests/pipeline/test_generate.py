@@ -402,3 +402,12 @@ def test_bench_generate_command(setup, tmp_path):
     assert r["n"] == 6 and r["images_per_s"] > 0 and len(r["rss_after_shard_mib"]) == 2
     assert r["peak_rss_mib"] >= max(r["rss_after_shard_mib"]) > 0
     assert "img/s" in res.output and "peak RSS" in res.output
+
+
+def test_docstring_examples():
+    import doctest
+
+    import pipeline.generate
+
+    result = doctest.testmod(pipeline.generate, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
