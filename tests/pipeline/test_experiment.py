@@ -368,3 +368,20 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_logistic_glm_uses_the_equation_range_and_scm_bootstrap(tiny_data):
+    from pipeline.experiment.run import _dowhy_inputs, _scm_bootstrap
+
+    _, data = tiny_data
+    spec = parse_spec(mutate(graph__nodes={**BASE["graph"]["nodes"], "intensity": {"kind": "interval", "low": 0,
+                                                                                   "high": 255}},
+                             effects__0__method="backdoor.generalized_linear_model",
+                             effects__0__glm_family="binomial", effects__0__scm_bootstrap=3))
+    e = spec.effects[0]
+    graph, rows, params, unit = _dowhy_inputs(spec, data.scm_rows, e)
+    assert unit == 191.0 and graph.spec("intensity").high == 1.0 and "init_params" in params
+    assert torch.allclose(rows["intensity"], (data.scm_rows["intensity"].double() - 64) / 191)
+    boot = _scm_bootstrap(spec, data.scm_rows, e, 50.0)
+    lo, hi = boot["confidence_interval"]
+    assert len(boot["bootstrap"]) == 3 and lo < 50.0 < hi and hi - lo > 0
