@@ -72,20 +72,32 @@ def plot_groups(graph: Any, groups: Mapping[str, Mapping[str, Any]], path: str |
     from pipeline.images import atomic_save
 
     g = graph.to_networkx()
-    for layer, names in enumerate(nx.topological_generations(g)):
-        for n in names:
-            g.nodes[n]["layer"] = layer
-    pos = {n: (x, -y) for n, (x, y) in nx.multipartite_layout(g, subset_key="layer", align="horizontal").items()}
+    generations = [sorted(names, key=graph.nodes.index) for names in nx.topological_generations(g)]
+    pos = {n: (i - (len(names) - 1) / 2.0, -float(layer))  # layers top-down, each centred
+           for layer, names in enumerate(generations) for i, n in enumerate(names)}
+    width = max(len(names) for names in generations)
     k = max(1, len(groups))
-    fig, axes = plt.subplots(1, k, figsize=(max(3.6, 1.3 * len(g)) * k, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, k, figsize=(max(3.0, 1.4 * width) * k, 1.2 + 0.9 * len(generations)),
+                             squeeze=False)
     for ax, (node, info) in zip(axes[0], groups.items()):
         colours = []
         for n in g:
             role = ("image" if n == graph.image_node else "intervened" if n == node else "affected"
                     if n in info["affected"] else "invariant" if n in info["invariant"] else "other")
             colours.append(_COLOURS[role])
-        nx.draw_networkx(g, pos, ax=ax, node_color=colours, node_size=1900, font_size=7, arrowsize=12,
-                         edgecolors="#444444")
+        nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colours, node_size=1500, edgecolors="#444444")
+        nx.draw_networkx_labels(g, pos, ax=ax, font_size=7)
+        # edges between adjacent layers straight; an edge skipping layers bows outwards, away from the
+        # nodes between its ends (to the side of the centre line it lies on; on the line, alternately)
+        for a, b in g.edges():
+            span = pos[a][1] - pos[b][1]
+            mid = (pos[a][0] + pos[b][0]) / 2.0
+            side = (1.0 if mid < 0 else -1.0) if abs(mid) > 1e-9 else (1.0 if int(-pos[a][1]) % 2 == 0 else -1.0)
+            rad = 0.0 if span <= 1 else side * (0.25 + 0.1 * (span - 2))
+            nx.draw_networkx_edges(g, pos, edgelist=[(a, b)], ax=ax, arrowsize=11, node_size=1500,
+                                   connectionstyle=f"arc3,rad={rad}")
+        ax.set_xlim(-width / 2.0 - 0.7, width / 2.0 + 0.7)
+        ax.set_ylim(-len(generations) + 0.4, 0.6)
         weights = info["dcfg"]["weights"]
         parts = [f"{'+'.join(grp)} w={w:g}" for grp, w in zip(info["dcfg"]["groups"], weights)]
         ax.set_title(f"do({node})\nDCFG: " + "; ".join(parts), fontsize=8)
@@ -147,13 +159,15 @@ def plot_data(images: Any, attributes: Mapping[str, Any], path: str | Path, n: i
     n = max(1, min(n, len(images)))
     ncol = min(8, n)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.9 * nrow), squeeze=False)
+    lines = len(attributes)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, (1.6 + 0.13 * lines) * nrow), squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k >= n:
             ax.axis("off")
             continue
         _show(ax, images[k])
-        label = "\n".join(f"{name[:9]}={_fmt(float(v[k]))}" for name, v in attributes.items())
+        label = "\n".join(f"{name[:9]}={int(v[k]) if not v.is_floating_point() else _fmt(float(v[k]))}"
+                          for name, v in attributes.items())
         ax.set_xlabel(label, fontsize=5)
     fig.tight_layout()
     atomic_save(lambda p: fig.savefig(p, dpi=100, format="png"), path)
