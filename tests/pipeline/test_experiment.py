@@ -385,3 +385,32 @@ def test_logistic_glm_uses_the_equation_range_and_scm_bootstrap(tiny_data):
     boot = _scm_bootstrap(spec, data.scm_rows, e, 50.0)
     lo, hi = boot["confidence_interval"]
     assert len(boot["bootstrap"]) == 3 and lo < 50.0 < hi and hi - lo > 0
+
+
+def test_mnist_folder_source(tmp_path):
+    import struct
+
+    from pipeline.datasets import load_mnist5k
+
+    def idx(array: np.ndarray) -> bytes:
+        return bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape) + \
+            array.astype(np.uint8).tobytes()
+
+    images, labels = load_mnist5k()
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, rows in (("train", slice(0, 12)), ("t10k", slice(12, 16))):
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx(images[rows]))
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx(labels[rows]))
+    spec_file = write_toml(mutate(data={"source": "mnist_folder", "root": "mnist", "train_digits": 10,
+                                        "test_digits": 4, "samples_per_digit": 1, "scm_rows": 100}),
+                           tmp_path / "folder.toml")
+    data = build_data(load_spec(spec_file), n_jobs=1, progress=False)
+    assert data.test_images.shape == (4, 1, 28, 28)
+    assert sorted(data.test_attributes["digit"].tolist()) == sorted(labels[12:16].tolist())
+    assert set(data.train_attributes["digit"].tolist()) <= set(labels[:12].tolist())
+    missing = write_toml(mutate(data={"source": "mnist_folder", "root": "nowhere"}), tmp_path / "missing.toml")
+    with pytest.raises(SpecError, match=r"\[data\] root: folder .*nowhere' does not exist"):
+        load_spec(missing)
+    with pytest.raises(SpecError, match=r"\[data\] root: missing"):
+        parse_spec(mutate(data={"source": "mnist_folder"}))
