@@ -641,12 +641,15 @@ def experiment_run(spec_path, out_dir, quick, n_jobs, threads, quiet):
     except (SpecError, ValueError) as e:
         raise _SpecFailure(str(e))
     _threads(threads)
-    from pipeline.experiment.run import run_experiment
+    from pipeline.experiment.run import DataError, run_experiment
 
     command = f"dcfg experiment run {spec_path}" + (f" --out {out_dir}" if out_dir else "") + \
         (" --quick" if quick else "")
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    res = run_experiment(spec, out, n_jobs=n_jobs, progress=not quiet, log=log, command=command)
+    try:
+        res = run_experiment(spec, out, n_jobs=n_jobs, progress=not quiet, log=log, command=command)
+    except (SpecError, DataError) as e:
+        raise _SpecFailure(str(e))
     click.echo(f"wrote {res.out}/report.md (metrics.json, groups.json, figures/) in "
                f"{res.metrics['timing']['wall_s'] / 60:.1f} min")
 

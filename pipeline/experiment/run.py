@@ -39,12 +39,16 @@ import torch
 
 from pipeline.experiment.spec import ExperimentSpec, SpecError, load_spec, stable_hash
 
-__all__ = ["run_experiment", "ExperimentResult", "StageRecord", "check_experiment_dir", "guidance_groups",
+__all__ = ["run_experiment", "ExperimentResult", "StageRecord", "DataError", "check_experiment_dir", "guidance_groups",
            "default_out_dir"]
 
 _MARKER = "done.json"
 #: Bumped when a stage's computation changes for the same spec (part of its hash), so old results are redone.
 STAGE_VERSIONS = {"scm": 1, "image_model": 1, "evaluation": 1, "effects": 3}
+
+
+class DataError(ValueError):
+    """The experiment's data cannot be read or generated (a run that created its folder removes it)."""
 
 
 @dataclass(frozen=True)
@@ -465,7 +469,8 @@ def run_experiment(spec: ExperimentSpec | str | os.PathLike, out: str | os.PathL
 
     Raises:
         SpecError: an invalid spec (nothing is written).
-        ValueError: ``out`` cannot hold an experiment (nothing is written), or unreadable data.
+        ValueError: ``out`` cannot hold an experiment (nothing is written).
+        DataError: the data cannot be read or generated (a run that created ``out`` removes it).
 
     Example:
         >>> res = run_experiment("examples/morphomnist.toml", quick=True)      # doctest: +SKIP
@@ -479,23 +484,30 @@ def run_experiment(spec: ExperimentSpec | str | os.PathLike, out: str | os.PathL
     if not isinstance(spec, ExperimentSpec):
         spec = load_spec(spec, quick=quick)
     out = check_experiment_dir(out if out is not None else default_out_dir(spec))
+    fresh = not out.exists()
     t_start = time.perf_counter()
     stages = _Stages(out / "stages", log)
 
-    # 1. Data (and the example folder it is read from).
-    prepared, prepare_key = None, None
-    if spec.data.prepare is not None:
-        key = {"prepare": spec.data.prepare, "rows": spec.data.prepare_rows, "seed": spec.seed}
-        prepared, prepare_key = stages.run(
-            "prepare", key, lambda f: write_morpho_csv(f / "folder", spec.data.prepare_rows, seed=spec.seed,
-                                                       n_jobs=n_jobs, progress=progress),
-            lambda f: f / "folder")
-    data_key_obj = {"spec": spec.section_hash("graph", "equations", "render", "data"), "seed": spec.seed,
-                    "version": DATA_VERSION, "prepared": prepare_key}
-    data, data_key = stages.run("data", data_key_obj,
-                                lambda f: build_data(spec, prepared=prepared, n_jobs=n_jobs, progress=progress,
-                                                     log=log).save(f),
-                                ExperimentData.load)
+    # 1. Data (and the example folder it is read from). Unreadable data is a user error like a bad spec:
+    #    a run that created ``out`` removes it again.
+    try:
+        prepared, prepare_key = None, None
+        if spec.data.prepare is not None:
+            key = {"prepare": spec.data.prepare, "rows": spec.data.prepare_rows, "seed": spec.seed}
+            prepared, prepare_key = stages.run(
+                "prepare", key, lambda f: write_morpho_csv(f / "folder", spec.data.prepare_rows, seed=spec.seed,
+                                                           n_jobs=n_jobs, progress=progress),
+                lambda f: f / "folder")
+        data_key_obj = {"spec": spec.section_hash("graph", "equations", "render", "data"), "seed": spec.seed,
+                        "version": DATA_VERSION, "prepared": prepare_key}
+        data, data_key = stages.run("data", data_key_obj,
+                                    lambda f: build_data(spec, prepared=prepared, n_jobs=n_jobs, progress=progress,
+                                                         log=log).save(f),
+                                    ExperimentData.load)
+    except (ValueError, FileNotFoundError) as e:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise DataError(" ".join(str(e).split())) from e
     data.attach_truth(spec, n_jobs)
 
     # 2. The pipeline: trained in stages, or loaded.

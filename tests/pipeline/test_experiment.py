@@ -414,3 +414,32 @@ def test_mnist_folder_source(tmp_path):
         load_spec(missing)
     with pytest.raises(SpecError, match=r"\[data\] root: missing"):
         parse_spec(mutate(data={"source": "mnist_folder"}))
+
+
+def test_csv_with_a_bad_value_fails_in_one_line_and_writes_nothing(tmp_path):
+    from pipeline.experiment.data import write_morpho_csv
+
+    folder = write_morpho_csv(tmp_path / "data", 10, n_jobs=1)
+    table = (folder / "train.csv").read_text().splitlines()
+    path, _, rest = table[1].partition(",")
+    table[1] = f"{path},-1.0,{rest.split(',', 1)[1]}"                     # a negative thickness
+    (folder / "train.csv").write_text("\n".join(table) + "\n")
+    spec = mutate(equations=None, data={"source": "csv", "csv": "data/train.csv", "test_csv": "data/test.csv",
+                                        "image_dir": "data"},
+                  graph={"nodes": {"thickness": {"kind": "positive"},
+                                   "intensity": {"kind": "interval", "low": 0, "high": 255},
+                                   "digit": {"kind": "categorical", "cardinality": 10},
+                                   "image": {"kind": "image", "shape": [1, 28, 28]}},
+                         "edges": [["thickness", "intensity"], ["thickness", "image"], ["intensity", "image"],
+                                   ["digit", "image"]]},
+                  render={"thickness": "thickness", "intensity": "intensity", "digit": "digit"},
+                  interventions=[{"node": "thickness"}], effects=[])
+    spec.pop("effects")
+    spec_file = write_toml(spec, tmp_path / "csv.toml")
+    assert load_spec(spec_file).data.source == "csv"
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["experiment", "run", str(spec_file), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "[data] csv:" in lines[0] and "thickness" in lines[0] and "-1" in lines[0]
+    assert not out.exists()
