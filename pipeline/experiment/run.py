@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from pipeline.experiment.spec import ExperimentSpec, SpecError, load_spec, stable_hash
+from pipeline.experiment.spec import ExperimentSpec, load_spec, stable_hash
 
 __all__ = ["run_experiment", "ExperimentResult", "StageRecord", "DataError", "check_experiment_dir", "guidance_groups",
            "default_out_dir"]
@@ -135,7 +135,7 @@ class _Stages:
 
 # ================================================================================ the pipeline
 def _image_dataset(images: torch.Tensor, attributes: Mapping[str, torch.Tensor]) -> Any:
-    from pipeline.experiment.data import ExperimentData  # noqa: F401  (documentation link)
+    """The image model's training set: items ``(image, {parent: value})``."""
 
     class _Rows(torch.utils.data.Dataset):
         def __len__(self) -> int:
