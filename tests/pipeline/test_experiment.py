@@ -159,6 +159,18 @@ def test_malformed_spec_catalogue(label, spec, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("label,spec,message", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_malformed_spec_catalogue_on_the_command_line(tmp_path, label, spec, message):
+    """The catalogue as TOML files through ``dcfg experiment run``: one Error line, exit code 2, nothing written."""
+    spec_file = write_toml(spec, tmp_path / "bad.toml")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["experiment", "run", str(spec_file), "--out", str(out), "--quiet"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: bad.toml: ") and re.search(message, lines[0]), res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.toml"]
+
+
 def test_catalogue_messages_are_distinct():
     messages = []
     for _, spec, _ in CATALOGUE:
