@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -116,10 +116,11 @@ def _fmt(v: Any) -> str:
     return f"{v:.1f}" if a >= 100 else f"{v:.2f}" if a >= 10 else f"{v:.3f}"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def _table(header: list[str], rows: list[list[Any]], fmt: Callable[[Any], str] = _fmt) -> str:
+    """A markdown table; cells that are not text are written with ``fmt``."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(x if isinstance(x, str) else _fmt(x) for x in r) + " |")
+        lines.append("| " + " | ".join(x if isinstance(x, str) else fmt(x) for x in r) + " |")
     return "\n".join(lines)
 
 

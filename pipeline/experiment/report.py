@@ -29,6 +29,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pipeline.evaluation.report import _fmt as _eval_fmt
+from pipeline.evaluation.report import _table as _eval_table
+
 __all__ = ["write_report", "format_experiment_report", "plot_groups", "plot_effect_images", "plot_data"]
 
 _COLOURS = {"intervened": "#b2182b", "affected": "#f4a582", "invariant": "#92c5de", "image": "#bababa",
@@ -36,17 +39,10 @@ _COLOURS = {"intervened": "#b2182b", "affected": "#f4a582", "invariant": "#92c5d
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "**no**"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    v = float(v)
-    a = abs(v)
-    return f"{v:.1f}" if a >= 100 else f"{v:.2f}" if a >= 10 else f"{v:.3f}" if a >= 0.01 or a == 0 else f"{v:.2e}"
+    """The evaluation report's number format, with small effects (|v| < 0.01) in scientific notation."""
+    if isinstance(v, (float, np.floating)) and 0.0 < abs(v) < 0.01:
+        return f"{float(v):.2e}"
+    return _eval_fmt(v)
 
 
 def _ci(c: Any) -> str:
@@ -54,9 +50,7 @@ def _ci(c: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(x if isinstance(x, str) else _fmt(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return _eval_table(header, rows, fmt=_fmt)
 
 
 # ================================================================================ figures
