@@ -25,18 +25,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig, TrainConfig, train
+from diffusion import AttributeSpec, ConditionalUNet, TrainConfig, train
 from diffusion._checkpoint import CHECKPOINT_NAME, load_checkpoint
-from hardening_helpers import query_batch, small_pipeline
+from hardening_helpers import query_batch, small_pipeline, tiny_unet_config
 from pipeline.classifier import DigitClassifier
 from pipeline.core import CounterfactualPipeline
 from scm import SCM
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ImageModelConfig(
-    image_shape=(1, 8, 8),
-    attributes=(AttributeSpec("y", "categorical", cardinality=2), AttributeSpec("s", "continuous", mean=0.0, std=1.0)),
-    block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False), mid_attention=False, norm_num_groups=4)
+CONFIG = tiny_unet_config(AttributeSpec("y", "categorical", cardinality=2),
+                          AttributeSpec("s", "continuous", mean=0.0, std=1.0))
 TRAIN = dict(steps=6, batch_size=8, lr=2e-3, warmup=2, ckpt_every=2, log_every=1)
 
 

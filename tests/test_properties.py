@@ -26,7 +26,8 @@ import torch
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
-from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig
+from diffusion import AttributeSpec, ConditionalUNet
+from hardening_helpers import tiny_unet_config
 from pipeline.core import CounterfactualPipeline, PipelineConfig
 from pipeline.parsing import parse_assignments, parse_do
 from scm import SCM, CausalGraph, NodeSpec
@@ -76,14 +77,10 @@ def obs() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def pipe(graph, scm) -> CounterfactualPipeline:
-    cfg = ImageModelConfig(
-        image_shape=(1, 8, 8),
-        attributes=(AttributeSpec("p", "continuous", mean=1.0, std=0.5),
-                    AttributeSpec("i", "continuous", mean=150.0, std=50.0),
-                    AttributeSpec("b", "categorical", cardinality=2),
-                    AttributeSpec("c", "categorical", cardinality=5)),
-        block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False), mid_attention=False,
-        norm_num_groups=4)
+    cfg = tiny_unet_config(AttributeSpec("p", "continuous", mean=1.0, std=0.5),
+                           AttributeSpec("i", "continuous", mean=150.0, std=50.0),
+                           AttributeSpec("b", "categorical", cardinality=2),
+                           AttributeSpec("c", "categorical", cardinality=5))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = ConditionalUNet(cfg).eval()
@@ -91,7 +88,9 @@ def pipe(graph, scm) -> CounterfactualPipeline:
 
 
 def mentions(message: str, key) -> bool:
-    return repr(key) in message or str(key) in message
+    """Whether ``message`` names ``key`` as Python writes it (``'i'``, ``0``, ``None``), or names an argument
+    (``scale``, ``images``) as it is. A bare ``i`` or ``''`` would be found in almost any message."""
+    return repr(key) in message or (isinstance(key, str) and key in ARGUMENTS and key in message)
 
 
 PACKAGES = [Path(__file__).resolve().parents[1] / p for p in ("scm", "diffusion", "pipeline")]
@@ -606,6 +605,9 @@ GUIDANCE_ARGS = {
     "groups": (st.sampled_from(["dag", "per_attribute", None]), st.sampled_from(
         ["tree", [["p"], ["i"]], [["p", "i", "b", "c", "p"]], [["zz"], ["p", "i", "b", "c"]], 5, [["p", "i", "b"], "c"]])),
 }
+
+#: Argument names a message may name without quotes (node names and bad keys must be quoted).
+ARGUMENTS = {"image", "nodes", *GUIDANCE_ARGS}
 
 
 @given(st.sampled_from(sorted(GUIDANCE_ARGS)), st.booleans(), st.data())
