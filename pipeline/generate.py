@@ -396,6 +396,22 @@ def _check_interventions(do: Mapping[str, Any], graph: Any, length: int) -> dict
     return out
 
 
+def _check_shifts(do: Mapping[str, Any], rows: "_Rows", graph: Any) -> None:
+    """A shift must keep every row in the node's support. Checked before anything is written when the data
+    hold their attributes in memory (every ``--data`` SPEC); otherwise the shard that meets the row stops."""
+    from scm.support import as_values
+
+    for name, value in do.items():
+        factual = rows.factual(name) if isinstance(value, Shift) else None
+        if factual is None:
+            continue
+        try:
+            as_values(name, graph.spec(name), factual.double() + value.delta, what=f"shifted (by {value.delta:+g})")
+        except ValueError as e:
+            raise ValueError(f"do[{name!r}]: the shift {value.delta:+g} leaves the support on some rows of the data "
+                             f"({e}); use a smaller shift") from None
+
+
 def _do_json(do: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in do.items():
@@ -442,6 +458,10 @@ class _Rows(torch.utils.data.Dataset):
     def fetch(self, start: int, stop: int) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
+    def factual(self, name: str) -> Tensor | None:
+        """Every row's value of attribute ``name`` when the data hold it in memory (else None)."""
+        return None
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"index {index!r} must be an integer")
@@ -480,6 +500,10 @@ class _MorphoRows(_Rows):
         return x, {"thickness": torch.from_numpy(self._t[rows]).float(),
                    "intensity": torch.from_numpy(self._i[rows]).float(), "digit": self._digit[rows]}
 
+    def factual(self, name: str) -> Tensor | None:
+        values = {"thickness": self._t, "intensity": self._i}.get(name)
+        return torch.from_numpy(values).float() if values is not None else self._digit if name == "digit" else None
+
 
 class _ArrayRows(_Rows):
     """uint8 images in memory (a Morpho-MNIST IDX folder), attributes from its CSV."""
@@ -496,15 +520,28 @@ class _ArrayRows(_Rows):
         x = torch.from_numpy(np.ascontiguousarray(self._images[start:stop])).float().div(127.5).sub(1.0)
         return x[:, None], {k: v[start:stop] for k, v in self._attributes.items()}
 
+    def factual(self, name: str) -> Tensor | None:
+        return self._attributes.get(name)
+
 
 class _DatasetRows(_Rows):
     """Any map-style dataset of ``(image, attributes)`` items (``ImageAttributeFolder``, ``MorphoMNIST``...)."""
 
     def __init__(self, dataset: Any, spec: dict[str, Any]):
+        what = type(dataset).__name__
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"dataset must be a --data SPEC text (e.g. 'morpho-test') or a map-style dataset of "
+                            f"(image, attributes) items, got {what}")
+        if len(dataset) == 0:
+            raise ValueError(f"the dataset ({what}) has no rows")
         self._ds = dataset
         self.spec = spec
-        image, attrs = dataset[0]
-        self.names, self.image_shape = tuple(attrs), tuple(image.shape)
+        try:
+            image, attrs = dataset[0]
+            self.names, self.image_shape = tuple(attrs), tuple(image.shape)
+        except (TypeError, ValueError, AttributeError) as e:
+            raise TypeError(f"the dataset's items must be (image (C, H, W) tensor, {{attribute: value}}) pairs; item 0 "
+                            f"of {what} is not ({e})") from None
 
     def __len__(self) -> int:
         return len(self._ds)
@@ -515,6 +552,12 @@ class _DatasetRows(_Rows):
         x = torch.stack([torch.as_tensor(im) for im, _ in items]).float()
         parents = {k: torch.stack([torch.as_tensor(a[k]) for _, a in items]) for k in self.names}
         return x, parents
+
+    def factual(self, name: str) -> Tensor | None:
+        attrs = getattr(self._ds, "attributes", None)  # ImageAttributeFolder, MorphoMNIST
+        if not isinstance(attrs, Mapping) or name not in attrs or len(attrs[name]) != len(self._ds):
+            return None
+        return torch.as_tensor(attrs[name])
 
 
 class _Limited(_Rows):
@@ -528,6 +571,10 @@ class _Limited(_Rows):
 
     def fetch(self, start: int, stop: int) -> tuple[Tensor, dict[str, Tensor]]:
         return self._rows.fetch(start, min(stop, self._n))
+
+    def factual(self, name: str) -> Tensor | None:
+        values = self._rows.factual(name)
+        return None if values is None else values[:self._n]
 
 
 def _spec_options(text: str, allowed: Sequence[str], what: str, positional: str | None = None) -> dict[str, str]:
@@ -1100,6 +1147,7 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: _Rows, do: Any, guidan
 
     graph, cfg = pipe.graph, pipe.config
     interventions = _check_interventions(parse_interventions(do) if isinstance(do, str) else do, graph, len(rows))
+    _check_shifts(interventions, rows, graph)
     guidance = cfg.guidance if guidance is None else guidance
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not math.isfinite(scale)):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -254,6 +255,12 @@ def test_python_api_with_a_dataset_object(tiny_pipeline, tiny_batch, tmp_path):
         generate(tiny_pipeline, Pairs(), {"thickness": lambda t: t + 1}, out=tmp_path / "p", progress=False)
     with pytest.raises(ValueError, match="support"):
         generate(tiny_pipeline, Pairs(), {"thickness": Uniform(-1.0, 2.0)}, out=tmp_path / "p", progress=False)
+    with pytest.raises(ValueError, match="the shift -10 leaves the support"):  # checked on the data's attributes
+        generate(tiny_pipeline, Pairs(), {"thickness": Shift(-10.0)}, out=tmp_path / "p", progress=False)
+    for bad, err, match in ((3, TypeError, "map-style dataset"), ([], ValueError, "no rows"),
+                            ([x[0]], TypeError, "pairs; item 0 of list")):
+        with pytest.raises(err, match=match):
+            generate(tiny_pipeline, bad, {"thickness": 2.0}, out=tmp_path / "p", progress=False)
     assert not (tmp_path / "p").exists()
 
 
@@ -311,6 +318,7 @@ def test_mnist_folder_spec_with_morpho_csv(tmp_path):
     ("CSV", "digit~normal(3,1)", "continuous node"),
     ("CSV", "digit~choice(0,...,10)", "out of range"),
     ("CSV", "digit+=1", "shift of the categorical"),
+    ("CSV", "thickness-=10", r"shift -10 leaves the support .*node 'thickness'.* at row 0 "),
     ("CSV", "thickness=abc", "not a number"),
 ])
 def test_cli_bad_specs_exit_2_and_write_nothing(setup, tmp_path, data, do, match):
@@ -320,7 +328,7 @@ def test_cli_bad_specs_exit_2_and_write_nothing(setup, tmp_path, data, do, match
                                     csv if data == "CSV" else data, "--do", do, "--out", str(out), "--quiet"])
     assert res.exit_code == 2, res.output
     error = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1 and __import__("re").search(match, error[0]), res.output
+    assert len(error) == 1 and re.search(match, error[0]), res.output
     assert not out.exists()
 
 
