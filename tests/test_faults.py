@@ -5,8 +5,8 @@
    complete but before ``os.replace``. The previous checkpoint must still load, and resuming with the same
    command must finish the run with exactly the loss sequence (``loss.csv``) and weights of an uninterrupted run.
 2. Truncated, bit-flipped and otherwise corrupted safetensors files of the SCM, the image model, the classifier,
-   a whole pipeline directory and a training checkpoint load with a clear ``ValueError``, or (for a byte the
-   loaders do not use) with weights identical to the saved ones; never with garbage weights.
+   a whole pipeline directory and a training checkpoint are refused with a clear ``ValueError`` naming the file
+   (every byte is covered: a flipped byte in the length, the JSON header or the tensor data); never garbage weights.
 3. A ``config.json`` whose graph was edited (edges, kinds, supports, cardinalities, image shape) is refused.
 
 This file is also the subprocess' script: ``python -c "runpy.run_path('tests/test_faults.py', ...)"``.
