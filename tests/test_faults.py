@@ -5,8 +5,9 @@
    complete but before ``os.replace``. The previous checkpoint must still load, and resuming with the same
    command must finish the run with exactly the loss sequence (``loss.csv``) and weights of an uninterrupted run.
 2. Truncated, bit-flipped and otherwise corrupted safetensors files of the SCM, the image model, the classifier,
-   a whole pipeline directory and a training checkpoint are refused with a clear ``ValueError`` naming the file
-   (every byte is covered: a flipped byte in the length, the JSON header or the tensor data); never garbage weights.
+   a whole pipeline directory and a training checkpoint are refused with a clear ``ValueError`` (for truncated and
+   overwritten weights it names the file), a flipped byte anywhere (length, JSON header, tensor data) included;
+   never garbage weights.
 3. A ``config.json`` whose graph was edited (edges, kinds, supports, cardinalities, image shape) is refused.
 
 This file is also the subprocess' script: ``python -c "runpy.run_path('tests/test_faults.py', ...)"``.
