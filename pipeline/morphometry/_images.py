@@ -283,3 +283,16 @@ def map_chunks(fn: Callable[..., Any], arrays: Sequence[np.ndarray], *, n_jobs: 
         if bar is not None:
             bar.close()
     return results
+
+
+def apply_targets(fn: Callable[..., np.ndarray], images: Any, targets: Any, name: str, limits: tuple[float, float], *,
+                  value_range: tuple[float, float] | None, n_jobs: int | None, chunk_size: int, min_parallel: int,
+                  progress: bool = False, **kwargs: Any) -> Any:
+    """The frame of a perturbation ``set_<name>``: the batch on [0, 1], one target per image checked against
+    ``limits``, ``fn(x, target, **kwargs)`` over chunks (:func:`map_chunks`), and the result in the input's
+    type, shape and value range."""
+    x, layout = as_unit_batch(images, value_range)
+    target = per_image(targets, len(x), name, *limits)
+    parts = map_chunks(fn, [x, target], n_jobs=n_jobs, chunk_size=chunk_size, min_parallel=min_parallel,
+                       progress=progress, desc=f"set_{name}", **kwargs)
+    return layout.restore(np.concatenate(parts) if parts else x)

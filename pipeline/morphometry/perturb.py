@@ -26,8 +26,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pipeline.morphometry._images import (
+    apply_targets,
     as_unit_batch,
-    map_chunks,
     mid_threshold,
     per_image,
     reduce_operator,
@@ -185,13 +185,9 @@ def set_thickness(images: Any, thickness: Any, *, scale: int = PERTURB_SCALE, it
         raise ValueError(f"scale={scale!r} is invalid: use an integer in 2..16 (default {PERTURB_SCALE})")
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or not 0 <= iterations <= 20:
         raise ValueError(f"iterations={iterations!r} is invalid: use an integer in 0..20 (default 4)")
-    x, layout = as_unit_batch(images, value_range)
-    target = per_image(thickness, len(x), "thickness", *THICKNESS_RANGE)
-    parts = map_chunks(_set_thickness_unit, [x, target], n_jobs=n_jobs, chunk_size=_CHUNK,
-                       min_parallel=_MIN_PARALLEL, progress=progress, desc="set_thickness",
-                       scale=int(scale), iterations=int(iterations))
-    y = np.concatenate(parts) if parts else x
-    return layout.restore(y)
+    return apply_targets(_set_thickness_unit, images, thickness, "thickness", THICKNESS_RANGE, value_range=value_range,
+                         n_jobs=n_jobs, chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL, progress=progress,
+                         scale=int(scale), iterations=int(iterations))
 
 
 def _set_intensity_unit(x: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.morphometry._images import as_unit_batch, map_chunks, per_image, upsample
+from pipeline.morphometry._images import apply_targets, upsample
 from pipeline.morphometry.measure import MEASURE_SCALE, _is_blank, _slant_of
 
 __all__ = ["set_slant", "SLANT_RANGE"]
@@ -101,9 +101,5 @@ def set_slant(images: Any, slant: Any, *, iterations: int = 2, n_jobs: int | Non
     """
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or not 0 <= iterations <= 10:
         raise ValueError(f"iterations={iterations!r} is invalid: use an integer in 0..10 (default 2)")
-    x, layout = as_unit_batch(images, value_range)
-    target = per_image(slant, len(x), "slant", *SLANT_RANGE)
-    parts = map_chunks(_set_slant_unit, [x, target], n_jobs=n_jobs, chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL,
-                       progress=progress, desc="set_slant", iterations=int(iterations))
-    y = np.concatenate(parts) if parts else x
-    return layout.restore(y)
+    return apply_targets(_set_slant_unit, images, slant, "slant", SLANT_RANGE, value_range=value_range, n_jobs=n_jobs,
+                         chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL, progress=progress, iterations=int(iterations))
