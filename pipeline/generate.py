@@ -205,7 +205,6 @@ class Choice:
         return np.asarray(self.values)[k]
 
 
-Draw = Uniform | Normal | Choice
 Intervention = float | int | Shift | Uniform | Normal | Choice
 
 _DRAW = re.compile(r"^\s*(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*)\s*~\s*(?P<dist>[A-Za-z_]+)\s*\((?P<args>[^()]*)\)\s*$")
