@@ -58,10 +58,14 @@ import json
 import math
 import numbers
 import os
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
 
 __all__ = ["SpecError", "ExperimentSpec", "EquationSpec", "DataSpec", "ModelSpec", "ScmSpec", "TrainingSpec",
            "EvaluationSpec", "GuidanceSpec", "InterventionSpec", "EffectSpec", "load_spec", "parse_spec", "FORMS",
