@@ -151,14 +151,16 @@ class ClassifierProbability:
         except (AttributeError, StopIteration):
             device = images.device
         out = []
-        for start in range(0, len(images), self.batch_size):
-            logits = self.classifier(images[start:start + self.batch_size].float().to(device))
-            if logits.dim() != 2 or self.target >= logits.shape[1]:
-                raise ValueError(f"the classifier returned logits of shape {tuple(logits.shape)}; class "
-                                 f"{self.target} needs (B, K) with K > {self.target}")
-            out.append(torch.softmax(logits.double(), dim=1)[:, self.target].cpu())
-        if hasattr(self.classifier, "train"):
-            self.classifier.train(was)
+        try:
+            for start in range(0, len(images), self.batch_size):
+                logits = self.classifier(images[start:start + self.batch_size].float().to(device))
+                if logits.dim() != 2 or self.target >= logits.shape[1]:
+                    raise ValueError(f"the classifier returned logits of shape {tuple(logits.shape)}; class "
+                                     f"{self.target} needs (B, K) with K > {self.target}")
+                out.append(torch.softmax(logits.double(), dim=1)[:, self.target].cpu())
+        finally:  # the classifier's train/eval mode as it was, also after an error
+            if hasattr(self.classifier, "train"):
+                self.classifier.train(was)
         return torch.cat(out)
 
     def __repr__(self) -> str:

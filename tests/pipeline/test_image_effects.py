@@ -55,6 +55,7 @@ def test_classifier_probability_is_a_distribution_over_targets():
     assert torch.allclose(probs.sum(1), torch.ones(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="class 3 needs"):
         ClassifierProbability(net, 3)(x)
+    assert net.training  # put back in training mode, also after the error
     with pytest.raises(ValueError, match="class index"):
         ClassifierProbability(net, -1)
 
