@@ -571,12 +571,14 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
               help="Start a fresh image-model run from these weights (a pipeline or model directory).")
 @click.option("--classifier/--no-classifier", "with_classifier", default=True, show_default=True,
               help="Also train the benchmark's digit classifier (reused when resuming).")
+@click.option("--classifier-epochs", type=click.IntRange(1), default=20, show_default=True,
+              help="Epochs of the digit classifier.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the run directory's checkpoints and finished stages.")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_mode, p_attr,
-          p_all, lr, ckpt_every, seed, init_from, with_classifier, resume, threads, quiet):
+          p_all, lr, ckpt_every, seed, init_from, with_classifier, classifier_epochs, resume, threads, quiet):
     """Train a pipeline (SCM, image model, classifier); resumable, also under torchrun."""
     from pipeline.parsing import check_writable
 
@@ -590,8 +592,8 @@ def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_
     train_morphomnist(out_dir, steps=steps, batch_size=batch_size, root=root,
                       samples_per_digit=samples_per_digit, dropout_mode=dropout_mode,
                       p_attr=p_attr, p_all=p_all, lr=lr, ckpt_every=ckpt_every, seed=seed,
-                      with_classifier=with_classifier, init_from=init_from, resume=resume,
-                      progress=not quiet)
+                      with_classifier=with_classifier, classifier_epochs=classifier_epochs,
+                      init_from=init_from, resume=resume, progress=not quiet)
     click.echo(f"pipeline saved to {out_dir}/pipeline")
 
 

@@ -82,3 +82,16 @@ def test_every_command_has_help():
     for cmd in (["demo"], ["counterfactual"], ["sample"], ["train"], ["bench", "pipeline"]):
         res = _run(cmd + ["--help"])
         assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_train_passes_its_options_to_train_morphomnist(tmp_path, monkeypatch):
+    import pipeline.train
+
+    seen = {}
+    monkeypatch.setattr(pipeline.train, "train_morphomnist", lambda out, **kw: seen.update(out=out, **kw))
+    res = _run(["train", "--out", str(tmp_path / "run"), "--steps", "7", "--samples-per-digit", "2",
+                "--classifier-epochs", "3", "--dropout-mode", "whole", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert seen["out"] == str(tmp_path / "run")
+    assert (seen["steps"], seen["samples_per_digit"], seen["classifier_epochs"]) == (7, 2, 3)
+    assert seen["dropout_mode"] == "whole" and seen["progress"] is False
