@@ -1259,7 +1259,7 @@ def bench_generate(n: int = 1000, *, pipeline: Any = None, data: str | None = No
 
     Peak memory is the process's ``ru_maxrss`` (the high-water mark of resident memory, which
     includes the pipeline and the Python runtime), so run one ``n`` per process and compare the
-    two peaks; a larger resident-memory sample taken after a shard counts too). The resident memory after
+    two peaks (a resident-memory sample taken after a shard counts when larger). The resident memory after
     each shard is recorded (``rss_after_shard_mib``).
 
     Args:
