@@ -146,6 +146,7 @@ def _augment(x: Tensor, gen: torch.Generator, max_shift: int = 2, max_rot_deg: f
 
 def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_size: int = 128,
                      lr: float = 2e-3, seed: int = 0, augment: bool = True, elastic: float = 1.0,
+                     max_rot_deg: float = 10.0, config: ClassifierConfig | None = None,
                      val: tuple[Tensor, Tensor] | None = None,
                      progress: bool = True) -> tuple[DigitClassifier, list[dict]]:
     """Train a :class:`DigitClassifier` with AdamW and a one-cycle schedule.
@@ -157,6 +158,8 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_s
         seed: seed of initialisation, shuffling and augmentation.
         augment: random small affine transforms.
         elastic: amplitude (pixels) of random elastic distortions when augmenting (0 = none).
+        max_rot_deg: largest random rotation when augmenting, in degrees.
+        config: the network's :class:`ClassifierConfig` (default: ``ClassifierConfig()``).
         val: optional held-out ``(images, labels)``; its accuracy is logged per epoch.
         progress: tqdm bar.
 
@@ -167,7 +170,7 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_s
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = DigitClassifier()
+    model = DigitClassifier(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     n = len(images)
     steps_per_epoch = (n + batch_size - 1) // batch_size
@@ -182,7 +185,7 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_s
             idx = perm[s * batch_size:(s + 1) * batch_size]
             x, y = images[idx], labels[idx]
             if augment:
-                x = _augment(x, gen, elastic=elastic)
+                x = _augment(x, gen, max_rot_deg=max_rot_deg, elastic=elastic)
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)

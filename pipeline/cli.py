@@ -6,6 +6,8 @@ commands so that ``dcfg --help`` stays fast.
 """
 from __future__ import annotations
 
+import math
+
 import click
 
 
@@ -465,6 +467,9 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 @click.option("--interventions", "interventions_text", default=None,
               help="Comma-separated intervened nodes (default: every parent of the image).")
 @click.option("--invariant-weight", type=float, default=None, help="DCFG weight of the invariant group.")
+@click.option("--descendant-weight", "descendant_weight_text", default=None,
+              help="DCFG weight of the intervention's descendants among the image's parents: a number, or "
+                   "'scale' (they share the intervention's scale, the paper's grouping). Default: the pipeline's.")
 @click.option("--ablation-pipeline", "ablation_dir", type=click.Path(), default=None,
               help="A second pipeline (e.g. trained with whole-condition dropout only), evaluated the same way.")
 @click.option("--classifier", "classifier_dir", type=click.Path(), default=None,
@@ -483,7 +488,7 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
                      sweep_methods_text, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
-                     invariant_weight, ablation_dir, classifier_dir, root, max_sources, seed, data_seed, chunk_size,
+                     invariant_weight, descendant_weight_text, ablation_dir, classifier_dir, root, max_sources, seed, data_seed, chunk_size,
                      n_jobs, out_dir, threads, quiet):
     """Score CFG vs DCFG counterfactuals on the test digits; write metrics, report and plots.
 
@@ -498,6 +503,14 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
         except ValueError:
             _fail(f"{flag} {text!r} must be a number or 'best'")
 
+    descendant_weight = descendant_weight_text
+    if descendant_weight_text not in (None, "scale"):
+        try:
+            descendant_weight = float(descendant_weight_text)
+        except ValueError:
+            _fail(f"--descendant-weight {descendant_weight_text!r} must be a number or 'scale'")
+        if not math.isfinite(descendant_weight):
+            _fail(f"--descendant-weight {descendant_weight_text!r} must be finite")
     try:
         scales = tuple(float(s) for s in scales_text.split(","))
     except ValueError:
@@ -521,7 +534,8 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
         n=n_rows, steps=steps, scales=scales, scale=number_or_best(scale_text, "--scale"),
         cfg_scale=number_or_best(cfg_scale_text, "--cfg-scale"), sweep_n=sweep_n, sweep_steps=sweep_steps,
         sweep_methods=methods, per_attribute_n=per_attribute_n, cycle_n=cycle_n, cycles=cycles,
-        cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight, chunk_size=chunk_size,
+        cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight,
+        descendant_weight=descendant_weight, chunk_size=chunk_size,
         seed=seed)
     pipe = _load_pipeline(pipeline_dir)
     ablation = None if ablation_dir is None else _load_pipeline(ablation_dir)

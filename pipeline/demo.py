@@ -72,7 +72,9 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
         scales[node] = (w_cfg, w)
         imgs = []
         for g in GUIDANCES:
-            groups, weights = resolve_guidance(pipe.graph, [node], g, w_cfg if g == "cfg" else w)
+            groups, weights = resolve_guidance(pipe.graph, [node], g, w_cfg if g == "cfg" else w,
+                                               invariant_weight=pipe.config.invariant_weight,
+                                               descendant_weight=pipe.config.descendant_weight)
             imgs.append(pipe.decode(x_T, cond, guidance=g, groups=groups, weights=weights,
                                     steps=steps, progress=progress))
         columns[node] = imgs

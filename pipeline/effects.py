@@ -495,7 +495,8 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
     plans = {}
     for arm, arm_do in arms.items():
         arm_scale = cfg.default_scale(list(arm_do)) if scale is None else scale
-        groups, weights = resolve_guidance(pipeline.graph, list(arm_do), guidance, arm_scale, None, None, iw)
+        groups, weights = resolve_guidance(pipeline.graph, list(arm_do), guidance, arm_scale, None, None, iw,
+                                           cfg.descendant_weight)
         plans[arm] = (arm_do, arm_scale, groups, weights)
 
     refine = int(getattr(cfg, "refine_steps", 0) or 0)

@@ -80,6 +80,7 @@ def resolve_guidance(
     groups: Sequence[Sequence[str]] | str | None = None,
     weights: Sequence[float] | None = None,
     invariant_weight: float = 1.0,
+    descendant_weight: float | None = None,
 ) -> tuple[list[list[str]], list[float]]:
     """Turn the user's guidance arguments into explicit ``(groups, weights)``.
 
@@ -88,37 +89,59 @@ def resolve_guidance(
     * ``guidance="dcfg"``: the DAG groups (affected -> ``scale``, invariant -> ``invariant_weight``),
       or ``groups="per_attribute"`` (one group per image parent, affected ones at ``scale``), or
       explicit ``groups`` and ``weights``.
+    * ``descendant_weight`` (DCFG only; ``None``, the paper's grouping, by default): when a number, the
+      affected image parents that are not themselves intervened on (the intervention's descendants)
+      get this weight instead of ``scale``; with the DAG groups they form a group of their own, between
+      the intervened group and the invariant one. Use it when a mediator overshoots its counterfactual
+      value under amplification (on Morpho-MNIST, intensity under do(thickness)).
 
     Returns:
         ``(groups, weights)`` with the groups partitioning the image's parents.
+
+    Example:
+        >>> from pipeline.presets import morphomnist_graph
+        >>> g = morphomnist_graph()
+        >>> resolve_guidance(g, ["thickness"], "dcfg", 3.0)
+        ([['thickness', 'intensity'], ['digit']], [3.0, 1.0])
+        >>> resolve_guidance(g, ["thickness"], "dcfg", 3.0, descendant_weight=1.0)
+        ([['thickness'], ['intensity'], ['digit']], [3.0, 1.0, 1.0])
     """
     if guidance not in ("none", "cfg", "dcfg"):
         raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
     for name, value in (("scale", scale), ("invariant_weight", invariant_weight)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name}={value!r} must be a finite number (e.g. 3.0)")
+    if descendant_weight is not None and (isinstance(descendant_weight, bool)
+                                          or not isinstance(descendant_weight, (int, float))
+                                          or not math.isfinite(descendant_weight)):
+        raise ValueError(f"descendant_weight={descendant_weight!r} must be None (the paper's grouping: "
+                         f"descendants share the intervention's scale) or a finite number (e.g. 1.0)")
     parents = list(graph.image_parents())
     if guidance in ("none", "cfg"):
         if groups is not None or weights is not None:
             raise ValueError(f"groups/weights only apply to guidance='dcfg', not {guidance!r}")
         return [parents], [1.0 if guidance == "none" else float(scale)]
     dag = derive_groups(graph, intervened)
+    direct = set(intervened)
+    descendants = [p for p in dag.affected if p not in direct] if descendant_weight is not None else []
+
+    def weight_of(members: Sequence[str]) -> float:
+        if any(n in dag.affected and n not in descendants for n in members):
+            return float(scale)
+        if any(n in descendants for n in members):
+            return float(descendant_weight)  # type: ignore[arg-type]
+        return float(invariant_weight)
+
     if groups is None or groups == "dag":
         if weights is not None:
             raise ValueError("weights without groups: pass both, or neither to use the DAG groups")
-        out_groups, out_weights = [], []
-        if dag.affected:
-            out_groups.append(list(dag.affected))
-            out_weights.append(float(scale))
-        if dag.invariant:
-            out_groups.append(list(dag.invariant))
-            out_weights.append(float(invariant_weight))
-        return out_groups, out_weights
+        amplified = [p for p in dag.affected if p not in descendants]
+        out_groups = [g for g in (amplified, descendants, list(dag.invariant)) if g]
+        return out_groups, [weight_of(g) for g in out_groups]
     if groups == "per_attribute":
         if weights is not None:
             raise ValueError("weights cannot be combined with groups='per_attribute'")
-        return ([[p] for p in parents],
-                [float(scale) if p in dag.affected else float(invariant_weight) for p in parents])
+        return [[p] for p in parents], [weight_of([p]) for p in parents]
     if isinstance(groups, str):
         raise ValueError(
             f"groups={groups!r} is not understood: use 'dag', 'per_attribute' or a list of lists of "
@@ -136,8 +159,7 @@ def resolve_guidance(
         raise ValueError(
             f"groups {out_groups} must partition the image's parents {parents}: each exactly once")
     if weights is None:
-        out_weights = [float(scale) if any(n in dag.affected for n in g) else float(invariant_weight)
-                       for g in out_groups]
+        out_weights = [weight_of(g) for g in out_groups]
     else:
         if isinstance(weights, str) or not isinstance(weights, Sequence):
             raise TypeError(f"weights={weights!r:.80} must be a list of numbers, one per group")

@@ -124,6 +124,9 @@ class EvaluationConfig:
         cycle_steps: DDIM steps of composition (``None``: ``steps``).
         interventions: intervened nodes (``None``: every image parent).
         invariant_weight: DCFG weight of the invariant group (``None``: the pipeline's).
+        descendant_weight: DCFG weight of the intervention's descendants among the image's parents
+            (``None``: the pipeline's ``config.descendant_weight``; ``"scale"``: the intervention's scale,
+            the paper's grouping; or a number).
         chunk_size: rows per batched call (``None``: the pipeline's).
         grid_n: digits per intervention in ``grid.png``.
         seed: seed of the rows, the targets and the SCM's abduction.
@@ -143,6 +146,7 @@ class EvaluationConfig:
     cycle_steps: int | None = None
     interventions: tuple[str, ...] | None = None
     invariant_weight: float | None = None
+    descendant_weight: float | str | None = None
     chunk_size: int | None = None
     grid_n: int = 4
     seed: int = 0
@@ -217,25 +221,39 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
     iw = float(pipe.config.invariant_weight) if c.invariant_weight is None else float(c.invariant_weight)
     if not math.isfinite(iw):
         raise ValueError(f"invariant_weight={c.invariant_weight!r} must be finite")
+    dw = pipe.config.descendant_weight if c.descendant_weight is None else c.descendant_weight
+    if dw is None or dw == "scale":
+        dw = "scale"
+    elif isinstance(dw, bool) or not isinstance(dw, (int, float)) or not math.isfinite(dw):
+        raise ValueError(f"descendant_weight={c.descendant_weight!r} must be None (the pipeline's), 'scale' (the "
+                         f"intervention's scale, the paper's grouping) or a finite number")
+    else:
+        dw = float(dw)
     return replace(
         c, n=n, steps=steps, scales=scales, scale=scale, cfg_scale=_scale_value("cfg_scale", c.cfg_scale, False),
         sweep_n=sweep_n, sweep_steps=steps if c.sweep_steps is None else _pos_int("sweep_steps", c.sweep_steps),
         sweep_methods=tuple(dict.fromkeys(c.sweep_methods)), per_attribute_n=per_attr, cycle_n=cycle_n,
         cycles=_pos_int("cycles", c.cycles), cycle_steps=steps if c.cycle_steps is None
         else _pos_int("cycle_steps", c.cycle_steps), interventions=interventions, invariant_weight=iw,
+        descendant_weight=dw,
         chunk_size=_pos_int("chunk_size", c.chunk_size if c.chunk_size is not None else pipe.config.chunk_size),
         grid_n=_pos_int("grid_n", c.grid_n, 0), seed=int(c.seed))
 
 
-def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weight: float
-                ) -> tuple[str, list[list[str]], list[float]]:
+def _descendant(value: float | str | None) -> float | None:
+    """A resolved config's ``descendant_weight`` as ``resolve_guidance`` takes it."""
+    return None if value is None or value == "scale" else float(value)
+
+
+def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weight: float,
+                descendant_weight: float | str | None = None) -> tuple[str, list[list[str]], list[float]]:
     from pipeline.groups import resolve_guidance
 
     guidance, groups = METHODS[method]
     if guidance == "cfg" and scale == 1.0:  # CFG at w = 1 is the plain conditional
         guidance = "none"
     g, w = resolve_guidance(graph, [node], guidance, scale if guidance != "none" else 1.0, groups, None,
-                            invariant_weight)
+                            invariant_weight, _descendant(descendant_weight) if guidance == "dcfg" else None)
     return guidance, g, w
 
 
@@ -258,7 +276,8 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
     """
     c = config
     nodes = list(c.interventions)
-    k = {node: {m: nfe_per_step(*_groups_for(graph, node, m, 3.0, 1.0)[:2]) for m in METHODS} for node in nodes}
+    k = {node: {m: nfe_per_step(*_groups_for(graph, node, m, 3.0, 1.0, config.descendant_weight)[:2])
+                for m in METHODS} for node in nodes}
     inv = 1 + int(refine_steps)
     out = {"inversion": inv * c.steps * c.n}
     if c.sweep_steps != c.steps:
@@ -325,7 +344,8 @@ class _Run:
 
     def decode(self, node: str, method: str, scale: float, m: int, steps: int) -> dict[str, Any]:
         """Counterfactual images (and their measurements) of rows [0, m) for one method and scale."""
-        guidance, groups, weights = _groups_for(self.graph, node, method, scale, self.c.invariant_weight)
+        guidance, groups, weights = _groups_for(self.graph, node, method, scale, self.c.invariant_weight,
+                                                self.c.descendant_weight)
         key = (node, guidance, tuple(map(tuple, groups)), tuple(weights), steps)
         entry = self._decoded.get(key)
         done = 0 if entry is None else len(entry["images"])
@@ -489,12 +509,14 @@ class _Run:
             for method in ("none", "cfg", "dcfg"):
                 scale = 1.0 if method == "none" else chosen[node][method]
                 dec = self.decode(node, method, scale, m, c.steps)
-                guidance, _, _ = _groups_for(self.graph, node, method, scale, c.invariant_weight)
+                guidance, groups, weights = _groups_for(self.graph, node, method, scale, c.invariant_weight,
+                                                        c.descendant_weight)
                 dist = reversibility(
                     self.pipe, d.images[:m], {k: v[:m] for k, v in d.parents.items()},
                     {node: d.targets[node][:m]}, guidance, scale, c.steps, counterfactual=dec["images"],
                     counterfactual_parents={k: v[:m] for k, v in self.cf_parents[node].items()},
-                    invariant_weight=c.invariant_weight, seed=c.seed, engine=self.engine)
+                    invariant_weight=c.invariant_weight, groups=groups if guidance == "dcfg" else None,
+                    weights=weights if guidance == "dcfg" else None, seed=c.seed, engine=self.engine)
                 rows.append({"intervention": node, "method": method, "scale": None if method == "none" else scale,
                              "n": m, "steps": c.steps, "l1": float(np.mean(dist))})
         return rows

@@ -200,7 +200,8 @@ def composition(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], cycles
 def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: Mapping[str, Any],
                   guidance: str = "dcfg", scale: float = 3.0, steps: int = 50, *,
                   counterfactual: Tensor | None = None, counterfactual_parents: Mapping[str, Tensor] | None = None,
-                  invariant_weight: float = 1.0, groups: Any = None, seed: int | None = 0, engine: Any = None,
+                  invariant_weight: float = 1.0, groups: Any = None, weights: Any = None, seed: int | None = 0,
+                  engine: Any = None,
                   chunk_size: int | None = None) -> np.ndarray:
     """Reversibility: L1 (0..255) between ``x`` and ``do(a')`` followed by ``do(a)`` back.
 
@@ -214,7 +215,8 @@ def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: 
         images: factual images (B, C, H, W).
         parents: factual attributes (every attribute node).
         do: the intervention there, node -> (B,) values.
-        guidance, scale, invariant_weight, groups: the guidance of both queries (see ``resolve_guidance``).
+        guidance, scale, invariant_weight, groups, weights: the guidance of both queries (see
+            ``resolve_guidance``; explicit ``groups`` with ``weights`` are used as given).
         steps: DDIM steps.
         counterfactual, counterfactual_parents: the way there, if already computed.
         seed: seed of the SCM's abduction.
@@ -229,7 +231,7 @@ def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: 
     from pipeline.groups import resolve_guidance
 
     eng = _engine(pipe, engine, chunk_size)
-    group_lists, weights = resolve_guidance(pipe.graph, list(do), guidance, scale, groups, None, invariant_weight)
+    group_lists, weights = resolve_guidance(pipe.graph, list(do), guidance, scale, groups, weights, invariant_weight)
     if counterfactual is None or counterfactual_parents is None:
         cf_parents = pipe.scm.predict(pipe.scm.abduct(parents, seed=seed), do=dict(do))
         x_T = eng.invert(images, parents, steps)

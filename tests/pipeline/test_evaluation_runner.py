@@ -351,3 +351,34 @@ def test_default_dcfg_scale_is_the_pipelines_per_intervention(tiny_pipeline, toy
     assert run["scales"]["thickness"]["dcfg"] == 1.5 and run["scales"]["digit"]["dcfg"] == 3.0
     dcfg_rows = {node: next(r for r in rows if r["method"] == "dcfg") for node, rows in run["main"].items()}
     assert dcfg_rows["thickness"]["scale"] == 1.5 and dcfg_rows["digit"]["scale"] == 3.0
+
+
+def test_descendant_weight_setting(tiny_pipeline, toy_data):
+    """descendant_weight: None -> the pipeline's (None there: 'scale', the paper's grouping); a number splits
+    the intervention's descendants (intensity under do(thickness)) into their own group, in every decoding and
+    in the NFE plan; reversibility uses the same groups."""
+    import copy
+    from dataclasses import replace
+
+    images, parents, oracles = toy_data
+    base = dict(n=4, steps=2, scales=(1.0, 2.0), scale=2.0, cfg_scale=2.0, sweep_n=4, cycle_n=2, cycles=1,
+                per_attribute_n=0, grid_n=1, interventions=("thickness",))
+    assert resolve_config(EvaluationConfig(**base), tiny_pipeline, 40).descendant_weight == "scale"
+    pipe = copy.copy(tiny_pipeline)
+    pipe.config = replace(pipe.config, descendant_weight=1.0)
+    assert resolve_config(EvaluationConfig(**base), pipe, 40).descendant_weight == 1.0
+    assert resolve_config(EvaluationConfig(**base, descendant_weight="scale"), pipe, 40).descendant_weight == "scale"
+    for bad in ("half", float("nan"), True):
+        with pytest.raises(ValueError, match="descendant_weight"):
+            resolve_config(EvaluationConfig(**base, descendant_weight=bad), pipe, 40)
+
+    res = evaluate(pipe, images, parents, oracles, EvaluationConfig(**base), progress=False)
+    run = res.metrics["pipelines"]["main"]
+    dcfg_rows = [r for r in run["sweep"]["thickness"] + run["main"]["thickness"] if r["method"] == "dcfg"]
+    assert dcfg_rows and all(r["groups"] == [["thickness"], ["intensity"], ["digit"]] for r in dcfg_rows)
+    assert all(r["weights"][1:] == [1.0, 1.0] for r in dcfg_rows)
+    assert run["nfe"] == res.metrics["plan_nfe"]  # 4 rows per DCFG step, counted before the run
+    paper = evaluate(tiny_pipeline, images, parents, oracles, EvaluationConfig(**base), progress=False)
+    prow = next(r for r in paper.metrics["pipelines"]["main"]["main"]["thickness"] if r["method"] == "dcfg")
+    assert prow["groups"] == [["thickness", "intensity"], ["digit"]]
+    assert paper.metrics["pipelines"]["main"]["nfe"]["sweep"] < run["nfe"]["sweep"]

@@ -71,3 +71,30 @@ def test_resolve_guidance_errors(graph, kwargs, match):
     kwargs.setdefault("scale", 3.0)
     with pytest.raises(ValueError, match=match):
         resolve_guidance(graph, ["b"], **kwargs)
+
+
+def test_descendant_weight_splits_the_affected_group(graph):
+    # do(b): b is intervened on, c is its descendant; d is invariant
+    assert resolve_guidance(graph, ["b"], "dcfg", 3.0, descendant_weight=1.0) == (
+        [["b"], ["c"], ["d"]], [3.0, 1.0, 1.0])
+    assert resolve_guidance(graph, ["b"], "dcfg", 3.0, invariant_weight=0.5, descendant_weight=2.0) == (
+        [["b"], ["c"], ["d"]], [3.0, 2.0, 0.5])
+    # None is the paper's grouping: descendants share the intervention's scale
+    assert resolve_guidance(graph, ["b"], "dcfg", 3.0, descendant_weight=None) == ([["b", "c"], ["d"]], [3.0, 1.0])
+    # no descendants among the image's parents: nothing to split
+    assert resolve_guidance(graph, ["c"], "dcfg", 3.0, descendant_weight=1.0) == ([["c"], ["b", "d"]], [3.0, 1.0])
+    # a non-parent intervention (a -> b -> c): every affected parent is a descendant
+    assert resolve_guidance(graph, ["a"], "dcfg", 3.0, descendant_weight=1.5) == ([["b", "c"], ["d"]], [1.5, 1.0])
+    assert resolve_guidance(graph, ["b"], "dcfg", 4.0, groups="per_attribute", descendant_weight=1.0) == (
+        [["b"], ["c"], ["d"]], [4.0, 1.0, 1.0])
+    # an explicit group holding an intervened node gets the scale; one with only descendants their weight
+    assert resolve_guidance(graph, ["b"], "dcfg", 4.0, groups=[["b", "d"], ["c"]], descendant_weight=1.5) == (
+        [["b", "d"], ["c"]], [4.0, 1.5])
+    # CFG and none ignore it (one group)
+    assert resolve_guidance(graph, ["b"], "cfg", 2.0, descendant_weight=1.0) == ([["b", "c", "d"]], [2.0])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1", True])
+def test_descendant_weight_must_be_a_finite_number(graph, bad):
+    with pytest.raises(ValueError, match="descendant_weight"):
+        resolve_guidance(graph, ["b"], "dcfg", 3.0, descendant_weight=bad)

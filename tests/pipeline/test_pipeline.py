@@ -154,3 +154,32 @@ def test_truncated_scm_weights_are_reported(tiny_pipeline, tmp_path):
     w.write_bytes(w.read_bytes()[:50])
     with pytest.raises(ValueError, match="safetensors"):
         CounterfactualPipeline.load(path)
+
+
+def test_descendant_weight_from_config_and_per_query(tiny_pipeline, tiny_batch, tmp_path):
+    """thickness -> intensity: under do(thickness) intensity is a descendant; a descendant weight gives it a
+    group of its own, the query argument overrides the config, and the value survives save/load."""
+    from dataclasses import replace
+
+    x, a = tiny_batch
+    do = {"thickness": 4.0}
+    paper = tiny_pipeline.counterfactual(x, a, do=do, scale=3.0, steps=10, seed=0)
+    assert paper.groups == [["thickness", "intensity"], ["digit"]] and paper.weights == [3.0, 1.0]
+    split = tiny_pipeline.counterfactual(x, a, do=do, scale=3.0, steps=10, seed=0, descendant_weight=1.0)
+    assert split.groups == [["thickness"], ["intensity"], ["digit"]] and split.weights == [3.0, 1.0, 1.0]
+    assert not torch.allclose(paper.image, split.image)
+    explicit = tiny_pipeline.counterfactual(x, a, do=do, steps=10, seed=0, groups=split.groups,
+                                            weights=split.weights)
+    assert torch.equal(explicit.image, split.image)
+
+    pipe = CounterfactualPipeline(tiny_pipeline.graph, tiny_pipeline.scm, tiny_pipeline.image_model,
+                                  replace(tiny_pipeline.config, descendant_weight=1.0))
+    loaded = CounterfactualPipeline.load(pipe.save(tmp_path / "pipe"))
+    assert loaded.config.descendant_weight == 1.0
+    from_config = loaded.counterfactual(x, a, do=do, scale=3.0, steps=10, seed=0)
+    assert from_config.groups == split.groups and torch.equal(from_config.image, split.image)
+    back_to_paper = loaded.counterfactual(x, a, do=do, scale=3.0, steps=10, seed=0, descendant_weight=None)
+    assert back_to_paper.groups == paper.groups and torch.equal(back_to_paper.image, paper.image)
+    with pytest.raises(ValueError, match="descendant_weight"):
+        PipelineConfigCls = type(tiny_pipeline.config)
+        PipelineConfigCls(descendant_weight=float("nan"))
