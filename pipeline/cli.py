@@ -210,6 +210,31 @@ def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, threads
     click.echo(f"wrote {out_dir}/demo.png")
 
 
+_DESCENDANT_OPT = click.option(
+    "--descendant-weight", "descendant_weight_text", default=None,
+    help="DCFG weight of the intervention's descendants among the image's parents: a number, or 'scale' "
+         "(they share the intervention's scale, the paper's grouping). Default: the pipeline's.")
+
+
+def _given(value: object, default: object) -> bool:
+    """Whether an option's value belongs in a recorded command line: set, not an unset flag, not the
+    default (``0`` counts as given: ``--cycle-n 0`` differs from leaving it out)."""
+    return value is not None and value is not False and not (value == default and type(value) is type(default))
+
+
+def _descendant_weight(text: str | None) -> float | str | None:
+    """``--descendant-weight`` as a number, ``"scale"`` or ``None`` (the pipeline's); exits 2 otherwise."""
+    if text is None or text == "scale":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        _fail(f"--descendant-weight {text!r} must be a number or 'scale'")
+    if not math.isfinite(value):
+        _fail(f"--descendant-weight {text!r} must be a finite number or 'scale'")
+    return value
+
+
 @main.command()
 @click.option("--image", "image_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="The factual image (PNG/JPEG).")
@@ -222,11 +247,12 @@ def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, threads
 @click.option("--scale", type=float, default=None, help="Guidance scale (default: the pipeline's).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@_DESCENDANT_OPT
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @_PIPELINE_OPT
 @_THREADS_OPT
-def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, out_path,
-                   pipeline_dir, threads):
+def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, descendant_weight_text,
+                   out_path, pipeline_dir, threads):
     """One counterfactual query on one image; writes the counterfactual PNG."""
     from pipeline.images import read_image, save_image
     from pipeline.parsing import check_writable, parse_assignments, parse_do
@@ -237,6 +263,7 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
         check_writable(out_path)
     except ValueError as e:
         _fail(str(e))
+    descendant_weight = _descendant_weight(descendant_weight_text)
     _threads(threads)
     pipe = _load_pipeline(pipeline_dir)
     shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
@@ -245,7 +272,9 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
     try:
         x = read_image(image_path, channels=shape[0], size=shape[1:])
         res = pipe.counterfactual(x, {k: torch.tensor([v]) for k, v in parents.items()}, do=do,
-                                  guidance=guidance, scale=scale, steps=steps, seed=seed)
+                                  guidance=guidance, scale=scale, steps=steps, seed=seed,
+                                  **({} if descendant_weight is None else
+                                     {"descendant_weight": None if descendant_weight == "scale" else descendant_weight}))
     except (ValueError, TypeError) as e:
         _fail(str(e))
     save_image(res.image, out_path)
@@ -467,9 +496,7 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 @click.option("--interventions", "interventions_text", default=None,
               help="Comma-separated intervened nodes (default: every parent of the image).")
 @click.option("--invariant-weight", type=float, default=None, help="DCFG weight of the invariant group.")
-@click.option("--descendant-weight", "descendant_weight_text", default=None,
-              help="DCFG weight of the intervention's descendants among the image's parents: a number, or "
-                   "'scale' (they share the intervention's scale, the paper's grouping). Default: the pipeline's.")
+@_DESCENDANT_OPT
 @click.option("--ablation-pipeline", "ablation_dir", type=click.Path(), default=None,
               help="A second pipeline (e.g. trained with whole-condition dropout only), evaluated the same way.")
 @click.option("--classifier", "classifier_dir", type=click.Path(), default=None,
@@ -503,14 +530,7 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
         except ValueError:
             _fail(f"{flag} {text!r} must be a number or 'best'")
 
-    descendant_weight = descendant_weight_text
-    if descendant_weight_text not in (None, "scale"):
-        try:
-            descendant_weight = float(descendant_weight_text)
-        except ValueError:
-            _fail(f"--descendant-weight {descendant_weight_text!r} must be a number or 'scale'")
-        if not math.isfinite(descendant_weight):
-            _fail(f"--descendant-weight {descendant_weight_text!r} must be finite")
+    descendant_weight = _descendant_weight(descendant_weight_text)
     try:
         scales = tuple(float(s) for s in scales_text.split(","))
     except ValueError:
@@ -527,7 +547,7 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
     ctx = click.get_current_context()
     command = "dcfg evaluate" + "".join(
         f" {p.opts[0]}" + ("" if p.is_flag else f" {ctx.params[p.name]}") for p in ctx.command.params
-        if isinstance(p, click.Option) and ctx.params.get(p.name) not in (None, p.default, False))
+        if isinstance(p, click.Option) and _given(ctx.params.get(p.name), p.default))
     from pipeline.evaluation.runner import EvaluationConfig, run_evaluation
 
     config = EvaluationConfig(

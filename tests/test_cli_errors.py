@@ -143,6 +143,8 @@ COUNTERFACTUAL_CASES = {
     "threads: -1": (dict(threads="-1"), "--threads"),
     "seed: too large": (dict(seed=str(2 ** 70)), "seed="),
     "guidance: unknown": (dict(guidance="dcfg2"), "--guidance"),
+    "descendant weight: not a number": (dict(descendant_weight="half"), "--descendant-weight 'half'"),
+    "descendant weight: inf": (dict(descendant_weight="inf"), "finite"),
 }
 
 
@@ -201,6 +203,8 @@ OTHER_CASES = {
                                      "not a writable directory"),
     "evaluate: bad --scales": (["evaluate", "--pipeline", "{F}/pipe", "--scales", "1,two", "--out", "{OUT}"],
                                "--scales"),
+    "evaluate: bad --descendant-weight": (["evaluate", "--pipeline", "{F}/pipe", "--descendant-weight", "paper",
+                                           "--out", "{OUT}"], "--descendant-weight 'paper'"),
     "unknown option": (["counterfactual", "--dose", "t=1"], "No such option"),
 }
 

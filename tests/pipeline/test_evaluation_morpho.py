@@ -165,10 +165,14 @@ def test_cli_ablation_and_classifier_flags(saved, cache_dir, tmp_path, monkeypat
     DigitClassifier().save_pretrained(clf)
     out = tmp_path / "eval"
     res = _run(["--pipeline", str(saved / "no_clf"), "--classifier", str(clf), "--ablation-pipeline",
-                str(saved / "with_clf"), "--interventions", "digit", "--per-attribute-n", "0", *QUICK, "--out",
-                str(out)], cache_dir, monkeypatch)
+                str(saved / "with_clf"), "--interventions", "digit", "--per-attribute-n", "0", "--descendant-weight",
+                "1", *QUICK, "--out", str(out)], cache_dir, monkeypatch)
     assert res.exit_code == 0, res.output
     metrics = json.loads((out / "metrics.json").read_text())
+    # a zero is recorded in the command (leaving --per-attribute-n out would mean the default, not 0)
+    assert "--per-attribute-n 0" in metrics["settings"]["command"]
+    assert "--descendant-weight 1" in metrics["settings"]["command"]
+    assert metrics["settings"]["descendant_weight"] == 1.0
     assert set(metrics["pipelines"]) == {"main", "ablation"}
     assert list(metrics["pipelines"]["ablation"]["main"]) == ["digit"]
     assert "DCFG (ablation)" in (out / "report.md").read_text()
