@@ -4,7 +4,9 @@ What runs (for each pipeline: the evaluated one, and an optional ablation evalua
 
 1. **Rows and targets.** ``n`` test rows are drawn by a seeded permutation; the scale sweep uses its
    first ``sweep_n`` rows and composition/reversibility its first ``cycle_n`` rows, so the subsets are
-   random samples nested in the main rows. Intervention values come from :meth:`Oracles.draw_targets`.
+   random samples nested in the main rows. Intervention values come from :meth:`Oracles.draw_targets`,
+   each intervention from its own stream seeded by (seed, node): a run on some of the interventions draws
+   the same targets for them as a run on all, and the first ``m`` targets do not depend on ``n``.
    ``do(random parent)`` gives every row one intervened parent drawn uniformly, with the same target
    value as that row's single-parent query, so its counterfactuals are those queries' (no extra cost).
 2. **Abduction, once.** Every row is DDIM-inverted once per step count, under its factual parents; that
@@ -65,6 +67,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -588,6 +591,13 @@ class _Data:
     oracles: Oracles
 
 
+def _target_generator(seed: int, node: str) -> torch.Generator:
+    """The random stream of one intervention's targets: seeded by (seed, node name) alone, so that a run
+    on a subset of the interventions (``--interventions digit``) draws the same targets as a full run."""
+    state = np.random.SeedSequence([int(seed) % (1 << 64), zlib.crc32(node.encode())]).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]) & ((1 << 63) - 1))
+
+
 def _prepare(images: Tensor, parents: Mapping[str, Tensor], oracles: Oracles, c: EvaluationConfig,
              rows: Tensor | None, reference_images: Tensor | None, graph: Any) -> tuple[_Data, dict[str, Any]]:
     n_all = len(images)
@@ -596,7 +606,8 @@ def _prepare(images: Tensor, parents: Mapping[str, Tensor], oracles: Oracles, c:
     x = images[sel]
     pa = {k: torch.as_tensor(v)[sel] for k, v in parents.items()}
     data_rows = (torch.arange(n_all) if rows is None else torch.as_tensor(rows).long())[sel]
-    targets = {node: torch.as_tensor(oracles.draw_targets(node, pa, gen)) for node in c.interventions}
+    targets = {node: torch.as_tensor(oracles.draw_targets(node, pa, _target_generator(c.seed, node)))
+               for node in c.interventions}
     choice = torch.randint(0, len(c.interventions), (c.n,), generator=gen).numpy()
     measured = oracles.measure(x)
     missing = [p for p in graph.image_parents() if p not in measured]
