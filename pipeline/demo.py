@@ -7,7 +7,7 @@ classifier), prints a table and writes ``demo.png``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,8 @@ class DemoRow:
     images: list[Tensor]      # factual, then one per guidance
     measured: list[dict]      # thickness, intensity, digit per image
     scales: tuple[float, float] = (1.0, 1.0)  # CFG scale, DCFG scale
+    dcfg_groups: list[list[str]] = field(default_factory=list)  # DCFG's groups and their weights
+    dcfg_weights: list[float] = field(default_factory=list)
 
 
 def _targets(attrs: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
@@ -63,6 +65,7 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
     u = pipe.scm.abduct(attrs, seed=seed)
     columns: dict[str, list[Tensor]] = {}
     scales: dict[str, tuple[float, float]] = {}
+    dcfg_used: dict[str, tuple[list[list[str]], list[float]]] = {}
     for node in ("thickness", "intensity", "digit"):
         do = {node: targets[node]}
         cf_parents = pipe.scm.predict(u, do=do)
@@ -75,6 +78,8 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
             groups, weights = resolve_guidance(pipe.graph, [node], g, w_cfg if g == "cfg" else w,
                                                invariant_weight=pipe.config.invariant_weight,
                                                descendant_weight=pipe.config.descendant_weight)
+            if g == "dcfg":
+                dcfg_used[node] = (groups, weights)
             imgs.append(pipe.decode(x_T, cond, guidance=g, groups=groups, weights=weights,
                                     steps=steps, progress=progress))
         columns[node] = imgs
@@ -94,7 +99,8 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
             tgt = targets[node][j]
             tgt_s = f"{node}={int(tgt)}" if node == "digit" else f"{node}={float(tgt):.1f}"
             rows.append(DemoRow(node, tgt_s, [x[j]] + [b[j] for b in imgs],
-                                [fact_m[j]] + [m[j] for m in col_m[node]], scales[node]))
+                                [fact_m[j]] + [m[j] for m in col_m[node]], scales[node],
+                                *dcfg_used[node]))
     _plot(rows, out_dir / "demo.png")
     return rows
 
@@ -107,7 +113,7 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
 
     from .images import atomic_save
 
-    heads = ["factual", "no guidance", "CFG", "DCFG (affected / invariant)"]
+    heads = ["factual", "no guidance", "CFG", "DCFG (group weights)"]
     fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.9, len(rows) * 2.3))
     axes = np.atleast_2d(axes)
     for r, row in enumerate(rows):
@@ -121,7 +127,8 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
             if c == 2:
                 label += f"\nw={row.scales[0]:g}"
             elif c == 3:
-                label += f"\nw={row.scales[1]:g} / 1"
+                label += "\n" + " ".join(f"{'+'.join(n[0] for n in g)}:{w:g}"
+                                          for g, w in zip(row.dcfg_groups, row.dcfg_weights))
             ax.set_xlabel(label, fontsize=7)
             if r == 0:
                 ax.set_title(heads[c], fontsize=8)

@@ -243,9 +243,10 @@ def train_morphomnist(
                 "digit": digits}
 
     # Guidance defaults of the bundled pipeline (8,472 steps; see the README's evaluation): thickness
-    # and the digit need amplification (scale 2), intensity overshoots when amplified (scale 1).
-    pcfg = PipelineConfig(scale=2.0, steps=50, attribute_scales={"thickness": 2.0, "intensity": 1.0,
-                                                                 "digit": 2.0})
+    # (scale 3) and the digit (scale 2) need amplification; intensity overshoots when amplified, so it
+    # keeps weight 1 both when intervened on and as thickness's descendant (descendant_weight).
+    pcfg = PipelineConfig(scale=2.0, steps=50, attribute_scales={"thickness": 3.0, "intensity": 1.0,
+                                                                 "digit": 2.0}, descendant_weight=1.0)
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                        dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
     return train_pipeline(graph, scm_data, image_data, out, train_config=tcfg,
