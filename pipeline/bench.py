@@ -111,7 +111,9 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
     fwd: dict[int, float] = {}
     rows = []
     for guidance in ("cfg", "dcfg"):
-        groups, _ = resolve_guidance(pipe.graph, list(do), guidance, 3.0)
+        groups, _ = resolve_guidance(pipe.graph, list(do), guidance, 3.0,  # the groups the query will use
+                                     invariant_weight=pipe.config.invariant_weight,
+                                     descendant_weight=pipe.config.descendant_weight)
         k = len(groups) + 1
         for r in (batch, k * batch):
             if r not in fwd:
