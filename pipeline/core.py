@@ -287,7 +287,8 @@ class CounterfactualPipeline:
         scale = cfg.default_scale(list(do or {})) if scale is None else scale
         steps = cfg.steps if steps is None else steps
         invariant_weight = cfg.invariant_weight if invariant_weight is None else invariant_weight
-        descendant_weight = cfg.descendant_weight if descendant_weight == "config" else descendant_weight
+        if isinstance(descendant_weight, str) and descendant_weight == "config":
+            descendant_weight = cfg.descendant_weight
         chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
