@@ -271,10 +271,10 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
 
     try:
         x = read_image(image_path, channels=shape[0], size=shape[1:])
+        # the CLI's default (None) is the pipeline's config; "scale" is the paper's grouping (None in Python)
+        dw = "config" if descendant_weight is None else None if descendant_weight == "scale" else descendant_weight
         res = pipe.counterfactual(x, {k: torch.tensor([v]) for k, v in parents.items()}, do=do,
-                                  guidance=guidance, scale=scale, steps=steps, seed=seed,
-                                  **({} if descendant_weight is None else
-                                     {"descendant_weight": None if descendant_weight == "scale" else descendant_weight}))
+                                  guidance=guidance, scale=scale, steps=steps, seed=seed, descendant_weight=dw)
     except (ValueError, TypeError) as e:
         _fail(str(e))
     save_image(res.image, out_path)
@@ -515,8 +515,8 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
                      sweep_methods_text, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
-                     invariant_weight, descendant_weight_text, ablation_dir, classifier_dir, root, max_sources, seed, data_seed, chunk_size,
-                     n_jobs, out_dir, threads, quiet):
+                     invariant_weight, descendant_weight_text, ablation_dir, classifier_dir, root, max_sources, seed,
+                     data_seed, chunk_size, n_jobs, out_dir, threads, quiet):
     """Score CFG vs DCFG counterfactuals on the test digits; write metrics, report and plots.
 
     Effectiveness, spurious change, ground truth, composition, reversibility, realism and the trade-off
