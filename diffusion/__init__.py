@@ -14,13 +14,14 @@ This package never imports ``scm`` or ``pipeline``.
 from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
 from diffusion.ddim import ddim_invert, ddim_sample, ddim_timesteps
 from diffusion.embedding import AttributeSplitEmbedding
-from diffusion.guidance import cfg, check_groups, dcfg, guided_eps_fn
+from diffusion.guidance import DCFG_ANCHORS, cfg, check_anchor, check_groups, dcfg, dcfg_rows, guided_eps_fn
 from diffusion.model import ConditionalUNet
 from diffusion.schedule import alphas_cumprod
 from diffusion.training import TrainResult, train
 
 __all__ = [
     "AttributeSpec",
+    "DCFG_ANCHORS",
     "AttributeSplitEmbedding",
     "ConditionalUNet",
     "ImageModelConfig",
@@ -28,8 +29,10 @@ __all__ = [
     "TrainResult",
     "alphas_cumprod",
     "cfg",
+    "check_anchor",
     "check_groups",
     "dcfg",
+    "dcfg_rows",
     "ddim_invert",
     "ddim_sample",
     "ddim_timesteps",

@@ -16,6 +16,20 @@ With one group holding every conditioned attribute, c^(1) = c and DCFG is exactl
 M + 1 conditions along the batch and call the model ONCE on the (M + 1) * B rows (row block 0 is the null
 condition, block m the condition c^(m)), so guidance costs one batched forward per sampling step.
 
+DCFG anchored at the full condition (``anchor="full"``; this project's variant, not the paper's equation). With
+``c^(-m)`` the condition that nulls group m only:
+
+    eps = eps(x, c) + sum_{m=1..M} (w_m - 1) * (eps(x, c) - eps(x, c^(-m)))
+
+Each group's direction is taken *given all the other groups*: ``eps(x, c) - eps(x, c^(-m))`` is (minus, scaled)
+the score of the implicit classifier ``p(c_m | x, c_(-m))``, while the paper's ``eps(x, c^(m)) - eps(x, null)``
+is that of ``p(c_m | x)``. The two agree when the groups are conditionally independent given ``x``
+(``p(x | c)`` factorises into the groups' experts); when they are not, amplifying ``p(c_m | x)`` also moves the
+attributes that co-vary with group m, which is the spurious change DCFG exists to avoid. Weight 1 on every group
+is exactly the plain conditional ``eps(x, c)`` (with ``anchor="null"`` it is the product of the groups' experts),
+one group is exactly CFG again, and a group at weight 1 costs nothing: the forward has ``1 + #{m: w_m != 1}``
+row blocks instead of ``M + 1``.
+
 Example:
     >>> import torch
     >>> def eps_model(x, t, attrs, keep_mask):  # a toy model: eps = x + sum of kept attribute values
@@ -27,6 +41,8 @@ Example:
     [7.0, 7.0]
     >>> cfg(eps_model, x, t, attrs, w=2.0).flatten().tolist()
     [22.0, 22.0]
+    >>> dcfg(eps_model, x, t, attrs, groups=[["a"], ["b"]], weights=[2.0, 1.0], anchor="full").flatten().tolist()
+    [12.0, 12.0]
 """
 from __future__ import annotations
 
@@ -38,6 +54,7 @@ from torch import Tensor
 
 EpsModel = Callable[[Tensor, Tensor, Mapping[str, Tensor], Mapping[str, Tensor]], Tensor]
 GUIDANCE_MODES = ("none", "cfg", "dcfg")
+DCFG_ANCHORS = ("null", "full")
 
 
 def _timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tensor:
@@ -126,13 +143,36 @@ def cfg(eps_model: EpsModel, x: Tensor, t: Tensor | int, attrs: Mapping[str, Ten
     return e_null + w * (e_cond - e_null)
 
 
+def check_anchor(anchor: Any) -> str:
+    """Validate DCFG's ``anchor``: ``"null"`` (the paper's equation) or ``"full"`` (see the module docstring)."""
+    if not isinstance(anchor, str) or anchor not in DCFG_ANCHORS:
+        raise ValueError(f"anchor={anchor!r} must be 'null' (the paper's DCFG: eps(null) + sum_m w_m (eps(c^m) - "
+                         f"eps(null))) or 'full' (eps(c) + sum_m (w_m - 1) (eps(c) - eps(c^-m)))")
+    return anchor
+
+
+def dcfg_rows(groups: Sequence[Sequence[str]], weights: Sequence[float], anchor: str = "null") -> int:
+    """Row blocks of one DCFG forward (network evaluations per image and step).
+
+    Example:
+        >>> dcfg_rows([["t"], ["i"], ["y"]], [3.0, 1.0, 1.0]), dcfg_rows([["t"], ["i"], ["y"]], [3.0, 1.0, 1.0], "full")
+        (4, 2)
+    """
+    if check_anchor(anchor) == "null":
+        return len(groups) + 1
+    return 1 + sum(1 for w in weights if float(w) != 1.0)
+
+
 def dcfg(eps_model: EpsModel, x: Tensor, t: Tensor | int, attrs: Mapping[str, Tensor],
-         groups: Sequence[Sequence[str]], weights: Sequence[float]) -> Tensor:
+         groups: Sequence[Sequence[str]], weights: Sequence[float], anchor: str = "null") -> Tensor:
     """Decoupled classifier-free guidance: one weight per attribute group, in one batched forward.
 
+    ``anchor="null"`` (default), the paper's equation (arXiv 2506.14399):
     ``eps = eps(x, null) + sum_m weights[m] * (eps(x, c^(m)) - eps(x, null))``, where ``c^(m)`` keeps only
-    ``groups[m]`` (arXiv 2506.14399). The groups must partition ``attrs``' keys; to leave an attribute
-    unconditioned, leave it out of ``attrs``.
+    ``groups[m]``. ``anchor="full"``: ``eps = eps(x, c) + sum_m (weights[m] - 1) * (eps(x, c) - eps(x, c^(-m)))``,
+    where ``c^(-m)`` nulls only ``groups[m]``: each group is amplified given the others, and weight 1 on every
+    group is the plain conditional (see the module docstring). The groups must partition ``attrs``' keys; to
+    leave an attribute unconditioned, leave it out of ``attrs``.
 
     Args:
         eps_model: ``eps_model(x, t, attrs, keep_mask) -> eps``.
@@ -141,6 +181,7 @@ def dcfg(eps_model: EpsModel, x: Tensor, t: Tensor | int, attrs: Mapping[str, Te
         attrs: the condition, name -> ``(B,)``.
         groups: M lists of attribute names partitioning ``attrs``.
         weights: M guidance weights.
+        anchor: ``"null"`` or ``"full"``.
 
     Returns:
         The guided noise prediction ``(B, C, H, W)``.
@@ -151,10 +192,16 @@ def dcfg(eps_model: EpsModel, x: Tensor, t: Tensor | int, attrs: Mapping[str, Te
         >>> dcfg(toy, torch.zeros(1, 1), 0, {"a": torch.tensor([1.0]), "b": torch.tensor([2.0])},
         ...      [["a"], ["b"]], [3.0, 1.0]).item()
         5.0
+        >>> dcfg(toy, torch.zeros(1, 1), 0, {"a": torch.tensor([1.0]), "b": torch.tensor([2.0])},
+        ...      [["a"], ["b"]], [3.0, 1.0], anchor="full").item()
+        5.0
     """
     groups, weights = check_groups(attrs, groups, weights)
+    anchor = check_anchor(anchor)
     B, M = x.shape[0], len(groups)
     t = _timesteps(t, B, x.device)
+    if anchor == "full":
+        return _dcfg_full(eps_model, x, t, attrs, groups, weights)
     # rows [0, B): the null condition; rows [m B, (m + 1) B): keep group m only
     keep = {k: torch.cat([torch.zeros(B, dtype=torch.bool, device=x.device)]
                          + [torch.full((B,), k in g, dtype=torch.bool, device=x.device) for g in groups])
@@ -169,9 +216,28 @@ def dcfg(eps_model: EpsModel, x: Tensor, t: Tensor | int, attrs: Mapping[str, Te
     return out
 
 
+def _dcfg_full(eps_model: EpsModel, x: Tensor, t: Tensor, attrs: Mapping[str, Tensor],
+               groups: list[list[str]], weights: list[float]) -> Tensor:
+    """``eps(x, c) + sum_m (w_m - 1) (eps(x, c) - eps(x, c^(-m)))``; groups at weight 1 get no rows."""
+    B = x.shape[0]
+    amplified = [m for m, w in enumerate(weights) if w != 1.0]
+    # rows [0, B): the full condition; rows [(j + 1) B, (j + 2) B): the condition without group amplified[j]
+    keep = {k: torch.cat([torch.ones(B, dtype=torch.bool, device=x.device)]
+                         + [torch.full((B,), k not in groups[m], dtype=torch.bool, device=x.device) for m in amplified])
+            for k in attrs}
+    K = len(amplified) + 1
+    e = eps_model(torch.cat([x] * K), torch.cat([t] * K), {k: torch.cat([v] * K) for k, v in attrs.items()}, keep)
+    e = e.view(K, B, *e.shape[1:])
+    e_full = e[0]
+    out = e_full
+    for j, m in enumerate(amplified):
+        out = out + (weights[m] - 1.0) * (e_full - e[j + 1])
+    return out
+
+
 def guided_eps_fn(model: Any, attrs: Mapping[str, Tensor], guidance: str = "none", scale: float = 1.0,
-                  groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None
-                  ) -> Callable[[Tensor, Tensor], Tensor]:
+                  groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
+                  anchor: str = "null") -> Callable[[Tensor, Tensor], Tensor]:
     """The ``eps_fn(x, t)`` closure for :func:`ddim_sample` / :func:`ddim_invert` under a guidance mode.
 
     Args:
@@ -182,6 +248,7 @@ def guided_eps_fn(model: Any, attrs: Mapping[str, Tensor], guidance: str = "none
         scale: the CFG weight, and the default DCFG weight.
         groups: DCFG's attribute groups (required for ``"dcfg"``); they must partition ``attrs``.
         weights: DCFG's per-group weights.
+        anchor: DCFG's formulation, ``"null"`` (the paper's) or ``"full"`` (see :func:`dcfg`).
 
     Returns:
         ``eps_fn(x, t) -> eps``. Arguments are validated now, before any model call.
@@ -206,6 +273,7 @@ def guided_eps_fn(model: Any, attrs: Mapping[str, Tensor], guidance: str = "none
         raise ValueError(f"guidance={guidance!r} is not one of {GUIDANCE_MODES}")
     if guidance != "dcfg" and (groups is not None or weights is not None):
         raise ValueError(f"groups/weights only apply to guidance='dcfg', not {guidance!r}")
+    anchor = check_anchor(anchor)
     if guidance == "none":
         return lambda x, t: eps_model(x, t, attrs, None)
     scale = _check_weight(scale, "scale")
@@ -215,4 +283,4 @@ def guided_eps_fn(model: Any, attrs: Mapping[str, Tensor], guidance: str = "none
         raise ValueError("guidance='dcfg' needs groups: lists of attribute names partitioning "
                          f"{list(attrs)}, e.g. {[[k] for k in attrs]}")
     groups, weights = check_groups(attrs, groups, [scale] * len(groups) if weights is None else weights)
-    return lambda x, t: dcfg(eps_model, x, t, attrs, groups, weights)
+    return lambda x, t: dcfg(eps_model, x, t, attrs, groups, weights, anchor)

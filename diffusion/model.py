@@ -18,10 +18,12 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from diffusers import UNet2DModel
@@ -72,6 +74,50 @@ class ConditionalUNet(nn.Module):
         self._abar_cpu = _alphas_cumprod(config)
         #: rows per backbone call on the CPU without gradients (None: one call); see :meth:`eps`.
         self.cpu_chunk_size: int | None = 64
+        self._precision = "fp32"
+        # the compiled backbone is kept outside the module registry, so state_dict() keys stay as they are
+        object.__setattr__(self, "_compiled", None)
+
+    # ------------------------------------------------------------------ inference speed
+    def set_inference(self, precision: str = "fp32", compile: bool = False) -> "ConditionalUNet":
+        """Speed settings of inference (calls without gradients); training and the saved weights are unaffected.
+
+        Args:
+            precision: ``"fp32"`` (default) or ``"bf16"``: run the backbone under ``torch.autocast`` in
+                bfloat16 (the noise prediction is returned in the input's dtype; the DDIM updates stay in
+                float64). On CPUs with AMX or AVX512-BF16 units it is about 1.6x faster per forward; on the
+                bundled Morpho model it moved the composition error after 10 cycles from 1.82 to 1.92 grey levels
+                and effectiveness by less than 1 %.
+            compile: ``torch.compile`` the backbone (inductor; needs a C++ compiler on the CPU). On the CPU the
+                micro-batches are then padded to ``cpu_chunk_size`` rows so that one shape is compiled (about a
+                minute, once per process); it was 1.8x faster per 64-row forward here, with the same results to
+                the 4th decimal. If compiling fails, a warning is issued and the model runs eagerly.
+
+        Returns:
+            The module itself.
+
+        Example:
+            >>> from diffusion.config import ImageModelConfig
+            >>> net = ConditionalUNet(ImageModelConfig(image_shape=(1, 8, 8), block_out_channels=(8, 8),
+            ...                       attention_levels=(False, False), mid_attention=False, norm_num_groups=4))
+            >>> net.set_inference(precision="bf16").inference_settings
+            {'precision': 'bf16', 'compile': False}
+        """
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r} must be 'fp32' or 'bf16'")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile={compile!r} must be True or False")
+        self._precision = precision
+        compiled = None
+        if compile:
+            compiled = self._compiled if self._compiled is not None else torch.compile(self.unet, dynamic=False)
+        object.__setattr__(self, "_compiled", compiled)
+        return self
+
+    @property
+    def inference_settings(self) -> dict[str, Any]:
+        """``{"precision", "compile"}`` as :meth:`set_inference` left them."""
+        return {"precision": self._precision, "compile": self._compiled is not None}
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -137,6 +183,22 @@ class ConditionalUNet(nn.Module):
         else:
             t = torch.as_tensor(t, device=x_t.device).long().expand(B)
         chunk = self.cpu_chunk_size
+        if chunk and self._compiled is not None and x_t.device.type == "cpu" and not torch.is_grad_enabled():
+            # one compiled shape: every micro-batch is padded to `chunk` rows (the padding is dropped)
+            parts = []
+            for i in range(0, B, chunk):
+                rows = slice(i, i + chunk)
+                x_r, t_r = x_t[rows], t[rows]
+                a_r = {k: v[rows] for k, v in attrs.items()}
+                m_r = None if keep_mask is None else {k: m[rows] for k, m in keep_mask.items()}
+                n = x_r.shape[0]
+                if n < chunk:
+                    pad = chunk - n
+                    x_r, t_r = torch.cat([x_r, x_r[:1].expand(pad, *x_r.shape[1:])]), torch.cat([t_r, t_r[:1].expand(pad)])
+                    a_r = {k: torch.cat([v, v[:1].expand(pad)]) for k, v in a_r.items()}
+                    m_r = None if m_r is None else {k: torch.cat([m, m[:1].expand(pad)]) for k, m in m_r.items()}
+                parts.append(self._eps_rows(x_r, t_r, a_r, m_r)[:n])
+            return torch.cat(parts) if parts else self._eps_rows(x_t, t, attrs, keep_mask)
         if chunk and B > chunk and x_t.device.type == "cpu" and not torch.is_grad_enabled():
             # Micro-batches: on the CPU the UNet's cost per row grows with the batch once its activations
             # outgrow the caches (and large buffers are re-faulted on every call); rows are independent, so
@@ -156,7 +218,21 @@ class ConditionalUNet(nn.Module):
         cond = None
         if self.config.attributes:
             cond = self.embedding(attrs, keep_mask, batch_size=x_t.shape[0], validate=False)
-        out = self.unet(x_in, t, class_labels=cond).sample
+        inference = not torch.is_grad_enabled()
+        backbone = self._compiled if inference and self._compiled is not None else self.unet
+        autocast = (torch.autocast(x_t.device.type, dtype=torch.bfloat16) if inference and self._precision == "bf16"
+                    else contextlib.nullcontext())
+        with autocast:
+            if backbone is self.unet:
+                out = backbone(x_in, t, class_labels=cond).sample
+            else:
+                try:
+                    out = backbone(x_in, t, class_labels=cond).sample
+                except Exception as e:  # noqa: BLE001 - any compiler failure: fall back to the eager module
+                    warnings.warn(f"torch.compile of the image model failed ({type(e).__name__}: {e}); running "
+                                  f"eagerly", RuntimeWarning, stacklevel=2)
+                    object.__setattr__(self, "_compiled", None)
+                    out = self.unet(x_in, t, class_labels=cond).sample
         return out.to(x_t.dtype)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int, attrs: Mapping[str, torch.Tensor] | None = None,

@@ -2,8 +2,9 @@
 
 A query with S DDIM steps runs (1 + r) * S network calls of B rows for the inversion (r fixed-point
 refinements per step), then S calls of k*B rows for the decoding (k = 1 without guidance, 2 for CFG,
-M+1 for DCFG with M groups). The *overhead ratio* divides the query's wall time by the time of those
-same network calls measured alone:
+M+1 for DCFG with M groups, or 1 + the groups not at weight 1 with DCFG anchored at the full
+condition). The *overhead ratio* divides the query's wall time by the time of those same network
+calls measured alone:
 
     ratio = wall / ((1 + r) * S * t_fwd(B) + S * t_fwd(k * B))
 
@@ -30,6 +31,7 @@ from typing import Sequence
 import torch
 
 from .core import CounterfactualPipeline
+from .evaluation.engine import nfe_per_step
 from .groups import resolve_guidance
 
 
@@ -111,10 +113,10 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
     fwd: dict[int, float] = {}
     rows = []
     for guidance in ("cfg", "dcfg"):
-        groups, _ = resolve_guidance(pipe.graph, list(do), guidance, 3.0,  # the groups the query will use
-                                     invariant_weight=pipe.config.invariant_weight,
-                                     descendant_weight=pipe.config.descendant_weight)
-        k = len(groups) + 1
+        groups, weights = resolve_guidance(pipe.graph, list(do), guidance, 3.0,  # the groups the query will use
+                                           invariant_weight=pipe.config.invariant_weight,
+                                           descendant_weight=pipe.config.descendant_weight)
+        k = nfe_per_step(guidance, groups, weights, pipe.config.dcfg_anchor)
         for r in (batch, k * batch):
             if r not in fwd:
                 fwd[r] = _time_forward(pipe, r, repeats)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from diffusion import ConditionalUNet, ddim_invert, ddim_sample, guided_eps_fn
+from diffusion import ConditionalUNet, check_anchor, ddim_invert, ddim_sample, guided_eps_fn
 from scm import SCM, CausalGraph
 from scm.support import as_values
 
@@ -47,6 +47,8 @@ class CounterfactualResult:
         weights: guidance weight of each group.
         noise: abducted exogenous noise: every attribute's noise, plus ``"x_T"`` for the image.
         factual_parents: the attributes the query started from.
+        anchor: DCFG's formulation used to decode (``"null"``, the paper's, or ``"full"``; see
+            :func:`diffusion.guidance.dcfg`); it does not apply to CFG or no guidance.
     """
 
     image: Tensor
@@ -55,6 +57,7 @@ class CounterfactualResult:
     weights: list[float]
     noise: dict[str, Tensor]
     factual_parents: dict[str, Tensor] = field(default_factory=dict)
+    anchor: str = "null"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ class PipelineConfig:
         descendant_weight: DCFG weight of the affected image parents that are not intervened on (the
             intervention's descendants); ``None`` (default, the paper's grouping) gives them the
             intervention's scale. See :func:`pipeline.groups.resolve_guidance`.
+        dcfg_anchor: DCFG's formulation. ``"null"`` (default) is the paper's equation,
+            ``eps(null) + sum_m w_m (eps(c^m) - eps(null))``; ``"full"`` amplifies each group given the
+            others, ``eps(c) + sum_m (w_m - 1) (eps(c) - eps(c^-m))``, so that weight 1 is the plain
+            conditional and groups at weight 1 cost no network rows (see :func:`diffusion.guidance.dcfg`).
     """
 
     guidance: str = "dcfg"
@@ -89,6 +96,7 @@ class PipelineConfig:
     refine_steps: int = 1
     attribute_scales: dict[str, float] = field(default_factory=dict)
     descendant_weight: float | None = None
+    dcfg_anchor: str = "null"
 
     def __post_init__(self) -> None:
         def finite(name: str, value: Any) -> None:
@@ -105,6 +113,9 @@ class PipelineConfig:
         finite("invariant_weight", self.invariant_weight)
         if self.descendant_weight is not None:
             finite("descendant_weight", self.descendant_weight)
+        if not isinstance(self.dcfg_anchor, str) or self.dcfg_anchor not in ("null", "full"):
+            raise ValueError(f"pipeline config dcfg_anchor={self.dcfg_anchor!r} must be 'null' (the paper's DCFG) "
+                             f"or 'full' (each group amplified given the others)")
         count("steps", self.steps, 1)
         count("chunk_size", self.chunk_size, 1)
         count("refine_steps", self.refine_steps, 0)
@@ -255,6 +266,7 @@ class CounterfactualPipeline:
         chunk_size: int | None = None,
         progress: bool = False,
         descendant_weight: float | None | str = "config",
+        anchor: str | None = None,
     ) -> CounterfactualResult:
         """Answer "what would these images look like under ``do``?".
 
@@ -278,6 +290,8 @@ class CounterfactualPipeline:
             descendant_weight: DCFG weight of the intervention's descendants among the image's
                 parents (``"config"``: the pipeline's ``config.descendant_weight``; ``None``: the
                 intervention's scale, as in the paper).
+            anchor: DCFG's formulation, ``"null"`` (the paper's) or ``"full"`` (default: the
+                pipeline's ``config.dcfg_anchor``; see :func:`diffusion.guidance.dcfg`).
 
         Returns:
             A :class:`CounterfactualResult`.
@@ -290,6 +304,7 @@ class CounterfactualPipeline:
         if isinstance(descendant_weight, str) and descendant_weight == "config":
             descendant_weight = cfg.descendant_weight
         chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
+        anchor = check_anchor(cfg.dcfg_anchor if anchor is None else anchor)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -318,16 +333,29 @@ class CounterfactualPipeline:
             x_T = self.invert(x0, fact, steps=steps, progress=progress)
             # 3. Prediction (image): decode x_T under the counterfactual parents with guidance.
             x_cf = self.decode(x_T, cf, guidance=guidance, groups=group_lists,
-                               weights=group_weights, steps=steps, progress=progress)
+                               weights=group_weights, steps=steps, progress=progress, anchor=anchor)
             out_images.append(x_cf)
             x_T_all.append(x_T)
         noise = {k: v for k, v in u.items()}
         noise["x_T"] = torch.cat(x_T_all)
         return CounterfactualResult(
             image=torch.cat(out_images), parents=cf_parents, groups=group_lists,
-            weights=group_weights, noise=noise, factual_parents=parents)
+            weights=group_weights, noise=noise, factual_parents=parents, anchor=anchor)
 
     # ------------------------------------------------------------------ image mechanism
+    def set_inference(self, precision: str = "fp32", compile: bool = False) -> "CounterfactualPipeline":
+        """Speed settings of the image model's inference (see :meth:`ConditionalUNet.set_inference`).
+
+        They are runtime settings, not saved with the pipeline. ``precision="bf16"`` changes the numbers
+        slightly; ``compile=True`` does not (beyond float rounding) and pays a compilation of about a minute
+        on its first call.
+
+        Example:
+            >>> pipe = CounterfactualPipeline.pretrained().set_inference(compile=True)  # doctest: +SKIP
+        """
+        self.image_model.set_inference(precision=precision, compile=compile)
+        return self
+
     def _alphas(self, device: torch.device) -> Tensor:
         return self.image_model.alphas_cumprod.to(device)
 
@@ -344,12 +372,17 @@ class CounterfactualPipeline:
     @torch.no_grad()
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str = "none",
                groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
-               scale: float = 1.0, steps: int | None = None, progress: bool = False) -> Tensor:
-        """DDIM-decode ``x_T`` under ``parents`` with no guidance, CFG or DCFG."""
+               scale: float = 1.0, steps: int | None = None, progress: bool = False,
+               anchor: str | None = None) -> Tensor:
+        """DDIM-decode ``x_T`` under ``parents`` with no guidance, CFG or DCFG.
+
+        ``anchor`` is DCFG's formulation (default: ``config.dcfg_anchor``); it is ignored otherwise.
+        """
         steps = self.config.steps if steps is None else steps
         if guidance == "dcfg":
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="dcfg",
-                                   groups=[list(g) for g in groups], weights=list(weights))
+                                   groups=[list(g) for g in groups], weights=list(weights),
+                                   anchor=self.config.dcfg_anchor if anchor is None else anchor)
         elif guidance == "cfg":
             w = weights[0] if weights else scale
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=w)

@@ -1161,6 +1161,8 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: _Rows, do: Any, guidan
     query = {"do": _do_json(interventions), "guidance": guidance, "scale": scale, "steps": int(steps),
              "seed": seed, "groups": groups, "weights": [float(w) for w in weights], "shard_size": shard_size,
              "chunk_size": int(cfg.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}
+    if guidance == "dcfg":
+        query["anchor"] = cfg.dcfg_anchor
     manifest = Manifest(FORMAT_VERSION, pipe_hash, query, {**rows.spec, "length": len(rows)},
                         _plan(len(rows), shard_size), contents=_contents(graph, image_dtype))
     return manifest, interventions

@@ -242,11 +242,13 @@ def train_morphomnist(
     scm_data = {"thickness": t.float(), "intensity": eq.intensity_from(t, noise["e_i"]).float(),
                 "digit": digits}
 
-    # Guidance defaults of the bundled pipeline (8,472 steps; see the README's evaluation): thickness
-    # (scale 3) and the digit (scale 2) need amplification; intensity overshoots when amplified, so it
-    # keeps weight 1 both when intervened on and as thickness's descendant (descendant_weight).
-    pcfg = PipelineConfig(scale=2.0, steps=50, attribute_scales={"thickness": 3.0, "intensity": 1.0,
-                                                                 "digit": 2.0}, descendant_weight=1.0)
+    # Guidance defaults of the bundled pipeline (8,472 steps; see the README's evaluation): DCFG anchored at
+    # the full condition (each group amplified given the others); thickness (scale 2) and the digit (scale 3)
+    # need amplification; intensity overshoots when amplified, so it keeps weight 1 both when intervened on
+    # and as thickness's descendant (descendant_weight).
+    pcfg = PipelineConfig(scale=2.0, steps=50, attribute_scales={"thickness": 2.0, "intensity": 1.0,
+                                                                 "digit": 3.0}, descendant_weight=1.0,
+                          dcfg_anchor="full")
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                        dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
     return train_pipeline(graph, scm_data, image_data, out, train_config=tcfg,

@@ -2,7 +2,8 @@
 
 A counterfactual query with S DDIM steps costs ``(1 + r) S`` image-NFEs for the inversion (no guidance;
 ``r`` = the pipeline's ``config.refine_steps`` fixed-point iterations per step, 0 by default) and ``k * S`` for
-the decoding, with ``k = 1`` (no guidance), 2 (CFG) or ``M + 1`` (DCFG with M groups).
+the decoding, with ``k = 1`` (no guidance), 2 (CFG) or ``M + 1`` (DCFG with M groups; anchored at the
+full condition, ``1 +`` the number of groups whose weight is not 1).
 :class:`QueryEngine` runs both in chunks of ``chunk_size`` rows (peak memory does not grow with the
 number of images), adds up the image-NFEs it spent, and advances an optional tqdm bar by them.
 
@@ -23,13 +24,21 @@ from torch import Tensor
 __all__ = ["QueryEngine", "nfe_per_step"]
 
 
-def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None) -> int:
-    """Network evaluations per row and DDIM step when decoding: 1 (none), 2 (CFG), M + 1 (DCFG).
+def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None,
+                 weights: Sequence[float] | None = None, anchor: str = "null") -> int:
+    """Network evaluations per row and DDIM step when decoding: 1 (none), 2 (CFG), DCFG's row blocks.
+
+    DCFG with M groups costs ``M + 1`` (``anchor="null"``, the paper's) or ``1 +`` the number of groups
+    whose weight is not 1 (``anchor="full"``, which needs ``weights``).
 
     Example:
         >>> nfe_per_step("none"), nfe_per_step("cfg"), nfe_per_step("dcfg", [["t", "i"], ["y"]])
         (1, 2, 3)
+        >>> nfe_per_step("dcfg", [["t"], ["i"], ["y"]], [3.0, 1.0, 1.0], anchor="full")
+        2
     """
+    from diffusion import dcfg_rows
+
     if guidance == "none":
         return 1
     if guidance == "cfg":
@@ -37,7 +46,9 @@ def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None) -
     if guidance == "dcfg":
         if not groups:
             raise ValueError("guidance='dcfg' needs its groups to count its network evaluations")
-        return len(groups) + 1
+        if anchor == "full" and weights is None:
+            raise ValueError("guidance='dcfg' with anchor='full' needs its weights to count its network evaluations")
+        return dcfg_rows(groups, weights if weights is not None else [1.0] * len(groups), anchor)
     raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
 
 
@@ -86,10 +97,16 @@ class QueryEngine:
 
     @torch.no_grad()
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str,
-               groups: Sequence[Sequence[str]] | None, weights: Sequence[float] | None, steps: int) -> Tensor:
-        """DDIM-decode ``x_T`` under ``parents`` with the given guidance, chunk by chunk."""
+               groups: Sequence[Sequence[str]] | None, weights: Sequence[float] | None, steps: int,
+               anchor: str | None = None) -> Tensor:
+        """DDIM-decode ``x_T`` under ``parents`` with the given guidance, chunk by chunk.
+
+        ``anchor``: DCFG's formulation (default: the pipeline's ``config.dcfg_anchor``).
+        """
         names = list(self.pipe.graph.image_parents())
-        k = nfe_per_step(guidance, groups)
+        if anchor is None:
+            anchor = getattr(self.pipe.config, "dcfg_anchor", "null")
+        k = nfe_per_step(guidance, groups, weights, anchor)
         out = []
         for start in range(0, len(x_T), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
@@ -98,7 +115,8 @@ class QueryEngine:
             if guidance == "none":
                 x = self.pipe.decode(z, cond, guidance="none", steps=steps)
             else:
-                x = self.pipe.decode(z, cond, guidance=guidance, groups=groups, weights=weights, steps=steps)
+                kw = {"anchor": anchor} if guidance == "dcfg" else {}
+                x = self.pipe.decode(z, cond, guidance=guidance, groups=groups, weights=weights, steps=steps, **kw)
             out.append(x.to(x_T.device))
             self._spent(k * steps * len(z))
         return torch.cat(out) if out else x_T[:0].clone()

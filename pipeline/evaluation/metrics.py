@@ -155,6 +155,22 @@ def pareto_front(effectiveness: ArrayLike, spurious: ArrayLike, higher_is_better
     return e[order], s[order]
 
 
+def _at_baseline_best(ea: np.ndarray, sa: np.ndarray, eb: np.ndarray, sb: np.ndarray, sign: float) -> dict:
+    """The method's front against the baseline's at the baseline's most effective point (oriented arrays)."""
+    e_star, s_b = float(eb[-1]), float(sb[-1])
+    out: dict = {"effectiveness": sign * e_star, "method": None, "baseline": s_b, "ratio": None, "reason": None}
+    if not ea[0] <= e_star <= ea[-1]:
+        out["reason"] = (f"the method's front {_span(sign * ea[0], sign * ea[-1])} does not reach the baseline's "
+                         f"best effectiveness {sign * e_star:.4g}")
+        return out
+    out["method"] = float(np.interp(e_star, ea, sa))
+    if s_b <= 0.0:
+        out["reason"] = "the baseline has no spurious change at its best effectiveness (ratio undefined)"
+        return out
+    out["ratio"] = out["method"] / s_b
+    return out
+
+
 def _span(a: float, b: float) -> str:
     lo, hi = sorted((float(a), float(b)))
     return f"[{lo:.4g}, {hi:.4g}]"
@@ -178,6 +194,14 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
     least effective point of the more effective method against the most effective point of the other):
     ``{"ratio": s_A / s_B, "method_more_effective": bool}``; it is not a ratio at equal effectiveness.
 
+    ``at_baseline_best`` is the same comparison at one effectiveness, the baseline's best (the most
+    effective point of its front, where a user of the baseline would run it): ``{"effectiveness",
+    "method", "baseline", "ratio", "reason"}`` with ``method = s_A(e*)`` interpolated on the method's front
+    and ``baseline = s_B(e*)``; ``ratio`` is ``None`` (with a ``reason``) when the method's front does not
+    reach ``e*``. Both curves start from the same unguided point at weight 1, so the mean over the whole
+    common range always includes a stretch where the ratio is near 1 by construction; the ratio at the
+    baseline's best compares the two where guidance is actually used.
+
     Args:
         method: ``(effectiveness, spurious)`` arrays of the method (numerator), e.g. DCFG.
         baseline: the same for the baseline (denominator), e.g. CFG.
@@ -191,8 +215,9 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
     Example:
         >>> cfg = ([1.0, 0.5, 0.2], [0.2, 0.4, 0.6])      # thickness MAE, spurious
         >>> dcfg = ([1.0, 0.5, 0.2], [0.1, 0.2, 0.3])
-        >>> round(equal_effectiveness_ratio(dcfg, cfg, higher_is_better=False)["ratio"], 6)
-        0.5
+        >>> res = equal_effectiveness_ratio(dcfg, cfg, higher_is_better=False)
+        >>> round(res["ratio"], 6), res["at_baseline_best"]["effectiveness"], res["at_baseline_best"]["ratio"]
+        (0.5, 0.2, 0.5)
     """
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
         raise ValueError(f"grid={grid!r} must be an integer >= 2")
@@ -201,7 +226,7 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
     lo, hi = max(ea[0], eb[0]), min(ea[-1], eb[-1])
     sign = 1.0 if higher_is_better else -1.0
     out: dict = {"ratio": None, "range": None, "method_mean": None, "baseline_mean": None, "reason": None,
-                 "nearest": None}
+                 "nearest": None, "at_baseline_best": _at_baseline_best(ea, sa, eb, sb, sign)}
     if lo > hi:
         out["reason"] = ("the two methods' effectiveness ranges do not overlap: "
                          + _span(sign * ea[0], sign * ea[-1]) + " vs " + _span(sign * eb[0], sign * eb[-1]))

@@ -54,7 +54,9 @@ realism            Frechet distance between counterfactuals and the real test im
 equal_effectiveness_ratio`): for each intervention and each of its spurious metrics, each method's sweep
 points (effectiveness, spurious), reduced to their Pareto front and interpolated linearly in
 effectiveness, are averaged over 101 evenly spaced effectiveness values of the range both fronts cover;
-the ratio is DCFG's mean over CFG's (``None`` if the ranges do not overlap).
+the ratio is DCFG's mean over CFG's (``None`` if the ranges do not overlap). Beside it, the ratio at
+CFG's best effectiveness compares the two fronts at the most effective point of CFG's (``None`` where
+DCFG's front does not reach it).
 
 Example:
     >>> from pipeline import CounterfactualPipeline                             # doctest: +SKIP
@@ -83,12 +85,16 @@ from pipeline.evaluation.scores import effectiveness, ground_truth_error, spurio
 __all__ = ["EvaluationConfig", "EvaluationResult", "METHODS", "BENCHMARK_TARGETS", "evaluate", "run_evaluation",
            "estimate_nfe", "resolve_config"]
 
-#: Guidance methods the evaluation knows: name -> (guidance, groups) for ``resolve_guidance``.
-METHODS: dict[str, tuple[str, str | None]] = {
-    "none": ("none", None),
-    "cfg": ("cfg", None),
-    "dcfg": ("dcfg", "dag"),
-    "dcfg_per_attribute": ("dcfg", "per_attribute"),
+#: Guidance methods the evaluation knows: name -> (guidance, groups, anchor, descendant weight). ``groups`` is
+#: what ``resolve_guidance`` takes; ``anchor`` and the descendant weight are ``None`` where the evaluation's
+#: (the pipeline's) apply. ``dcfg_paper`` is the paper's DCFG exactly: its equation (anchored at the null
+#: condition) and its grouping (descendants share the intervention's scale), whatever the pipeline's defaults.
+METHODS: dict[str, tuple[str, str | None, str | None, str | None]] = {
+    "none": ("none", None, None, None),
+    "cfg": ("cfg", None, None, None),
+    "dcfg": ("dcfg", "dag", None, None),
+    "dcfg_per_attribute": ("dcfg", "per_attribute", None, None),
+    "dcfg_paper": ("dcfg", "dag", "null", "scale"),
 }
 
 #: BENCHMARK.md's targets: (intervened node, metric) -> (comparison, value).
@@ -112,17 +118,18 @@ class EvaluationConfig:
 
     Attributes:
         n: test rows of the main table.
-        steps: DDIM steps (inversion and decoding) of the main table.
+        steps: DDIM steps (inversion and decoding) of the main table (``None``: the pipeline's
+            ``config.steps``, the steps its queries use).
         scales: guidance scales of the sweep (the trade-off curves).
         scale: DCFG scale of the main table: a number, ``None``/``"pipeline"`` (per intervention, the
             pipeline's ``config.default_scale([node])``, which honours ``attribute_scales``) or ``"best"``
             (per intervention, the sweep scale with the best effectiveness).
         cfg_scale: CFG scale of the main table: ``"best"`` (default, as for ``scale``) or a number.
-        sweep_n: rows of the sweep (``None``: ``min(n, max(10, n // 8))``).
+        sweep_n: rows of the sweep (``None``: ``min(n, max(4, n // 16))``, 62 of 1,000).
         sweep_steps: DDIM steps of the sweep (``None``: ``steps``).
         sweep_methods: guided methods swept over ``scales`` (``cfg`` is required as the baseline).
         per_attribute_n: rows of DCFG with one group per attribute (``None``: ``sweep_n``; 0 skips it).
-        cycle_n: rows of composition and reversibility (``None``: ``min(n, max(5, n // 10))``).
+        cycle_n: rows of composition and reversibility (``None``: ``min(n, max(2, n // 40))``, 25 of 1,000).
         cycles: composition cycles.
         cycle_steps: DDIM steps of composition (``None``: ``steps``).
         interventions: intervened nodes (``None``: every image parent).
@@ -130,13 +137,21 @@ class EvaluationConfig:
         descendant_weight: DCFG weight of the intervention's descendants among the image's parents
             (``None``: the pipeline's ``config.descendant_weight``; ``"scale"``: the intervention's scale,
             the paper's grouping; or a number).
+        anchor: DCFG's formulation, ``"null"`` (the paper's equation) or ``"full"`` (each group amplified
+            given the others; see :func:`diffusion.guidance.dcfg`); ``None``: the pipeline's
+            ``config.dcfg_anchor``. The ``dcfg_paper`` method always uses ``"null"``.
         chunk_size: rows per batched call (``None``: the pipeline's).
         grid_n: digits per intervention in ``grid.png``.
         seed: seed of the rows, the targets and the SCM's abduction.
+        precision: the image model's inference precision, ``"fp32"`` or ``"bf16"`` (see
+            :meth:`~diffusion.model.ConditionalUNet.set_inference`).
+        compile: ``torch.compile`` the image model for the run: ``True``, ``False`` or ``"auto"`` (on when the
+            plan has at least :data:`COMPILE_AUTO_NFE` image-NFEs, where the minute of compilation is paid back).
+            The pipelines' own settings are restored after the run.
     """
 
     n: int = 1000
-    steps: int = 20
+    steps: int | None = None
     scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
     scale: float | str | None = None
     cfg_scale: float | str = "best"
@@ -150,9 +165,16 @@ class EvaluationConfig:
     interventions: tuple[str, ...] | None = None
     invariant_weight: float | None = None
     descendant_weight: float | str | None = None
+    anchor: str | None = None
     chunk_size: int | None = None
     grid_n: int = 4
     seed: int = 0
+    precision: str = "fp32"
+    compile: bool | str = "auto"
+
+
+#: ``compile="auto"`` compiles the image model when an evaluation plans at least this many image-NFEs.
+COMPILE_AUTO_NFE = 200_000
 
 
 @dataclass
@@ -193,18 +215,19 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
     n = _pos_int("n", c.n)
     if n > available_rows:
         raise ValueError(f"n={n} exceeds the {available_rows} test rows available; use n <= {available_rows}")
-    steps = _pos_int("steps", c.steps)
+    steps = int(pipe.config.steps) if c.steps is None else _pos_int("steps", c.steps)
     if not c.scales:
         raise ValueError("scales is empty: give at least one guidance scale, e.g. 1,1.5,2,3,4,6")
     scales = tuple(sorted({float(_scale_value("scales", s, False)) for s in c.scales}))  # type: ignore[arg-type]
     unknown = [m for m in c.sweep_methods if m not in METHODS or m == "none"]
     if unknown:
-        raise ValueError(f"sweep_methods {unknown} unknown: allowed are 'cfg', 'dcfg', 'dcfg_per_attribute'")
+        raise ValueError(f"sweep_methods {unknown} unknown: allowed are 'cfg', 'dcfg', 'dcfg_per_attribute', "
+                         f"'dcfg_paper'")
     if "cfg" not in c.sweep_methods:
         raise ValueError(f"sweep_methods={list(c.sweep_methods)} must include 'cfg', the baseline of the "
                          f"equal-effectiveness ratio")
-    sweep_n = min(n, max(10, n // 8)) if c.sweep_n is None else _pos_int("sweep_n", c.sweep_n)
-    cycle_n = min(n, max(5, n // 10)) if c.cycle_n is None else _pos_int("cycle_n", c.cycle_n, 0)
+    sweep_n = min(n, max(4, n // 16)) if c.sweep_n is None else _pos_int("sweep_n", c.sweep_n)
+    cycle_n = min(n, max(2, n // 40)) if c.cycle_n is None else _pos_int("cycle_n", c.cycle_n, 0)
     per_attr = sweep_n if c.per_attribute_n is None else _pos_int("per_attribute_n", c.per_attribute_n, 0)
     for name, v in (("sweep_n", sweep_n), ("cycle_n", cycle_n), ("per_attribute_n", per_attr)):
         if v > n:
@@ -232,13 +255,21 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
                          f"intervention's scale, the paper's grouping) or a finite number")
     else:
         dw = float(dw)
+    if c.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={c.precision!r} must be 'fp32' or 'bf16'")
+    if c.compile not in (True, False, "auto"):
+        raise ValueError(f"compile={c.compile!r} must be True, False or 'auto'")
+    anchor = getattr(pipe.config, "dcfg_anchor", "null") if c.anchor is None else c.anchor
+    if anchor not in ("null", "full"):
+        raise ValueError(f"anchor={c.anchor!r} must be None (the pipeline's), 'null' (the paper's DCFG) or 'full' "
+                         f"(each group amplified given the others)")
     return replace(
         c, n=n, steps=steps, scales=scales, scale=scale, cfg_scale=_scale_value("cfg_scale", c.cfg_scale, False),
         sweep_n=sweep_n, sweep_steps=steps if c.sweep_steps is None else _pos_int("sweep_steps", c.sweep_steps),
         sweep_methods=tuple(dict.fromkeys(c.sweep_methods)), per_attribute_n=per_attr, cycle_n=cycle_n,
         cycles=_pos_int("cycles", c.cycles), cycle_steps=steps if c.cycle_steps is None
         else _pos_int("cycle_steps", c.cycle_steps), interventions=interventions, invariant_weight=iw,
-        descendant_weight=dw,
+        descendant_weight=dw, anchor=anchor,
         chunk_size=_pos_int("chunk_size", c.chunk_size if c.chunk_size is not None else pipe.config.chunk_size),
         grid_n=_pos_int("grid_n", c.grid_n, 0), seed=int(c.seed))
 
@@ -249,25 +280,50 @@ def _descendant(value: float | str | None) -> float | None:
 
 
 def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weight: float,
-                descendant_weight: float | str | None = None) -> tuple[str, list[list[str]], list[float]]:
+                descendant_weight: float | str | None = None, anchor: str = "null"
+                ) -> tuple[str, list[list[str]], list[float], str]:
+    """``(guidance, groups, weights, anchor)`` of one method at one scale, as the decoder takes them.
+
+    A method that is exactly the plain conditional at this scale is returned as guidance ``none`` (CFG at
+    w = 1; DCFG anchored at the full condition with every weight 1), so that it reuses those decodings.
+    """
     from pipeline.groups import resolve_guidance
 
-    guidance, groups = METHODS[method]
+    guidance, groups, m_anchor, m_desc = METHODS[method]
+    anchor = m_anchor or anchor
+    descendant_weight = m_desc or descendant_weight
     if guidance == "cfg" and scale == 1.0:  # CFG at w = 1 is the plain conditional
         guidance = "none"
     g, w = resolve_guidance(graph, [node], guidance, scale if guidance != "none" else 1.0, groups, None,
                             invariant_weight, _descendant(descendant_weight) if guidance == "dcfg" else None)
-    return guidance, g, w
+    if guidance == "dcfg" and anchor == "full" and all(v == 1.0 for v in w):
+        guidance, g, w = "none", [list(graph.image_parents())], [1.0]  # eps(x, c) exactly
+    return guidance, g, w, anchor if guidance == "dcfg" else "null"
 
 
-def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0) -> dict[str, int]:
+def _decode_key(node: str, guidance: str, groups: Sequence[Sequence[str]], weights: Sequence[float], anchor: str,
+                steps: int) -> tuple:
+    """The cache key of one decoding. Anchored at the full condition, groups at weight 1 contribute nothing, so
+    decodings that amplify the same groups by the same weights are the same computation and share a key."""
+    if guidance == "dcfg" and anchor == "full":
+        amplified = tuple(sorted((tuple(g), float(w)) for g, w in zip(groups, weights) if w != 1.0))
+        return (node, guidance, amplified, anchor, steps)
+    return (node, guidance, tuple(map(tuple, groups)), tuple(weights), anchor, steps)
+
+
+def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0,
+                 pipeline_config: Any = None) -> dict[str, int]:
     """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
 
     ``pipelines`` identical pipelines are counted; ``refine_steps`` is the pipelines' fixed-point
-    refinement of DDIM inversion (each inversion step then costs ``1 + refine_steps`` forwards).
+    refinement of DDIM inversion (each inversion step then costs ``1 + refine_steps`` forwards);
+    ``pipeline_config`` (a :class:`~pipeline.core.PipelineConfig`) resolves a ``"pipeline"`` DCFG scale
+    (otherwise, like ``"best"``, it is counted as a scale other than 1).
 
-    Exact when the main table's CFG scale is not 1 (CFG at w = 1 is guidance none and costs less); a
-    main-table scale found among ``scales`` reuses the sweep's ``sweep_n`` decoded rows.
+    The plan replays the run's decoding requests against the same cache the run keeps (a decoding is paid
+    once per method, groups, weights, anchor and step count, for the most rows asked), so it is exact when
+    the main table's ``"best"`` scales are not 1 (CFG at w = 1, and DCFG anchored at the full condition with
+    every weight 1, are guidance none and cost less).
 
     Example:
         >>> from pipeline.presets import morphomnist_graph
@@ -279,37 +335,47 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
     """
     c = config
     nodes = list(c.interventions)
-    k = {node: {m: nfe_per_step(*_groups_for(graph, node, m, 3.0, 1.0, config.descendant_weight)[:2])
-                for m in METHODS} for node in nodes}
+    anchor = c.anchor or "null"
+    done: dict[tuple, int] = {}
+
+    def cost(node: str, method: str, scale: float, m: int, steps: int) -> int:
+        guidance, groups, weights, a = _groups_for(graph, node, method, scale, c.invariant_weight,
+                                                   c.descendant_weight, anchor)
+        key = _decode_key(node, guidance, groups, weights, a, steps)
+        have = done.get(key, 0)
+        if m <= have:
+            return 0
+        done[key] = m
+        return nfe_per_step(guidance, groups, weights, a) * steps * (m - have)
+
+    def k(node: str, method: str, scale: float) -> int:
+        guidance, groups, weights, a = _groups_for(graph, node, method, scale, c.invariant_weight,
+                                                   c.descendant_weight, anchor)
+        return nfe_per_step(guidance, groups, weights, a)
+
+    def main_scale(node: str, requested: Any) -> float:
+        if requested == "pipeline" and pipeline_config is not None:
+            return float(pipeline_config.default_scale([node]))
+        return 3.0 if isinstance(requested, str) else float(requested)  # 'best' / unresolved: not 1
+
     inv = 1 + int(refine_steps)
     out = {"inversion": inv * c.steps * c.n}
     if c.sweep_steps != c.steps:
         out["inversion"] += inv * c.sweep_steps * c.sweep_n
     if c.cycle_steps not in (c.steps, c.sweep_steps):
         out["inversion"] += inv * c.cycle_steps * c.cycle_n
-    same = c.sweep_steps == c.steps
-    sweep = 0
-    for node in nodes:
-        sweep += k[node]["none"] * c.sweep_steps * c.sweep_n  # guidance none = CFG at w = 1
-        for m in c.sweep_methods:
-            for s in c.scales:
-                if not (m == "cfg" and s == 1.0):
-                    sweep += k[node][m] * c.sweep_steps * c.sweep_n
-    out["sweep"] = sweep
-    main = 0
-    for node in nodes:
-        main += k[node]["none"] * c.steps * (c.n - (c.sweep_n if same else 0))
-        for m, scale in (("cfg", c.cfg_scale), ("dcfg", c.scale)):
-            swept = m in c.sweep_methods and (scale == "best" or scale in c.scales)
-            main += k[node][m] * c.steps * (c.n - (c.sweep_n if same and swept else 0))
-    out["main"] = main
-    per_attr_swept = "dcfg_per_attribute" in c.sweep_methods and (c.scale == "best" or c.scale in c.scales)
-    out["per_attribute"] = sum(k[node]["dcfg_per_attribute"] * c.steps
-                               * max(c.per_attribute_n - (c.sweep_n if same and per_attr_swept else 0), 0)
-                               for node in nodes)
+    out["sweep"] = sum(cost(node, "none", 1.0, c.sweep_n, c.sweep_steps)
+                       + sum(cost(node, m, s, c.sweep_n, c.sweep_steps) for m in c.sweep_methods for s in c.scales)
+                       for node in nodes)
+    chosen = {node: {"cfg": main_scale(node, c.cfg_scale), "dcfg": main_scale(node, c.scale)} for node in nodes}
+    out["main"] = sum(cost(node, "none", 1.0, c.n, c.steps) + cost(node, "cfg", chosen[node]["cfg"], c.n, c.steps)
+                      + cost(node, "dcfg", chosen[node]["dcfg"], c.n, c.steps) for node in nodes)
+    out["per_attribute"] = sum(cost(node, "dcfg_per_attribute", chosen[node]["dcfg"], c.per_attribute_n, c.steps)
+                               for node in nodes) if c.per_attribute_n else 0
     out["composition"] = c.cycle_steps * c.cycle_n * (c.cycles + inv * (c.cycles - 1))
-    out["reversibility"] = sum(c.steps * c.cycle_n * (3 * inv + k[node]["none"] + k[node]["cfg"] + k[node]["dcfg"])
-                               for node in nodes)
+    out["reversibility"] = sum(c.steps * c.cycle_n * (3 * inv + k(node, "none", 1.0) + k(node, "cfg", chosen[node]["cfg"])
+                                                      + k(node, "dcfg", chosen[node]["dcfg"]))
+                               for node in nodes) if c.cycle_n else 0
     out = {key: v * pipelines for key, v in out.items()}
     out["total"] = sum(out.values())
     return out
@@ -347,27 +413,27 @@ class _Run:
 
     def decode(self, node: str, method: str, scale: float, m: int, steps: int) -> dict[str, Any]:
         """Counterfactual images (and their measurements) of rows [0, m) for one method and scale."""
-        guidance, groups, weights = _groups_for(self.graph, node, method, scale, self.c.invariant_weight,
-                                                self.c.descendant_weight)
-        key = (node, guidance, tuple(map(tuple, groups)), tuple(weights), steps)
+        guidance, groups, weights, anchor = _groups_for(self.graph, node, method, scale, self.c.invariant_weight,
+                                                        self.c.descendant_weight, self.c.anchor or "null")
+        key = _decode_key(node, guidance, groups, weights, anchor, steps)
         entry = self._decoded.get(key)
         done = 0 if entry is None else len(entry["images"])
         if done < m:
             z = self.x_T(steps, m)[done:m]
             cf = {k: v[done:m] for k, v in self.cf_parents[node].items()}
-            imgs = self.engine.decode(z, cf, guidance, groups, weights, steps)
+            imgs = self.engine.decode(z, cf, guidance, groups, weights, steps, anchor=anchor)
             t0 = time.perf_counter()
             meas = self.data.oracles.measure(imgs)
             self.measure_s += time.perf_counter() - t0
             if entry is None:
-                entry = {"images": imgs, "measured": meas, "guidance": guidance, "groups": groups,
-                         "weights": weights}
+                entry = {"images": imgs, "measured": meas}
             else:
                 entry["images"] = torch.cat([entry["images"], imgs])
                 entry["measured"] = {k: np.concatenate([entry["measured"][k], meas[k]]) for k in meas}
             self._decoded[key] = entry
+        # the request's own groups and weights (a shared key can hold an equivalent grouping's decodings)
         return {"images": entry["images"][:m], "measured": {k: v[:m] for k, v in entry["measured"].items()},
-                "guidance": entry["guidance"], "groups": entry["groups"], "weights": entry["weights"]}
+                "guidance": guidance, "groups": groups, "weights": weights, "anchor": anchor}
 
     # -- scoring ------------------------------------------------------------------------------------
     def score(self, node: str, method: str, scale: float, m: int, steps: int, extras: bool) -> dict[str, Any]:
@@ -378,7 +444,7 @@ class _Run:
         fmeas = {k: v[:m] for k, v in d.measured.items()}
         row: dict[str, Any] = {"method": method, "scale": None if method == "none" else scale,
                                "guidance": out["guidance"], "groups": out["groups"], "weights": out["weights"],
-                               "n": m, "steps": steps}
+                               "anchor": out["anchor"], "n": m, "steps": steps}
         row.update(effectiveness(self.graph, [node], tgt, out["measured"]))
         row.update(spurious_change(self.graph, [node], fact, fmeas, tgt, out["measured"]))
         if extras:
@@ -512,14 +578,15 @@ class _Run:
             for method in ("none", "cfg", "dcfg"):
                 scale = 1.0 if method == "none" else chosen[node][method]
                 dec = self.decode(node, method, scale, m, c.steps)
-                guidance, groups, weights = _groups_for(self.graph, node, method, scale, c.invariant_weight,
-                                                        c.descendant_weight)
+                guidance, groups, weights, anchor = _groups_for(self.graph, node, method, scale, c.invariant_weight,
+                                                                c.descendant_weight, c.anchor or "null")
                 dist = reversibility(
                     self.pipe, d.images[:m], {k: v[:m] for k, v in d.parents.items()},
                     {node: d.targets[node][:m]}, guidance, scale, c.steps, counterfactual=dec["images"],
                     counterfactual_parents={k: v[:m] for k, v in self.cf_parents[node].items()},
                     invariant_weight=c.invariant_weight, groups=groups if guidance == "dcfg" else None,
-                    weights=weights if guidance == "dcfg" else None, seed=c.seed, engine=self.engine)
+                    weights=weights if guidance == "dcfg" else None, seed=c.seed, engine=self.engine,
+                    anchor=anchor)
                 rows.append({"intervention": node, "method": method, "scale": None if method == "none" else scale,
                              "n": m, "steps": c.steps, "l1": float(np.mean(dist))})
         return rows
@@ -676,10 +743,14 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
         raise ValueError(f"the ablation pipeline's image parents {ablation.graph.image_parents()} differ from "
                          f"{pipe.graph.image_parents()}; both must answer the same queries")
     pipelines = {"main": pipe} if ablation is None else {"main": pipe, "ablation": ablation}
-    plans = [estimate_nfe(c, p.graph, refine_steps=int(getattr(p.config, "refine_steps", 0) or 0))
-             for p in pipelines.values()]
+    plans = [estimate_nfe(c, p.graph, refine_steps=int(getattr(p.config, "refine_steps", 0) or 0),
+                          pipeline_config=p.config) for p in pipelines.values()]
     plan = {k: sum(pl[k] for pl in plans) for k in plans[0]}
     log(f"plan: {plan['total']:,} image-NFEs ({', '.join(f'{k} {v:,}' for k, v in plan.items() if k != 'total')})")
+
+    compile_ = bool(plan["total"] >= COMPILE_AUTO_NFE) if c.compile == "auto" else bool(c.compile)
+    if compile_ or c.precision != "fp32":
+        log(f"image model inference: precision {c.precision}, compile {compile_}")
 
     t_start = time.perf_counter()
     t0 = time.perf_counter()
@@ -689,13 +760,18 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
     bar = tqdm(total=plan["total"], unit="nfe", unit_scale=True, desc="evaluate", disable=not progress)
     results: dict[str, Any] = {}
     runs: dict[str, _Run] = {}
+    before = {name: _inference_settings(p) for name, p in pipelines.items()}
     try:
         for name, p in pipelines.items():
+            _set_inference(p, c.precision, compile_)
             run = _Run(name, p, data, c, bar)
             results[name] = run.run(c.scale, log)
             runs[name] = run
     finally:
         bar.close()
+        for name, p in pipelines.items():
+            if before[name] is not None:
+                _set_inference(p, **before[name])
     wall = time.perf_counter() - t_start
     nfe_total = sum(r["nfe"]["total"] for r in results.values())
     diffusion_s = sum(sum(v for k, v in r["seconds"].items() if k != "measure_oracles") - r["seconds"]["measure_oracles"]
@@ -707,9 +783,25 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
         "pipelines": results,
         "headline": _headline(pipe.graph, results),
         "timing": {"wall_s": wall, "prepare_s": prep_s, "nfe": nfe_total,
-                   "ms_per_nfe": 1000.0 * max(diffusion_s, 0.0) / max(nfe_total, 1), "torch_threads": torch.get_num_threads()},
+                   "ms_per_nfe": 1000.0 * max(diffusion_s, 0.0) / max(nfe_total, 1), "torch_threads": torch.get_num_threads(),
+                   "precision": c.precision, "compile": compile_},
     }
     return EvaluationResult(metrics=metrics, grid=_grid(runs["main"], results["main"]["scales"]))
+
+
+def _inference_settings(pipe: Any) -> dict[str, Any] | None:
+    model = getattr(pipe, "image_model", None)
+    return dict(model.inference_settings) if hasattr(model, "inference_settings") else None
+
+
+def _set_inference(pipe: Any, precision: str, compile: bool) -> None:
+    """Apply the run's inference settings where the pipeline's image model has them (test doubles may not)."""
+    model = getattr(pipe, "image_model", None)
+    if hasattr(model, "set_inference"):
+        model.set_inference(precision=precision, compile=compile)
+    elif compile or precision != "fp32":
+        raise ValueError(f"precision={precision!r}/compile={compile!r} need an image model with set_inference(); "
+                         f"{type(model).__name__} has none")
 
 
 def _settings(c: EvaluationConfig) -> dict[str, Any]:
@@ -790,6 +882,10 @@ def _headline(graph: Any, results: Mapping[str, Any]) -> list[dict[str, Any]]:
         for tr in res["tradeoff"]:
             add(f"do({tr['intervention']}): {tr['spurious']}, {tr['method']} / cfg at equal {tr['effectiveness']}",
                 BENCHMARK_TARGETS[("tradeoff", "ratio")], {f"{pname}/ratio": tr["ratio"]}, reason=tr["reason"])
+            best = tr.get("at_baseline_best") or {}
+            add(f"do({tr['intervention']}): {tr['spurious']}, {tr['method']} / cfg at CFG's best {tr['effectiveness']}",
+                BENCHMARK_TARGETS[("tradeoff", "ratio")], {f"{pname}/ratio": best.get("ratio")},
+                reason=best.get("reason"))
     return rows
 
 

@@ -201,8 +201,7 @@ def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: 
                   guidance: str = "dcfg", scale: float = 3.0, steps: int = 50, *,
                   counterfactual: Tensor | None = None, counterfactual_parents: Mapping[str, Tensor] | None = None,
                   invariant_weight: float = 1.0, groups: Any = None, weights: Any = None, seed: int | None = 0,
-                  engine: Any = None,
-                  chunk_size: int | None = None) -> np.ndarray:
+                  engine: Any = None, chunk_size: int | None = None, anchor: str | None = None) -> np.ndarray:
     """Reversibility: L1 (0..255) between ``x`` and ``do(a')`` followed by ``do(a)`` back.
 
     The way there is the counterfactual query ``do(a = a')`` (given, or computed here); the way back is a
@@ -221,6 +220,7 @@ def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: 
         counterfactual, counterfactual_parents: the way there, if already computed.
         seed: seed of the SCM's abduction.
         engine, chunk_size: see :func:`composition`.
+        anchor: DCFG's formulation (default: the pipeline's ``config.dcfg_anchor``).
 
     Returns:
         ``(B,)`` per-image L1 on 0..255.
@@ -235,10 +235,10 @@ def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: 
     if counterfactual is None or counterfactual_parents is None:
         cf_parents = pipe.scm.predict(pipe.scm.abduct(parents, seed=seed), do=dict(do))
         x_T = eng.invert(images, parents, steps)
-        counterfactual = eng.decode(x_T, cf_parents, guidance, group_lists, weights, steps)
+        counterfactual = eng.decode(x_T, cf_parents, guidance, group_lists, weights, steps, anchor=anchor)
     else:
         cf_parents = dict(counterfactual_parents)
     back = pipe.scm.predict(pipe.scm.abduct(cf_parents, seed=seed), do={k: parents[k] for k in do})
     z = eng.invert(counterfactual, cf_parents, steps)
-    x_back = eng.decode(z, back, guidance, group_lists, weights, steps)
+    x_back = eng.decode(z, back, guidance, group_lists, weights, steps, anchor=anchor)
     return l1(x_back, images, scale=255.0)

@@ -140,6 +140,95 @@ def test_dcfg_on_a_subset_of_attributes(net, batch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+# ---------------------------------------------------------------- DCFG anchored at the full condition
+@pytest.mark.parametrize("groups, weights", [
+    ([["thickness"], ["intensity"], ["digit"]], [3.0, 1.0, 1.0]),   # do(thickness), descendant at weight 1
+    ([["thickness"], ["intensity"], ["digit"]], [2.0, 0.5, 4.0]),   # every group amplified or damped
+    ([["digit"], ["thickness", "intensity"]], [2.0, 1.5]),
+])
+def test_full_anchor_matches_its_formula_in_one_forward(net, batch, groups, weights):
+    """eps = eps(c) + sum_m (w_m - 1) (eps(c) - eps(c^-m)), one forward of (1 + #{w_m != 1}) B rows."""
+    x, t, attrs = batch
+    counting = Counting(net)
+    with torch.no_grad():
+        out = dcfg(counting, x, t, attrs, groups, weights, anchor="full")
+        e_full = net.eps(x, t, attrs)
+        ref = e_full + sum((w - 1.0) * (e_full - net.eps(x, t, {k: v for k, v in attrs.items() if k not in g}))
+                           for g, w in zip(groups, weights))
+    assert counting.calls == [(1 + sum(w != 1.0 for w in weights)) * 4]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # it is not the paper's equation on this (non-factorising) network
+    assert not torch.allclose(out, dcfg(net.eps, x, t, attrs, groups, weights), atol=1e-3)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 3.0, -0.5])
+def test_full_anchor_with_one_group_equals_cfg(net, batch, w):
+    x, t, attrs = batch
+    with torch.no_grad():
+        torch.testing.assert_close(dcfg(net.eps, x, t, attrs, [list(attrs)], [w], anchor="full"),
+                                   cfg(net.eps, x, t, attrs, w), rtol=1e-4, atol=1e-5)
+
+
+def test_full_anchor_at_weight_one_is_the_plain_conditional(net, batch):
+    x, t, attrs = batch
+    counting = Counting(net)
+    with torch.no_grad():
+        out = dcfg(counting, x, t, attrs, [["thickness"], ["intensity"], ["digit"]], [1.0, 1.0, 1.0], anchor="full")
+        torch.testing.assert_close(out, net.eps(x, t, attrs), rtol=0, atol=1e-6)
+        # while the paper's equation at weight 1 is the product of the groups' experts, not eps(c)
+        paper = dcfg(net.eps, x, t, attrs, [["thickness"], ["intensity"], ["digit"]], [1.0, 1.0, 1.0])
+    assert counting.calls == [4]
+    assert not torch.allclose(paper, net.eps(x, t, attrs), atol=1e-3)
+
+
+def test_the_two_anchors_agree_when_the_model_factorises():
+    """An eps that is a sum of per-attribute terms (p(x | c) = product of the groups' experts): same guidance."""
+    g = torch.Generator().manual_seed(0)
+    coef = {"a": torch.randn(1, 1, 3, 3, generator=g), "b": torch.randn(1, 1, 3, 3, generator=g)}
+
+    def additive(x, t, attrs, keep_mask):
+        out = 0.5 * x
+        for k, v in attrs.items():
+            kept = torch.ones_like(v, dtype=torch.bool) if keep_mask is None else keep_mask[k]
+            out = out + (v * kept)[:, None, None, None] * coef[k]
+        return out
+
+    x = torch.randn(5, 1, 3, 3, generator=g)
+    attrs = {"a": torch.randn(5, generator=g), "b": torch.randn(5, generator=g)}
+    for weights in ([3.0, 1.0], [0.5, 2.0], [1.0, 1.0]):
+        torch.testing.assert_close(dcfg(additive, x, 7, attrs, [["a"], ["b"]], weights, anchor="full"),
+                                   dcfg(additive, x, 7, attrs, [["a"], ["b"]], weights), rtol=1e-5, atol=1e-6)
+
+
+def test_dcfg_rows_counts_the_row_blocks():
+    from diffusion import dcfg_rows
+
+    assert dcfg_rows([["t", "i"], ["y"]], [3.0, 1.0]) == 3
+    assert dcfg_rows([["t"], ["i"], ["y"]], [3.0, 1.0, 1.0], "full") == 2
+    assert dcfg_rows([["t"], ["i"], ["y"]], [1.0, 1.0, 1.0], "full") == 1
+    with pytest.raises(ValueError, match="anchor='nul' must be 'null'"):
+        dcfg_rows([["t"]], [1.0], "nul")
+
+
+@pytest.mark.parametrize("anchor", ["nul", "", None, 1])
+def test_bad_anchor_is_refused_before_any_model_call(net, batch, anchor):
+    x, t, attrs = batch
+    counting = Counting(net)
+    with pytest.raises(ValueError, match=r"anchor=.* must be 'null' \(the paper's DCFG"):
+        dcfg(counting, x, t, attrs, [list(attrs)], [2.0], anchor=anchor)
+    with pytest.raises(ValueError, match=r"anchor=.* must be 'null'"):
+        guided_eps_fn(net, attrs, "dcfg", groups=[list(attrs)], weights=[2.0], anchor=anchor)
+    assert counting.calls == []
+
+
+def test_guided_eps_fn_passes_the_anchor(net, batch):
+    x, t, attrs = batch
+    groups = [["thickness"], ["intensity", "digit"]]
+    with torch.no_grad():
+        torch.testing.assert_close(guided_eps_fn(net, attrs, "dcfg", 2.0, groups, [3.0, 1.0], anchor="full")(x, t),
+                                   dcfg(net.eps, x, t, attrs, groups, [3.0, 1.0], anchor="full"))
+
+
 @pytest.mark.slow
 def test_guidance_strengthens_a_learned_condition(tmp_path):
     """Toy data: `digit % 4` picks the quadrant of a bright square. After training, samples follow the digit,

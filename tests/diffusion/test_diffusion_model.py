@@ -120,3 +120,42 @@ def test_cpu_micro_batching_changes_nothing_but_speed(net):
         chunked = net.eps(x, t, attrs, mask)
         net.cpu_chunk_size = 64
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_settings_keep_the_weights_and_bf16_stays_close():
+    """set_inference changes neither the state dict nor training-mode calls; bf16 inference stays within a few
+    percent of fp32; bad settings are refused."""
+    torch.manual_seed(0)
+    net = ConditionalUNet(tiny_config()).eval()
+    keys = sorted(net.state_dict())
+    x, t, attrs = torch.randn(3, 1, 8, 8), torch.tensor([5, 400, 900]), random_attrs(3)
+    with torch.no_grad():
+        ref = net.eps(x, t, attrs)
+        net.set_inference(precision="bf16")
+        assert net.inference_settings == {"precision": "bf16", "compile": False}
+        low = net.eps(x, t, attrs)
+    assert low.dtype == ref.dtype and sorted(net.state_dict()) == keys
+    assert not torch.equal(low, ref)
+    assert float((low - ref).norm() / ref.norm()) < 0.05
+    with torch.enable_grad():  # training calls are never autocast
+        torch.testing.assert_close(net.eps(x, t, attrs), ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(net.set_inference().eps(x, t, attrs), ref, rtol=0, atol=0)
+    for kw, match in ((dict(precision="fp16"), "precision='fp16' must be 'fp32' or 'bf16'"),
+                      (dict(compile="yes"), "compile='yes' must be True or False")):
+        with pytest.raises(ValueError, match=match):
+            net.set_inference(**kw)
+
+
+@pytest.mark.slow
+def test_compiled_inference_matches_eager():
+    """torch.compile (inductor, CPU) with micro-batches padded to one shape gives eager's numbers."""
+    torch.manual_seed(0)
+    net = ConditionalUNet(tiny_config()).eval()
+    net.cpu_chunk_size = 4
+    x, t, attrs = torch.randn(6, 1, 8, 8), torch.full((6,), 300), random_attrs(6)
+    with torch.no_grad():
+        ref = net.eps(x, t, attrs)
+        out = net.set_inference(compile=True).eps(x, t, attrs)  # 4 + 2 rows: the second part is padded
+    assert net.inference_settings["compile"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)

@@ -132,3 +132,24 @@ def test_equal_effectiveness_ratio_undefined_cases():
     assert res["ratio"] == pytest.approx(0.1 / 0.8)
     with pytest.raises(ValueError, match="grid"):
         equal_effectiveness_ratio(([0.5], [0.1]), ([0.5], [0.1]), True, grid=1)
+
+
+def test_ratio_at_the_baselines_best_effectiveness():
+    # MAE (lower is better). CFG's front: (1.0, 2), (0.5, 6), (0.3, 10); its (0.4, 12) overshoot is dominated.
+    cfg = ([1.0, 0.5, 0.3, 0.4], [2.0, 6.0, 10.0, 12.0])
+    # the method reaches MAE 0.2; at CFG's best, MAE 0.3, its front interpolates between (0.4, 3) and (0.2, 5): 4
+    method = ([1.0, 0.4, 0.2], [2.0, 3.0, 5.0])
+    best = equal_effectiveness_ratio(method, cfg, higher_is_better=False)["at_baseline_best"]
+    assert best["effectiveness"] == pytest.approx(0.3)
+    assert best["method"] == pytest.approx(4.0) and best["baseline"] == pytest.approx(10.0)
+    assert best["ratio"] == pytest.approx(0.4) and best["reason"] is None
+    # identical fronts: 1 at every effectiveness
+    same = equal_effectiveness_ratio(cfg, cfg, higher_is_better=False)
+    assert same["ratio"] == pytest.approx(1.0) and same["at_baseline_best"]["ratio"] == pytest.approx(1.0)
+    # accuracy (higher is better): CFG's best is 1.0; a method that only reaches 0.9 has no ratio there
+    short = equal_effectiveness_ratio(([0.7, 0.9], [0.1, 0.2]), ([0.7, 1.0], [0.3, 0.6]), higher_is_better=True)
+    assert short["at_baseline_best"]["ratio"] is None
+    assert "does not reach the baseline's best effectiveness 1" in short["at_baseline_best"]["reason"]
+    assert short["ratio"] is not None  # the mean over the common range [0.7, 0.9] still exists
+    zero = equal_effectiveness_ratio(([0.7, 1.0], [0.1, 0.2]), ([0.7, 1.0], [0.0, 0.0]), higher_is_better=True)
+    assert zero["at_baseline_best"]["ratio"] is None and "no spurious change" in zero["at_baseline_best"]["reason"]
