@@ -18,10 +18,11 @@ images, parents = test.images[:4], {k: v[:4] for k, v in test.attributes.items()
 
 # "What would these digits look like had their strokes been 4 px thick?"
 # Abduction (SCM noise + DDIM inversion), action do(thickness=4), prediction (SCM, then DDIM decoding
-# with DCFG: thickness and its descendant intensity are amplified, the digit is anchored).
+# with DCFG: thickness is amplified given the other attributes; its descendant intensity takes its
+# counterfactual value without amplification; the digit is anchored).
 res = pipe.counterfactual(images, parents, do={"thickness": 4.0}, guidance="dcfg", scale=2.0, steps=50)
 
-print("groups:", res.groups, "weights:", res.weights)
+print("groups:", res.groups, "weights:", res.weights, "anchor:", res.anchor)
 print("factual thickness:       ", parents["thickness"].numpy().round(2))
 print("counterfactual intensity:", res.parents["intensity"].numpy().round(1), "(descendant of thickness)")
 save_grid(torch.cat([images, res.image]), "quickstart.png", nrow=4)  # top: factual, bottom: counterfactual

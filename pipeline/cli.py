@@ -482,7 +482,8 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 @main.command("evaluate")
 @_PIPELINE_OPT
 @click.option("--n", "n_rows", type=click.IntRange(1), default=1000, show_default=True,
-              help="Test digits of the main table (--n 50: a look in about 2 minutes on 2 cores).")
+              help="Test digits of the main table (--n 10: a look in about 2 minutes on 2 cores; the default "
+                   "1,000 took 47 min).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None,
               help="DDIM steps of the main table, and of the sweep and composition unless set (default: the "
                    "pipeline's, 50 for the bundled one).")

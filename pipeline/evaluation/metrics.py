@@ -159,11 +159,11 @@ def _at_baseline_best(ea: np.ndarray, sa: np.ndarray, eb: np.ndarray, sb: np.nda
     """The method's front against the baseline's at the baseline's most effective point (oriented arrays)."""
     e_star, s_b = float(eb[-1]), float(sb[-1])
     out: dict = {"effectiveness": sign * e_star, "method": None, "baseline": s_b, "ratio": None, "reason": None}
-    if not ea[0] <= e_star <= ea[-1]:
+    if e_star > ea[-1]:
         out["reason"] = (f"the method's front {_span(sign * ea[0], sign * ea[-1])} does not reach the baseline's "
                          f"best effectiveness {sign * e_star:.4g}")
         return out
-    out["method"] = float(np.interp(e_star, ea, sa))
+    out["method"] = float(np.interp(e_star, ea, sa))  # below the front's range: its least spurious point
     if s_b <= 0.0:
         out["reason"] = "the baseline has no spurious change at its best effectiveness (ratio undefined)"
         return out
@@ -197,8 +197,9 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
     ``at_baseline_best`` is the same comparison at one effectiveness, the baseline's best (the most
     effective point of its front, where a user of the baseline would run it): ``{"effectiveness",
     "method", "baseline", "ratio", "reason"}`` with ``method = s_A(e*)`` interpolated on the method's front
-    and ``baseline = s_B(e*)``; ``ratio`` is ``None`` (with a ``reason``) when the method's front does not
-    reach ``e*``. Both curves start from the same unguided point at weight 1, so the mean over the whole
+    and ``baseline = s_B(e*)``. Where the method's whole front is more effective than ``e*``, ``method`` is
+    its least spurious point (it is at least as effective there); ``ratio`` is ``None`` (with a ``reason``)
+    when the method's front does not reach ``e*``. Both curves start from the same unguided point at weight 1, so the mean over the whole
     common range always includes a stretch where the ratio is near 1 by construction; the ratio at the
     baseline's best compares the two where guidance is actually used.
 

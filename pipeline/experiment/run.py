@@ -188,7 +188,7 @@ def _train_pipeline(spec: ExperimentSpec, data: Any, data_key: str, stages: _Sta
     losses = _losses(image_folder / "run" / "loss.csv")
     g = spec.guidance
     pcfg = PipelineConfig(guidance="dcfg", scale=float(g.dcfg_scale) if g.dcfg_scale != "best" else 2.0,
-                          steps=spec.evaluation.steps, invariant_weight=g.invariant_weight)
+                          steps=spec.evaluation.steps, invariant_weight=g.invariant_weight, dcfg_anchor=g.anchor)
     pipe = CounterfactualPipeline(graph, scm, image_model, pcfg, classifier)
     info = {"source": "trained", "parameters": int(sum(p.numel() for p in image_model.parameters())),
             "train_steps": spec.training.steps, "batch_size": spec.training.batch_size, **losses,
@@ -270,7 +270,8 @@ def guidance_groups(spec: ExperimentSpec, dcfg_scales: Mapping[str, float], cfg_
         out[iv.node] = {"intervention": iv.describe(),
                         "descendants": [d for d in graph.descendants(iv.node) if d != graph.image_node],
                         "affected": list(dag.affected), "invariant": list(dag.invariant),
-                        "dcfg": {"groups": groups, "weights": [float(x) for x in weights]},
+                        "dcfg": {"groups": groups, "weights": [float(x) for x in weights],
+                                 **({"anchor": "full"} if spec.guidance.anchor == "full" else {})},
                         "cfg": {"groups": [list(graph.image_parents())], "weights": [cw]}}
     return out
 

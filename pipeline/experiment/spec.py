@@ -89,7 +89,7 @@ _FORM_HELP = {
 #: How an image parent shows in the image (and is measured).
 RENDER_OPS: tuple[str, ...] = ("thickness", "intensity", "slant", "digit")
 SOURCES: tuple[str, ...] = ("morpho", "mnist_folder", "csv")
-_METHODS = ("cfg", "dcfg", "dcfg_per_attribute")
+_METHODS = ("cfg", "dcfg", "dcfg_per_attribute", "dcfg_paper")
 _IMAGE_OUTCOMES = ("stroke_area", "thickness", "intensity", "slant")
 
 #: Small budgets applied by ``--quick`` (each is a cap: a smaller value in the spec is kept), before [quick].
@@ -222,6 +222,7 @@ class GuidanceSpec:
     dcfg_scale: float | str = 2.0
     cfg_scale: float | str = "best"
     invariant_weight: float = 1.0
+    anchor: str = "null"  # DCFG's equation: "null" (the paper's) or "full" (each group given the others)
 
 
 @dataclass(frozen=True)
@@ -478,7 +479,8 @@ def _parse_guidance(raw: Mapping[str, Any]) -> GuidanceSpec:
     parsers = {"methods": lambda v, w: _list(v, w, lambda x, ww: _str(x, ww, _METHODS)),
                "scales": lambda v, w: _list(v, w, lambda x, ww: _float(x, ww, 0.0)),
                "dcfg_scale": _scale_or_best, "cfg_scale": _scale_or_best,
-               "invariant_weight": lambda v, w: _float(v, w, 0.0)}
+               "invariant_weight": lambda v, w: _float(v, w, 0.0),
+               "anchor": lambda v, w: _str(v, w, ("null", "full"))}
     g = _section(raw, "guidance", GuidanceSpec, parsers)
     if "cfg" not in g.methods:
         raise SpecError(f"[guidance] methods: {list(g.methods)} lacks 'cfg', the baseline every other method is "

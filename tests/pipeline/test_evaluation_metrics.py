@@ -151,5 +151,8 @@ def test_ratio_at_the_baselines_best_effectiveness():
     assert short["at_baseline_best"]["ratio"] is None
     assert "does not reach the baseline's best effectiveness 1" in short["at_baseline_best"]["reason"]
     assert short["ratio"] is not None  # the mean over the common range [0.7, 0.9] still exists
+    # a method whose whole front is more effective than CFG's best: its least spurious point counts there
+    ahead = equal_effectiveness_ratio(([0.2, 0.1], [3.0, 6.0]), cfg, higher_is_better=False)["at_baseline_best"]
+    assert ahead["method"] == pytest.approx(3.0) and ahead["ratio"] == pytest.approx(0.3)
     zero = equal_effectiveness_ratio(([0.7, 1.0], [0.1, 0.2]), ([0.7, 1.0], [0.0, 0.0]), higher_is_better=True)
     assert zero["at_baseline_best"]["ratio"] is None and "no spurious change" in zero["at_baseline_best"]["reason"]

@@ -102,6 +102,7 @@ CATALOGUE = [
     ("wrong type in a table", mutate(training__steps="many"), r"\[training\] steps: expected an integer, got string"),
     ("missing [data]", mutate(data=None), r"missing table \[data\]"),
     ("unknown data source", mutate(data__source="imagenet"), r"\[data\] source: 'imagenet' is not allowed"),
+    ("unknown DCFG anchor", mutate(guidance__anchor="half"), r"\[guidance\] anchor: 'half' is not allowed"),
     ("edge to a node not in the DAG", mutate(graph__edges=BASE["graph"]["edges"] + [["depth", "image"]]),
      r"\[graph\] edges\[8\]: node 'depth' is not in the DAG"),
     ("a cycle", mutate(graph__edges=BASE["graph"]["edges"] + [["intensity", "slant"]]),
@@ -455,3 +456,13 @@ def test_csv_with_a_bad_value_fails_in_one_line_and_writes_nothing(tmp_path):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and "[data] csv:" in lines[0] and "thickness" in lines[0] and "-1" in lines[0]
     assert not out.exists()
+
+
+def test_guidance_anchor_reaches_the_pipeline_and_the_groups():
+    from pipeline.experiment.run import guidance_groups
+
+    spec = parse_spec(mutate(guidance__anchor="full"), path=None)
+    assert spec.guidance.anchor == "full" and parse_spec(BASE, path=None).guidance.anchor == "null"
+    g = guidance_groups(spec, {"slant": 2.0, "thickness": 2.0}, {"slant": 2.0, "thickness": 2.0})
+    assert g["slant"]["dcfg"]["anchor"] == "full"
+    assert "anchor" not in guidance_groups(parse_spec(BASE, path=None), {"slant": 2.0}, {"slant": 2.0})["slant"]["dcfg"]
