@@ -198,7 +198,8 @@ class ConditionalUNet(nn.Module):
                     continue
                 if n < chunk:
                     pad = chunk - n
-                    x_r, t_r = torch.cat([x_r, x_r[:1].expand(pad, *x_r.shape[1:])]), torch.cat([t_r, t_r[:1].expand(pad)])
+                    x_r = torch.cat([x_r, x_r[:1].expand(pad, *x_r.shape[1:])])
+                    t_r = torch.cat([t_r, t_r[:1].expand(pad)])
                     a_r = {k: torch.cat([v, v[:1].expand(pad)]) for k, v in a_r.items()}
                     m_r = None if m_r is None else {k: torch.cat([m, m[:1].expand(pad)]) for k, m in m_r.items()}
                 parts.append(self._eps_rows(x_r, t_r, a_r, m_r)[:n])
