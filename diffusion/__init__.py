@@ -5,6 +5,7 @@
 * :func:`alphas_cumprod`: the float64 noise schedule of a config.
 * :func:`ddim_sample`, :func:`ddim_invert`: deterministic DDIM over any ``eps_fn(x, t)``, float64 updates.
 * :func:`cfg`, :func:`dcfg`, :func:`guided_eps_fn`: (decoupled) classifier-free guidance in one batched forward.
+* :func:`native_bf16`, :func:`resolve_precision`: whether bf16 inference is native here (``precision="auto"``).
 * :func:`train`: DDPM training with per-group condition dropout, EMA, atomic resumable checkpoints, DDP.
 * :mod:`diffusion.grid` (``sample_images``, ``save_grid``) and :mod:`diffusion.bench` (``bench_diffusion``, behind
   ``dcfg bench diffusion``).
@@ -15,13 +16,14 @@ from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
 from diffusion.ddim import ddim_invert, ddim_sample, ddim_timesteps
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.guidance import DCFG_ANCHORS, cfg, check_anchor, check_groups, dcfg, dcfg_rows, guided_eps_fn
-from diffusion.model import ConditionalUNet
+from diffusion.model import PRECISIONS, ConditionalUNet, native_bf16, resolve_precision
 from diffusion.schedule import alphas_cumprod
 from diffusion.training import TrainResult, train
 
 __all__ = [
     "AttributeSpec",
     "DCFG_ANCHORS",
+    "PRECISIONS",
     "AttributeSplitEmbedding",
     "ConditionalUNet",
     "ImageModelConfig",
@@ -37,5 +39,7 @@ __all__ = [
     "ddim_sample",
     "ddim_timesteps",
     "guided_eps_fn",
+    "native_bf16",
+    "resolve_precision",
     "train",
 ]

@@ -78,6 +78,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffusion.model import PRECISIONS, resolve_precision
 from pipeline.evaluation.engine import QueryEngine, nfe_per_step
 from pipeline.evaluation.metrics import equal_effectiveness_ratio, frechet_distance
 from pipeline.evaluation.oracles import MorphoOracles, Oracles
@@ -144,8 +145,9 @@ class EvaluationConfig:
         chunk_size: rows per batched call (``None``: the pipeline's).
         grid_n: digits per intervention in ``grid.png``.
         seed: seed of the rows, the targets and the SCM's abduction.
-        precision: the image model's inference precision, ``"fp32"`` or ``"bf16"`` (see
-            :meth:`~diffusion.model.ConditionalUNet.set_inference`).
+        precision: the image model's inference precision, ``"fp32"``, ``"bf16"`` or ``"auto"`` (the default:
+            bf16 where the image model's device has native bf16 units, an AMX or AVX512-BF16 CPU or a bf16 GPU,
+            fp32 elsewhere; see :func:`diffusion.model.native_bf16`). The resolved one is recorded.
         compile: ``torch.compile`` the image model for the run: ``True``, ``False`` or ``"auto"`` (on when the
             plan has at least :data:`COMPILE_AUTO_NFE` image-NFEs, where the minute of compilation is paid back).
             The pipelines' own settings are restored after the run.
@@ -170,7 +172,7 @@ class EvaluationConfig:
     chunk_size: int | None = None
     grid_n: int = 4
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"
     compile: bool | str = "auto"
 
 
@@ -256,8 +258,14 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
                          f"intervention's scale, the paper's grouping) or a finite number")
     else:
         dw = float(dw)
-    if c.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision={c.precision!r} must be 'fp32' or 'bf16'")
+    if c.precision not in PRECISIONS:
+        raise ValueError(f"precision={c.precision!r} must be 'auto', 'fp32' or 'bf16'")
+    model = getattr(pipe, "image_model", None)
+    if c.precision == "auto" and not hasattr(model, "set_inference"):
+        precision = "fp32"  # an image model without inference settings runs as it is
+    else:
+        device = model.device if isinstance(getattr(model, "device", None), torch.device) else torch.device("cpu")
+        precision = resolve_precision(c.precision, device)
     if c.compile not in (True, False, "auto"):
         raise ValueError(f"compile={c.compile!r} must be True, False or 'auto'")
     anchor = getattr(pipe.config, "dcfg_anchor", "null") if c.anchor is None else c.anchor
@@ -270,7 +278,7 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
         sweep_methods=tuple(dict.fromkeys(c.sweep_methods)), per_attribute_n=per_attr, cycle_n=cycle_n,
         cycles=_pos_int("cycles", c.cycles), cycle_steps=steps if c.cycle_steps is None
         else _pos_int("cycle_steps", c.cycle_steps), interventions=interventions, invariant_weight=iw,
-        descendant_weight=dw, anchor=anchor,
+        descendant_weight=dw, anchor=anchor, precision=precision,
         chunk_size=_pos_int("chunk_size", c.chunk_size if c.chunk_size is not None else pipe.config.chunk_size),
         grid_n=_pos_int("grid_n", c.grid_n, 0), seed=int(c.seed))
 

@@ -141,10 +141,31 @@ def test_inference_settings_keep_the_weights_and_bf16_stays_close():
         torch.testing.assert_close(net.eps(x, t, attrs), ref, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         torch.testing.assert_close(net.set_inference().eps(x, t, attrs), ref, rtol=0, atol=0)
-    for kw, match in ((dict(precision="fp16"), "precision='fp16' must be 'fp32' or 'bf16'"),
+    for kw, match in ((dict(precision="fp16"), r"precision='fp16' must be one of \('auto', 'fp32', 'bf16'\)"),
                       (dict(compile="yes"), "compile='yes' must be True or False")):
         with pytest.raises(ValueError, match=match):
             net.set_inference(**kw)
+
+
+def test_auto_precision_follows_the_hardware_probe(monkeypatch):
+    """precision='auto' is bf16 exactly where the CPU reports AMX or AVX512-BF16 units, fp32 otherwise."""
+    import diffusion.model as dm
+
+    net = ConditionalUNet(tiny_config()).eval()
+    for amx, avx, want in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx: v, raising=False)
+        assert dm.native_bf16("cpu") is (want == "bf16")
+        assert dm.resolve_precision("auto") == want
+        assert net.set_inference(precision="auto").inference_settings["precision"] == want
+        assert dm.resolve_precision("fp32") == "fp32" and dm.resolve_precision("bf16") == "bf16"
+
+    def broken():
+        raise RuntimeError("probe failed")
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", broken, raising=False)
+    assert dm.native_bf16("cpu") is False
+    assert dm.native_bf16("meta") is False
 
 
 @pytest.mark.slow

@@ -319,6 +319,7 @@ def test_out_dir_checks(tmp_path):
     ({"sweep_n": 50, "n": 10}, "sweep_n=50 exceeds n=10"), ({"cycle_n": 11, "n": 10}, "cycle_n=11"),
     ({"interventions": ("colour",)}, "colour"), ({"scale": -1.0}, "scale=-1.0"), ({"cfg_scale": "worst"}, "worst"),
     ({"scale": "best", "sweep_methods": ("cfg",)}, "has no 'dcfg'"),
+    ({"precision": "fp16"}, "precision='fp16' must be 'auto', 'fp32' or 'bf16'"),
 ])
 def test_config_errors_name_the_setting(tiny_pipeline, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -442,3 +443,21 @@ def test_anchor_setting_and_the_paper_method(tiny_pipeline, toy_data):
     null = evaluate(pipe, images, parents, oracles, EvaluationConfig(**base, anchor="null"), progress=False)
     assert null.metrics["pipelines"]["main"]["nfe"] == null.metrics["plan_nfe"]
     assert null.metrics["plan_nfe"]["main"] > res.metrics["plan_nfe"]["main"]
+
+
+def test_precision_auto_resolves_on_the_image_models_hardware(tiny_pipeline, monkeypatch):
+    """precision='auto' (the default) is recorded resolved: bf16 where the CPU has native bf16 units, fp32 where
+    it has not or where the image model has no inference settings; explicit settings pass through."""
+    import copy
+
+    base = dict(n=5, steps=2, sweep_n=4, cycle_n=0, per_attribute_n=0)
+    assert EvaluationConfig().precision == "auto"
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=native: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=native: v, raising=False)
+        assert resolve_config(EvaluationConfig(**base), tiny_pipeline, 40).precision == want
+        assert resolve_config(EvaluationConfig(**base, precision="fp32"), tiny_pipeline, 40).precision == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    bare = copy.copy(tiny_pipeline)
+    bare.image_model = object()  # an image model without set_inference()
+    assert resolve_config(EvaluationConfig(**base), bare, 40).precision == "fp32"
