@@ -29,9 +29,9 @@ groups, or 1 + the groups not at weight 1 anchored at the full condition). :func
 up before the run (``plan_nfe`` in ``metrics.json``; the run records what it spent beside it). At the
 defaults with the bundled pipeline (``n = 1000``, ``S = 50``, its own steps, ``sweep_n = 62``,
 ``cycle_n = 25``, 6 scales, 3 interventions) the plan is 980,000 image-NFEs; the run spent 884,950
-(CFG's best scale for do(intensity) was 1, the plain conditional) in 46.9 minutes on 2 CPU cores, with
-the image model compiled (``compile="auto"``), 3.1 ms per image-NFE; with ``precision="bf16"``, in
-21.5 minutes (1.4 ms). ``n = 10`` plans 23,500 (2.2 minutes).
+(CFG's best scale for do(intensity) was 1, the plain conditional) in 23.4 minutes on 2 CPU cores, with
+the image model compiled (``compile="auto"``) and in bf16 (``precision="auto"`` on this AMX CPU),
+1.5 ms per image-NFE; in fp32, 46.9 minutes (3.1 ms). ``n = 10`` plans 23,500 (2.3 minutes).
 
 Metric definitions (BENCHMARK.md "Metrics"; the single definitions live in
 :mod:`pipeline.evaluation.metrics` and :mod:`pipeline.evaluation.scores`):
