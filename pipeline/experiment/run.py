@@ -296,7 +296,7 @@ def _evaluation_stage(spec: ExperimentSpec, pipe: Any, data: Any, oracles: Any, 
             sweep_n=min(ev.sweep_n or max(2, n // 4), n), sweep_methods=g.methods,
             cycle_n=min(ev.cycle_n if ev.cycle_n is not None else max(2, n // 8), n), cycles=ev.cycles,
             interventions=tuple(iv.node for iv in spec.interventions), invariant_weight=g.invariant_weight,
-            grid_n=min(ev.grid_n, n), seed=spec.seed)
+            grid_n=min(ev.grid_n, n), seed=spec.seed, precision=ev.precision)
         res = evaluate(pipe, data.test_images, data.test_attributes, oracles, config, rows=torch.arange(t),
                        reference_images=data.test_images, progress=progress, log=log)
         metrics = to_json(res.metrics)

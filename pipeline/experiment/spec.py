@@ -211,6 +211,7 @@ class EvaluationSpec:
     cycle_n: int | None = None
     cycles: int = 3
     grid_n: int = 4
+    precision: str = "auto"  # the image model's inference precision: "auto" (bf16 where native), "fp32", "bf16"
 
 
 @dataclass(frozen=True)
@@ -465,7 +466,7 @@ def _parse_training(raw: Mapping[str, Any]) -> TrainingSpec:
 
 def _parse_evaluation(raw: Mapping[str, Any]) -> EvaluationSpec:
     parsers = {"n": _pos(2), "steps": _pos(1), "sweep_n": _pos(1), "cycle_n": _pos(0), "cycles": _pos(1),
-               "grid_n": _pos(0)}
+               "grid_n": _pos(0), "precision": lambda v, w: _str(v, w, ("auto", "fp32", "bf16"))}
     ev = _section(raw, "evaluation", EvaluationSpec, parsers)
     for key in ("sweep_n", "cycle_n"):
         v = getattr(ev, key)

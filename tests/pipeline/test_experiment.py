@@ -103,6 +103,7 @@ CATALOGUE = [
     ("missing [data]", mutate(data=None), r"missing table \[data\]"),
     ("unknown data source", mutate(data__source="imagenet"), r"\[data\] source: 'imagenet' is not allowed"),
     ("unknown DCFG anchor", mutate(guidance__anchor="half"), r"\[guidance\] anchor: 'half' is not allowed"),
+    ("unknown precision", mutate(evaluation__precision="fp16"), r"\[evaluation\] precision: 'fp16' is not allowed"),
     ("edge to a node not in the DAG", mutate(graph__edges=BASE["graph"]["edges"] + [["depth", "image"]]),
      r"\[graph\] edges\[8\]: node 'depth' is not in the DAG"),
     ("a cycle", mutate(graph__edges=BASE["graph"]["edges"] + [["intensity", "slant"]]),
@@ -334,6 +335,9 @@ def test_run_writes_the_report_folder(tiny_run):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["evaluation"]["settings"]["interventions"] == ["slant", "thickness"]
+    from diffusion.model import resolve_precision  # [evaluation] precision defaults to "auto", recorded resolved
+    assert metrics["evaluation"]["settings"]["precision"] == resolve_precision("auto")
+    assert parse_spec(mutate(evaluation__precision="fp32"), path=None).evaluation.precision == "fp32"
     effect = metrics["effects"][0]
     assert set(effect) >= {"dowhy", "scm", "truth", "image", "image_truth", "image_vs_renderer"}
     assert effect["dowhy"]["adjustment_set"] == ["slant"]          # the backdoor through the confounder
