@@ -199,9 +199,9 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
     "method", "baseline", "ratio", "reason"}`` with ``method = s_A(e*)`` interpolated on the method's front
     and ``baseline = s_B(e*)``. Where the method's whole front is more effective than ``e*``, ``method`` is
     its least spurious point (it is at least as effective there); ``ratio`` is ``None`` (with a ``reason``)
-    when the method's front does not reach ``e*``. Both curves start from the same unguided point at weight 1, so the mean over the whole
-    common range always includes a stretch where the ratio is near 1 by construction; the ratio at the
-    baseline's best compares the two where guidance is actually used.
+    when the method's front does not reach ``e*``. Both curves start from the same unguided point at weight
+    1, so the mean over the whole common range always includes a stretch where the ratio is near 1 by
+    construction; the ratio at the baseline's best compares the two where guidance is actually used.
 
     Args:
         method: ``(effectiveness, spurious)`` arrays of the method (numerator), e.g. DCFG.
