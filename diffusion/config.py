@@ -25,6 +25,8 @@ from typing import Any, Literal
 ATTRIBUTE_KINDS = ("continuous", "categorical")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DROPOUT_MODES = ("per_group", "whole")
+#: training precisions: float32, or autocast mixed precision in bfloat16 / float16 (float16: CUDA only, loss-scaled)
+TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
 #: TrainConfig fields that may differ between a run and its resumption (they leave the loss sequence unchanged).
 RESUMABLE_CHANGES = ("steps", "ckpt_every", "log_every")
 _CONFIG_FORMAT = "dcfg.diffusion.ImageModelConfig/1"
@@ -255,6 +257,9 @@ class TrainConfig:
         p_all: whole-condition drop probability.
         ckpt_every: write a checkpoint every this many steps (and always at exit).
         log_every: flush ``loss.csv`` every this many steps.
+        precision: ``"fp32"``, or mixed precision: the forward pass under ``torch.autocast`` in ``"bf16"`` (CUDA
+            with bf16 support, or a CPU, where it is fast only with AMX / AVX512-BF16) or ``"fp16"`` (CUDA only,
+            with a gradient scaler). Weights, optimiser state, EMA and the loss stay in float32.
 
     Example:
         >>> TrainConfig(steps=100, batch_size=16).dropout_mode
@@ -275,9 +280,12 @@ class TrainConfig:
     p_all: float = 0.1
     ckpt_every: int = 500
     log_every: int = 10
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adam_betas", _tuple(self.adam_betas))
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"TrainConfig.precision={self.precision!r} is not one of {TRAIN_PRECISIONS}")
         for key in ("steps", "batch_size", "ckpt_every", "log_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

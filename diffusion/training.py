@@ -380,6 +380,9 @@ def train(
 
     ctx = setup(device)
     try:
+        if train_config.precision == "fp16" and ctx.device.type != "cuda":
+            raise ValueError(f"precision='fp16' needs a CUDA device (training runs on {ctx.device}); use 'bf16' "
+                             f"or 'fp32' on a CPU")
         if train_config.batch_size % ctx.world_size:
             raise ValueError(f"batch_size={train_config.batch_size} is not divisible by the {ctx.world_size} "
                              f"processes; use a multiple of {ctx.world_size}")
@@ -450,6 +453,9 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
         save_tensors(model_dir / WEIGHTS_NAME, ema_state, metadata={"format": "pt", "step": str(step)})
         atomic_write_json(model_dir / CONFIG_NAME, model_config.to_dict())
 
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+
     losses: list[float] = []
     step = start_step
     consistent = True  # False while an update is half-applied: no checkpoint may be written then
@@ -473,22 +479,29 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
                 # 2. forward diffusion and the epsilon loss
                 a = abar[t].to(x0.dtype)[:, None, None, None]
                 x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-                pred = net(x_t, t, attrs, keep_mask, validate=False)
-                loss = torch.nn.functional.mse_loss(pred, eps)
+                with (torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
+                    pred = net(x_t, t, attrs, keep_mask, validate=False)
+                loss = torch.nn.functional.mse_loss(pred.float(), eps)
                 # 3. the update: AdamW with warm-up and gradient clipping, then the EMA
                 lr = _lr_at(cfg, step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (scaler.scale(loss) if scaler is not None else loss).backward()
                 value = float(ctx.mean(loss.detach()).item())  # the global-batch mean loss
                 if not math.isfinite(value):
                     raise FloatingPointError(f"the loss became {value} at step {step + 1}; lower lr={cfg.lr} or "
                                              f"check the data (resume restarts from the last checkpoint)")
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 consistent = False
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 decay = min(cfg.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
                     torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)

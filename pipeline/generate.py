@@ -477,10 +477,10 @@ class _MorphoRows(_Rows):
 
     def __init__(self, sources: np.ndarray, labels: np.ndarray, samples: int, seed: int, spec: dict[str, Any]):
         from pipeline.datasets import morpho_equations as eq
-        from pipeline.datasets.morpho import _epoch_generator
+        from pipeline.datasets.morpho import epoch_generator
 
         n = len(sources) * samples
-        noise = eq.sample_noise(n, _epoch_generator(seed, 0))  # MorphoMNIST's draw of epoch 0
+        noise = eq.sample_noise(n, epoch_generator(seed, 0))  # MorphoMNIST's draw of epoch 0
         self._sources = sources
         self._source_index = np.repeat(np.arange(len(sources)), samples)
         self._t = eq.thickness_from_noise(noise["u_t"].double()).numpy()

@@ -292,3 +292,26 @@ def train_morphomnist_classifier(out_dir: str | os.PathLike, image_data: Any | N
     classifier.save_pretrained(clf_dir)
     (clf_dir / "history.json").write_text(json.dumps(history, indent=2))
     return classifier
+
+
+def morpho_colour_image_setup(*, steps: int = 20000, batch_size: int = 64, samples_per_digit: int = 8,
+                              p_attr: float = 0.25, p_all: float = 0.1, lr: float = 3e-4, ema_decay: float = 0.9995,
+                              ckpt_every: int = 250, seed: int = 0, precision: str = "fp32",
+                              root: str | os.PathLike | None = None, progress: bool = True
+                              ) -> tuple[Any, ImageModelConfig, TrainConfig]:
+    """The image stage of the colour Morpho-MNIST recipe: ``(image_data, image_config, train_config)``.
+
+    The image data are ``samples_per_digit`` renders of each training digit with every continuous attribute drawn
+    independently of the others (:func:`~pipeline.datasets.colour_equations.sample_independent`); the denoiser
+    is the 28x28 preset with three channels, conditioned on the six attributes.
+    """
+    from .datasets import MorphoColour
+    from .presets import morpho_colour_graph
+
+    image_data = MorphoColour("train", root=root, samples_per_digit=samples_per_digit, seed=seed + 1,
+                              attribute_sampling="independent", progress=progress)
+    image_config = image_model_config_for(morpho_colour_graph(), image_data.attributes, **MORPHO_IMAGE_MODEL)
+    train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+                               dropout_mode="per_group", p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every,
+                               precision=precision)
+    return image_data, image_config, train_config

@@ -6,11 +6,12 @@ Example:
     >>> images, labels = load_mnist5k()
     >>> train_idx, test_idx = mnist5k_split()
 """
-from pipeline.datasets import morpho_equations
+from pipeline.datasets import colour_equations, morpho_equations
 from pipeline.datasets.folder import CelebAAttributes, DataNotFoundError, ImageAttributeFolder
 from pipeline.datasets.mnist import MNIST5K_SPLIT_SEED, load_mnist5k, load_mnist_folder, mnist5k_split, read_idx
 from pipeline.datasets.morpho import RENDER_VERSION, MorphoMNIST, default_cache_dir, render
+from pipeline.datasets.morpho_colour import MorphoColour, render_colour
 
 __all__ = ["MNIST5K_SPLIT_SEED", "load_mnist5k", "load_mnist_folder", "mnist5k_split", "read_idx", "morpho_equations",
-           "MorphoMNIST", "render", "default_cache_dir", "RENDER_VERSION",
+           "MorphoMNIST", "render", "colour_equations", "MorphoColour", "render_colour", "default_cache_dir", "RENDER_VERSION",
            "ImageAttributeFolder", "CelebAAttributes", "DataNotFoundError"]

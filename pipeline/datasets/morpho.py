@@ -26,7 +26,7 @@ import torch
 from pipeline.datasets import morpho_equations as eq
 from pipeline.datasets.mnist import load_mnist5k, load_mnist_folder, mnist5k_split
 
-__all__ = ["MorphoMNIST", "render", "default_cache_dir", "RENDER_VERSION"]
+__all__ = ["MorphoMNIST", "render", "default_cache_dir", "epoch_generator", "RENDER_VERSION"]
 
 #: Bumped whenever the renderer's output changes, so that old cache files are not reused.
 RENDER_VERSION = 1
@@ -87,7 +87,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "dcfg"
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of the attribute draw of ``epoch`` for ``seed`` (independent streams per epoch)."""
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
@@ -193,38 +194,48 @@ class MorphoMNIST(torch.utils.data.Dataset):
         """The cache file of the current (or given) epoch's rendering."""
         settings = self._settings(self.epoch if epoch is None else epoch)
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
-        return self.cache_dir / f"morpho-mnist-{self.split}-{key}.npz"
+        return self.cache_dir / f"{self._CACHE_PREFIX}-{self.split}-{key}.npz"
+
+    #: exogenous noise recorded per row, besides ``source_index``
+    NOISE_KEYS: tuple[str, ...] = ("u_t", "e_i")
+    #: shape of one image
+    IMAGE_SHAPE: tuple[int, ...] = (1, 28, 28)
+    _CACHE_PREFIX = "morpho-mnist"
+    _LABEL = "Morpho-MNIST"
 
     def _draw(self, epoch: int) -> dict[str, torch.Tensor]:
         n = len(self.source_images) * self.samples_per_digit
-        g = _epoch_generator(self.seed, epoch)
+        g = epoch_generator(self.seed, epoch)
         noise = eq.sample_noise(n, g) if self.attribute_sampling == "scm" else eq.sample_independent(n, g)
         noise["source_index"] = torch.arange(len(self.source_images)).repeat_interleave(self.samples_per_digit)
         return noise
+
+    def _attributes(self, noise: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The rows' attributes from their noise (float64; ``digit`` int64)."""
+        t = eq.thickness_from_noise(noise["u_t"].double())
+        return {"thickness": t, "intensity": eq.intensity_from(t, noise["e_i"].double()),
+                "digit": torch.from_numpy(self.source_labels)[noise["source_index"]]}
+
+    def _render(self, source_index: torch.Tensor, attrs: Mapping[str, torch.Tensor], progress: bool) -> torch.Tensor:
+        return render(self.source_images[source_index.numpy()], attrs["thickness"].numpy(),
+                      attrs["intensity"].numpy(), n_jobs=self.n_jobs, progress=progress)
 
     def _build(self, epoch: int) -> None:
         path = self.cache_path(epoch)
         loaded = self._load_cache(path) if self.cache else None
         if loaded is None:
             noise = self._draw(epoch)
-            t, i = self._attributes_of(noise)
-            images = render(self.source_images[noise["source_index"].numpy()], t.numpy(), i.numpy(),
-                            n_jobs=self.n_jobs, progress=self.progress)
+            attrs = self._attributes(noise)
+            images = self._render(noise["source_index"], attrs, self.progress)
             if self.cache:
                 self._save_cache(path, images, noise, epoch)
         else:
             images, noise = loaded
-            t, i = self._attributes_of(noise)
+            attrs = self._attributes(noise)
         self.images = images
-        self.noise = {"source_index": noise["source_index"], "u_t": noise["u_t"], "e_i": noise["e_i"]}
-        self.attributes = {"thickness": t.float(), "intensity": i.float(),
-                           "digit": torch.from_numpy(self.source_labels)[noise["source_index"]]}
+        self.noise = {k: noise[k] for k in ("source_index",) + self.NOISE_KEYS}
+        self.attributes = {k: v if k == "digit" else v.float() for k, v in attrs.items()}
         self.epoch = int(epoch)
-
-    @staticmethod
-    def _attributes_of(noise: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        t = eq.thickness_from_noise(noise["u_t"].double())
-        return t, eq.intensity_from(t, noise["e_i"].double())
 
     def _load_cache(self, path: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         if not path.is_file():
@@ -234,11 +245,11 @@ class MorphoMNIST(torch.utils.data.Dataset):
             with np.load(path, allow_pickle=False) as f:
                 stored = json.loads(str(f["settings"]))
                 images = f["images"]
-                noise = {k: torch.from_numpy(f[k].copy()) for k in ("source_index", "u_t", "e_i")}
-            if stored != self._settings(stored.get("epoch", -1)) or images.shape != (n, 1, 28, 28):
+                noise = {k: torch.from_numpy(f[k].copy()) for k in ("source_index",) + self.NOISE_KEYS}
+            if stored != self._settings(stored.get("epoch", -1)) or images.shape != (n, *self.IMAGE_SHAPE):
                 raise ValueError("settings or shape mismatch")
         except Exception as exc:  # a corrupt or foreign file: render again
-            warnings.warn(f"ignoring unreadable Morpho-MNIST cache file {path}: {exc}", stacklevel=3)
+            warnings.warn(f"ignoring unreadable {self._LABEL} cache file {path}: {exc}", stacklevel=3)
             return None
         return torch.from_numpy(images.copy()), noise
 
@@ -251,12 +262,14 @@ class MorphoMNIST(torch.utils.data.Dataset):
             with os.fdopen(fd, "wb") as handle:
                 np.savez_compressed(handle, images=images.numpy(),
                                     settings=np.array(json.dumps(self._settings(epoch), sort_keys=True)),
-                                    **{k: noise[k].numpy() for k in ("source_index", "u_t", "e_i")})
+                                    **{k: noise[k].numpy() for k in ("source_index",) + self.NOISE_KEYS})
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
         except OSError as exc:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
-            warnings.warn(f"could not write the Morpho-MNIST cache {path}: {exc}", stacklevel=3)
+            warnings.warn(f"could not write the {self._LABEL} cache {path}: {exc}", stacklevel=3)
 
     def set_epoch(self, epoch: int) -> None:
         """Redraw every row's (t, i) for ``epoch`` and re-render (only with ``redraw_each_epoch=True``).

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import special
 
-__all__ = ["T_OFFSET", "T_SHAPE", "T_RATE", "I_LOW", "I_SPAN", "INDEPENDENT_T_UNIFORM", "INDEPENDENT_T_MIX",
+__all__ = ["as_generator", "T_OFFSET", "T_SHAPE", "T_RATE", "I_LOW", "I_SPAN", "INDEPENDENT_T_UNIFORM", "INDEPENDENT_T_MIX",
            "INDEPENDENT_I_UNIFORM", "sample_noise", "thickness_from_noise", "noise_from_thickness", "intensity_from",
            "noise_from_intensity", "sample_independent"]
 
@@ -38,7 +38,8 @@ INDEPENDENT_I_UNIFORM = (64.0, 255.0)
 _I_MARGIN = 0.25
 
 
-def _generator(generator: torch.Generator | int | None) -> torch.Generator:
+def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
+    """``generator`` itself, or a CPU generator seeded with the integer ``generator``."""
     if isinstance(generator, torch.Generator):
         return generator
     if generator is None:
@@ -67,7 +68,7 @@ def sample_noise(n: int, generator: torch.Generator | int) -> dict[str, torch.Te
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n={n!r} must be a non-negative integer")
-    g = _generator(generator)
+    g = as_generator(generator)
     u = torch.rand(int(n), generator=g, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
     e_i = torch.randn(int(n), generator=g, dtype=torch.float64)
     return {"u_t": _gamma_icdf(u), "e_i": e_i}
@@ -138,7 +139,7 @@ def sample_independent(n: int, generator: torch.Generator | int) -> dict[str, to
         >>> bool(t.min() > 0.5 and i.min() >= 64 and i.max() <= 255)
         True
     """
-    g = _generator(generator)
+    g = as_generator(generator)
     base = sample_noise(n, g)
     pick_uniform = torch.rand(int(n), generator=g, dtype=torch.float64) < (1.0 - INDEPENDENT_T_MIX)
     lo, hi = INDEPENDENT_T_UNIFORM
