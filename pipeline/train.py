@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -31,6 +33,76 @@ from .core import CounterfactualPipeline, PipelineConfig
 #: at 14x14 (it doubles the step time on 2 CPU cores), attention only at 7x7 and in the middle block.
 MORPHO_IMAGE_MODEL = dict(block_out_channels=(32, 64, 64), layers_per_block=1, block_dim=32,
                           attention_levels=(False, False, True), mid_attention=True)
+
+
+#: The denoiser's backbone by image resolution (``docs/own_data.md`` gives each one's step time): the largest
+#: side ``S`` picks the first preset whose ``max_size`` is >= ``S``. The bottom level is at most 8x8 pixels, and
+#: self-attention runs only there and in the middle block. ``28`` is the bundled Morpho-MNIST model.
+IMAGE_MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "28": dict(max_size=32, block_out_channels=(32, 64, 64), layers_per_block=1, block_dim=32,
+               attention_levels=(False, False, True), mid_attention=True),
+    "64": dict(max_size=64, block_out_channels=(32, 64, 128, 128), layers_per_block=1, block_dim=32,
+               attention_levels=(False, False, False, True), mid_attention=True),
+    "128": dict(max_size=128, block_out_channels=(32, 64, 128, 128, 256), layers_per_block=1, block_dim=32,
+                attention_levels=(False, False, False, False, True), mid_attention=True),
+}
+
+
+def image_model_preset(image_shape: tuple[int, ...]) -> tuple[str, dict[str, Any]]:
+    """``(name, backbone kwargs)`` of the :data:`IMAGE_MODEL_PRESETS` entry for images of ``image_shape``.
+
+    Raises:
+        ValueError: a side outside 8..128 pixels, or one that the preset's levels cannot halve evenly.
+
+    Example:
+        >>> image_model_preset((3, 64, 64))[0], image_model_preset((1, 28, 28))[1]["block_out_channels"]
+        ('64', (32, 64, 64))
+    """
+    _, h, w = (int(s) for s in image_shape)
+    side = max(h, w)
+    for name, preset in IMAGE_MODEL_PRESETS.items():
+        if side <= preset["max_size"]:
+            kwargs = {k: v for k, v in preset.items() if k != "max_size"}
+            div = 2 ** (len(kwargs["block_out_channels"]) - 1)
+            if min(h, w) < 8 or h % div or w % div:
+                raise ValueError(f"images of {h}x{w} pixels do not fit the {name}-pixel denoiser preset, whose "
+                                 f"{len(kwargs['block_out_channels'])} levels need sides divisible by {div}; resize "
+                                 f"them (dcfg train --image-size, e.g. {max(div, (side // div) * div)})")
+            return name, kwargs
+    raise ValueError(f"images of {h}x{w} pixels are larger than the largest denoiser preset (128 pixels); resize "
+                     f"them with --image-size 128 (or smaller)")
+
+
+def read_graph(path: str | os.PathLike) -> CausalGraph:
+    """A :class:`~scm.CausalGraph` from a JSON or TOML file in the ``CausalGraph.from_dict`` format.
+
+    TOML files may hold the graph at the top level or under a ``[graph]`` table, as an experiment spec does.
+
+    Raises:
+        ValueError: a missing file, an unreadable one, or an invalid graph (the message names the file).
+    """
+    import tomllib
+
+    p = Path(os.path.expanduser(str(path)))
+    if not p.is_file():
+        raise ValueError(f"graph file {str(p)!r} does not exist; give a JSON or TOML file with 'nodes' and 'edges'")
+    text = p.read_bytes()
+    try:
+        if p.suffix.lower() == ".toml":
+            data = tomllib.loads(text.decode("utf-8"))
+            data = data.get("graph", data) if isinstance(data.get("graph"), dict) else data
+        else:
+            data = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{p}: cannot be read as {'TOML' if p.suffix.lower() == '.toml' else 'JSON'} ({e})") from None
+    try:
+        graph = CausalGraph.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{p}: {e}") from None
+    if graph.image_node is None:
+        raise ValueError(f"{p}: the graph has no node of kind 'image'; add one with its shape, e.g. "
+                         f'"image": {{"kind": "image", "shape": [3, 64, 64]}}, and edges from its parents')
+    return graph
 
 
 def image_model_config_for(graph: CausalGraph, attributes: Mapping[str, Tensor],
@@ -315,3 +387,160 @@ def morpho_colour_image_setup(*, steps: int = 20000, batch_size: int = 64, sampl
                                dropout_mode="per_group", p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every,
                                precision=precision)
     return image_data, image_config, train_config
+
+
+def train_from_data(
+    data: str,
+    graph: CausalGraph | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    image_size: int | None = None,
+    steps: int = 20000,
+    batch_size: int = 64,
+    lr: float = 3e-4,
+    p_attr: float = 0.25,
+    p_all: float = 0.1,
+    ema_decay: float = 0.9995,
+    ckpt_every: int = 250,
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    preset: str | None = None,
+    predictor_epochs: int = 10,
+    scm_fit: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    resume: bool = True,
+    command: str | None = None,
+    progress: bool = True,
+    log: Any = None,
+) -> CounterfactualPipeline | None:
+    """Train a pipeline for any DAG and image set: SCM, anti-causal predictors, image model, model card.
+
+    The whole function runs under ``torchrun --nproc_per_node=N``: rank 0 alone opens the run directory, fits
+    the SCM and trains the predictors while the other ranks wait at a barrier; the image model then trains under
+    DDP on every rank (gloo on CPUs, nccl on GPUs); rank 0 alone assembles and saves the pipeline. Stages
+    finished in ``out_dir`` are reused when resuming (``scm/``, ``predictors/``, the diffusion checkpoint).
+
+    Args:
+        data: a ``--data`` spec of the *training* split (:data:`~pipeline.generate.DATA_SPEC_HELP`), e.g.
+            ``csv:faces.csv,split=train`` or ``morpho-train``.
+        graph: the causal graph (or a JSON / TOML file of it) with one image node whose shape is the images'.
+        out_dir: the run directory.
+        image_size: centre-crop and resize a CSV's images to ``image_size`` square pixels (``None``: as they are;
+            then they must all have the graph's size).
+        steps, batch_size, lr, p_attr, p_all, ema_decay, ckpt_every, precision: the image model's training
+            (:class:`~diffusion.TrainConfig`; ``batch_size`` is the global batch, split over the processes).
+        device: ``"cpu"``, ``"cuda"``... (``None``: CUDA when available).
+        num_workers: DataLoader workers for the image model and the predictors.
+        preset: a key of :data:`IMAGE_MODEL_PRESETS` (default: picked by the image size).
+        predictor_epochs: epochs of the predictors.
+        scm_fit: keyword arguments of :meth:`scm.SCM.fit`.
+        seed: seeds everything.
+        resume: reuse finished stages.
+        command: the command line, recorded in the model card.
+        progress: tqdm bars; ``log``: called with one-line messages.
+
+    Returns:
+        The pipeline on rank 0 (also saved to ``out_dir/pipeline``); ``None`` on the other ranks.
+
+    Raises:
+        ValueError: bad data or graph, named in one line, before anything is written.
+    """
+    import time
+
+    from diffusion._distributed import setup
+
+    from .generate import open_dataset
+    from .predictors import PredictorSet, train_predictors
+
+    log = log or (lambda s: None)
+    if not isinstance(graph, CausalGraph):
+        graph = read_graph(graph)
+    if isinstance(device, str) and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (torch "
+                         f"{torch.__version__}); use --device cpu")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision={precision!r} must be fp32, bf16 or fp16")
+    if precision == "fp16" and not (device is not None and str(device).startswith("cuda")
+                                    or device is None and torch.cuda.is_available()):
+        raise ValueError("--precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
+    t0 = time.perf_counter()
+    dataset = open_dataset(data, graph=graph, image_size=image_size)
+    shape = tuple(graph.spec(graph.image_node).shape)
+    if preset is None:
+        preset, backbone = image_model_preset(shape)
+    elif preset in IMAGE_MODEL_PRESETS:
+        backbone = {k: v for k, v in IMAGE_MODEL_PRESETS[preset].items() if k != "max_size"}
+    else:
+        raise ValueError(f"preset={preset!r} is not one of {sorted(IMAGE_MODEL_PRESETS)}")
+    nodes = list(graph.attribute_nodes())
+    attrs = {n: dataset.factual(n) for n in nodes}
+    if any(v is None for v in attrs.values()):
+        attrs = _read_attributes(dataset, nodes)
+    image_config = image_model_config_for(graph, attrs, **backbone)
+    train_config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+                               dropout_mode="per_group", p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every,
+                               precision=precision)
+
+    ctx = setup(device)
+    try:
+        out = Path(out_dir)
+        if train_config.batch_size % ctx.world_size:
+            raise ValueError(f"--batch-size {batch_size} is not divisible by the {ctx.world_size} processes")
+        scm_dir, pred_dir = out / "scm", out / "predictors"
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if resume and (scm_dir / "config.json").is_file():
+                scm = SCM.load(scm_dir)
+            else:
+                log(f"fitting the SCM on {len(dataset):,} rows")
+                scm = SCM(graph)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    scm.fit({n: attrs[n] for n in nodes}, progress=progress, **dict(scm_fit or {}))
+                scm.save(scm_dir)
+            if resume and (pred_dir / "metrics.json").is_file():
+                predictors = PredictorSet.load(pred_dir)
+            else:
+                log(f"training {len(graph.image_parents())} predictor(s): {', '.join(graph.image_parents())}")
+                predictors = train_predictors(graph, dataset, epochs=predictor_epochs, seed=seed,
+                                              num_workers=num_workers, device=ctx.device, progress=progress)
+                predictors.save(pred_dir)
+        ctx.barrier()
+        log(f"training the image model ({preset}-pixel preset) for {steps:,} steps")
+        result = train_diffusion(image_config, train_config, dataset, out / "image_model_run", resume=resume,
+                                 progress=progress, device=ctx.device, num_workers=num_workers)
+        if not ctx.is_main:
+            ctx.barrier()
+            return None
+        image_model = ConditionalUNet.from_pretrained(_final_model_dir(out / "image_model_run")).eval()
+        losses = _loss_column(out / "image_model_run" / "loss.csv")
+        card = {"command": command, "data": {**{k: v for k, v in dataset.spec.items()}, "rows": len(dataset),
+                                             "image_shape": list(shape)},
+                "steps": result.step, "batch_size": batch_size, "precision": precision, "preset": preset,
+                "world_size": ctx.world_size, "final_loss": float(np.mean(losses[-100:])) if losses else None,
+                "wall_s": round(time.perf_counter() - t0, 1)}
+        pcfg = PipelineConfig(scale=2.0, steps=50, dcfg_anchor="full")
+        pipe = CounterfactualPipeline(graph, scm, image_model, pcfg, predictors=predictors, oracles="predictors",
+                                      card=card)
+        pipe.save(out / "pipeline")
+        if losses:
+            plot_training_curve(out / "image_model_run" / "loss.csv", out / "training_curve.png")
+        ctx.barrier()
+        return pipe
+    finally:
+        ctx.close()
+
+
+def _read_attributes(dataset: Any, nodes: Sequence[str]) -> dict[str, Tensor]:
+    rows = [dataset[i][1] for i in range(len(dataset))]
+    return {n: torch.stack([torch.as_tensor(r[n]) for r in rows]) for n in nodes}
+
+
+def _loss_column(loss_csv: Path) -> list[float]:
+    import csv
+
+    if not loss_csv.is_file():
+        return []
+    with open(loss_csv, newline="") as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]

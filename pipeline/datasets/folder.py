@@ -206,6 +206,14 @@ class _ImageTable(torch.utils.data.Dataset):
     def _where(self, row: int) -> str:
         return f"row {row}"
 
+    def verify_images(self, progress: bool = False) -> None:
+        """Open every image file's header once: a missing file or one that is not an image raises an error
+        naming its row (without decoding any pixels, so a training run fails before it writes anything)."""
+        from tqdm.auto import tqdm
+
+        for row, path in enumerate(tqdm(self.paths, desc="check images", disable=not progress, leave=False)):
+            self._reader.image_hw(path, self._where(row))
+
     # ------------------------------------------------------------------ Dataset protocol
     def __len__(self) -> int:
         return len(self.paths)
@@ -365,6 +373,9 @@ class ImageAttributeFolder(_ImageTable):
         cache_in_memory: decode every image once at construction and keep it (``uint8``, or ``float32``
             for 16-bit sources); each DataLoader worker process holds its own copy.
         max_classes: the most classes a categorical column may have.
+        split: keep only the rows whose ``split_column`` equals this text (e.g. ``"train"``); error messages still
+            name the rows and lines of the whole table.
+        split_column: the column that ``split`` reads (never an attribute).
         progress: show tqdm bars while scanning or caching images.
 
     Attributes:
@@ -403,7 +414,8 @@ class ImageAttributeFolder(_ImageTable):
                  channels: int = 1, categorical: Iterable[str] | None = None,
                  continuous: Iterable[str] | None = None, interpolation: str = "bilinear",
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, cache_in_memory: bool = False,
-                 max_classes: int = MAX_CLASSES, progress: bool = True) -> None:
+                 max_classes: int = MAX_CLASSES, split: str | None = None, split_column: str = "split",
+                 progress: bool = True) -> None:
         import pandas as pd
 
         reader = _ImageReader.build(channels, size, crop, interpolation)
@@ -425,6 +437,18 @@ class ImageAttributeFolder(_ImageTable):
         if len(frame) == 0:
             raise ValueError(f"{self.source}: the table has no rows; it needs one row per image")
         frame.columns = [str(c) for c in frame.columns]
+        self._lines = None  # the table row of each kept row, when split= keeps a subset
+        if split is not None:
+            if split_column not in frame.columns:
+                raise ValueError(f"{self.source} has no column {split_column!r}, so split={split!r} cannot pick its "
+                                 f"rows; add a {split_column!r} column (e.g. train / test) or give one CSV per split")
+            keep = (frame[split_column].astype(str).str.strip() == str(split)).to_numpy()
+            if not keep.any():
+                values = sorted(set(frame[split_column].astype(str).str.strip()))[:8]
+                raise ValueError(f"{self.source}: no row has {split_column}={split!r}; its values are {values}")
+            self._lines = np.flatnonzero(keep)
+            frame = frame[keep].reset_index(drop=True)
+        self.split = split
         image_dir = Path(os.path.expanduser(str(image_dir)))
         if not image_dir.is_dir():
             raise DataNotFoundError(f"image folder '{image_dir}' does not exist; pass the folder that the paths "
@@ -432,7 +456,8 @@ class ImageAttributeFolder(_ImageTable):
         self.image_dir = str(image_dir)
         # 2. the columns
         self.image_column = self._image_column(frame, image_column)
-        available = [c for c in frame.columns if c != self.image_column]
+        available = [c for c in frame.columns if c != self.image_column and not (split is not None
+                                                                                  and c == split_column)]
         chosen = _as_names(columns, "columns") if columns is not None else available
         for name in chosen:
             if name == self.image_column:
@@ -469,8 +494,9 @@ class ImageAttributeFolder(_ImageTable):
 
     # ------------------------------------------------------------------ helpers
     def _where(self, row: int) -> str:
-        line = f", line {row + 2}" if self.source != "<DataFrame>" else ""
-        return f"row {row} of {self.source}{line}"
+        table_row = int(self._lines[row]) if getattr(self, "_lines", None) is not None else row
+        line = f", line {table_row + 2}" if self.source != "<DataFrame>" else ""
+        return f"row {table_row} of {self.source}{line}"
 
     def _image_column(self, frame: Any, image_column: str | None) -> str:
         if image_column is not None:

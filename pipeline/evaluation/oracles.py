@@ -12,7 +12,11 @@ the image, independent of the model under test:
 :class:`MorphoOracles` implements them for the Morpho-MNIST benchmark: morphometry (thickness and
 intensity, after Castro et al. 2019), the project's digit classifier (digit, and its penultimate
 features for realism) and the benchmark's renderer (ground truth for do(thickness), do(intensity)).
-Any other dataset plugs in by subclassing :class:`Oracles`.
+:class:`ColourOracles` does the same for colour Morpho-MNIST (morphometry and the classifier on the
+image's saturation, hue and background measured exactly). :class:`PredictorOracles` serves any other
+dataset: the pipeline's learned anti-causal predictors (:mod:`pipeline.predictors`) measure, their
+features embed, and intervention values come from the evaluation data's marginals. Any other oracle
+plugs in by subclassing :class:`Oracles`.
 
 Example:
     >>> import numpy as np, torch
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Oracles", "MorphoOracles"]
+__all__ = ["Oracles", "MorphoOracles", "ColourOracles", "PredictorOracles"]
 
 
 class Oracles:
@@ -148,6 +152,102 @@ class MorphoOracles(Oracles):
         noise = self.dataset.noise_of(torch.as_tensor(rows).long())
         _, images = self.dataset.true_counterfactual(noise, {k: torch.as_tensor(v).double() for k, v in do.items()})
         return images
+
+
+class ColourOracles(Oracles):
+    """The colour Morpho-MNIST benchmark's oracles (``docs/benchmark.md``).
+
+    * ``measure``: thickness, intensity and slant by morphometry of the image's saturation (``max - min`` over
+      the channels, the grey digit), the digit by the classifier on the saturation, the hue and the background
+      by :mod:`pipeline.morphometry.colour`.
+    * ``embed``: the classifier's penultimate features of the saturation, beside the measured hue and
+      background (scaled by 10, so that colour counts in the Frechet distance).
+    * ``draw_targets``: the benchmark SCM's marginals (fresh noise through its equations); the digit uniform
+      over the 9 others.
+    * ``true_counterfactual``: :meth:`MorphoColour.true_counterfactual` with the rows' recorded noise.
+
+    Args:
+        dataset: the :class:`~pipeline.datasets.MorphoColour` whose rows are evaluated (``None``: no ground
+            truth).
+        classifier: the digit classifier (on 1x28x28 grey images in [-1, 1]).
+        n_jobs: morphometry processes.
+    """
+
+    def __init__(self, dataset: Any, classifier: Any, n_jobs: int | None = None) -> None:
+        super().__init__(cardinality={"digit": 10})
+        if classifier is None:
+            raise ValueError("ColourOracles needs the digit classifier: use a pipeline saved with one")
+        self.dataset, self.classifier, self.n_jobs = dataset, classifier, n_jobs
+
+    def measure(self, images: Tensor) -> dict[str, np.ndarray]:
+        from pipeline.morphometry import measure
+        from pipeline.morphometry.colour import measure_background, measure_hue, saturation
+
+        x = images.detach().float().cpu()
+        grey = saturation(x)
+        m = measure(grey, n_jobs=self.n_jobs, value_range=(-1.0, 1.0))
+        digit = self.classifier.predict(grey.to(_device_of(self.classifier)))
+        return {"digit": digit.cpu().numpy(), "slant": m["slant"], "thickness": m["thickness"],
+                "intensity": m["intensity"], "hue": measure_hue(x), "background": measure_background(x)}
+
+    def embed(self, images: Tensor) -> np.ndarray:
+        from pipeline.morphometry.colour import measure_background, measure_hue, saturation
+
+        x = images.detach().float().cpu()
+        feats = self.classifier.embed(saturation(x).to(_device_of(self.classifier))).detach().cpu().double().numpy()
+        colour = np.stack([np.nan_to_num(measure_hue(x)), np.nan_to_num(measure_background(x))], axis=1)
+        return np.concatenate([feats, 10.0 * colour], axis=1)
+
+    def draw_targets(self, node: str, factual: Mapping[str, Tensor], generator: torch.Generator) -> Tensor:
+        from pipeline.datasets import colour_equations as ceq
+
+        n = len(next(iter(factual.values())))
+        if node == "digit":
+            return super().draw_targets(node, factual, generator)
+        noise = ceq.sample_noise(n, generator)
+        digits = torch.randint(0, 10, (n,), generator=generator)
+        values = ceq.attributes_from_noise(digits, noise)
+        if node not in values:
+            raise ValueError(f"colour Morpho-MNIST has no node {node!r}")
+        return values[node].clamp(0.5, 8.0) if node == "thickness" else values[node]
+
+    def true_counterfactual(self, rows: Tensor, do: Mapping[str, Tensor]) -> Tensor | None:
+        if self.dataset is None or "digit" in do or not do:
+            return None
+        noise = self.dataset.noise_of(torch.as_tensor(rows).long())
+        _, images = self.dataset.true_counterfactual(noise, {k: torch.as_tensor(v).double() for k, v in do.items()})
+        return images
+
+
+class PredictorOracles(Oracles):
+    """Oracles of any dataset: the pipeline's learned anti-causal predictors (:class:`~pipeline.predictors.
+    PredictorSet`).
+
+    * ``measure``: each image parent predicted by its own predictor (class indices, or values in the node's
+      units);
+    * ``embed``: the predictors' features, concatenated;
+    * ``draw_targets``: continuous nodes resample ``marginals`` (the evaluation data's own values), discrete ones
+      a uniformly drawn other class;
+    * no ground truth.
+
+    Args:
+        predictors: the :class:`~pipeline.predictors.PredictorSet`.
+        marginals: node -> values whose empirical distribution intervention values are drawn from.
+        cardinality: node -> classes of the discrete image parents.
+    """
+
+    def __init__(self, predictors: Any, marginals: Mapping[str, Tensor], cardinality: Mapping[str, int]) -> None:
+        super().__init__(marginals=marginals, cardinality=cardinality)
+        if predictors is None:
+            raise ValueError("the pipeline has no predictors (its oracles); train it with `dcfg train`, which "
+                             "trains one per image parent")
+        self.predictors = predictors
+
+    def measure(self, images: Tensor) -> dict[str, np.ndarray]:
+        return self.predictors.measure(images.detach().float())
+
+    def embed(self, images: Tensor) -> np.ndarray:
+        return self.predictors.embed(images.detach().float())
 
 
 def _device_of(module: Any) -> torch.device:
