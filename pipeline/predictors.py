@@ -376,36 +376,38 @@ def train_predictors(graph: Any, dataset: Any, *, nodes: Sequence[str] | None = 
     val_idx, train_idx = order[:n_val], order[n_val:]
     attrs = _attribute_table(dataset, nodes)
     device = torch.device(device)
+    # the initial weights and the dropout masks come from a seeded stream of their own, so that the
+    # predictors are the same whatever ran before (e.g. a process group's set-up under torchrun)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         models = {n: AttributePredictor(_config_for_node(graph, n, attrs[n][train_idx], image_shape)).to(device)
                   for n in nodes}
-    params = [p for m in models.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(len(train_idx) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="predictors", dynamic_ncols=True)
-    history = []
-    for epoch in range(epochs):
-        for m in models.values():
-            m.train()
-        perm = train_idx[torch.randperm(len(train_idx), generator=g)]
-        total, seen = 0.0, 0
-        for x, a in _loader(dataset, perm.tolist(), batch_size, num_workers):
-            x = x.to(device)
-            loss = x.new_zeros(())
-            for n, m in models.items():
-                loss = loss + _loss(m, x, a[n].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(x)
-            seen += len(x)
-            bar.update(1)
-            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
-        history.append({"epoch": epoch + 1, "loss": total / max(seen, 1)})
-    bar.close()
+        params = [p for m in models.values() for p in m.parameters()]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+        steps_per_epoch = math.ceil(len(train_idx) / batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+        bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="predictors", dynamic_ncols=True)
+        history = []
+        for epoch in range(epochs):
+            for m in models.values():
+                m.train()
+            perm = train_idx[torch.randperm(len(train_idx), generator=g)]
+            total, seen = 0.0, 0
+            for x, a in _loader(dataset, perm.tolist(), batch_size, num_workers):
+                x = x.to(device)
+                loss = x.new_zeros(())
+                for n, m in models.items():
+                    loss = loss + _loss(m, x, a[n].to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(x)
+                seen += len(x)
+                bar.update(1)
+                bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
+            history.append({"epoch": epoch + 1, "loss": total / max(seen, 1)})
+        bar.close()
     metrics = _score(models, dataset, val_idx.tolist(), train_idx, attrs, batch_size, num_workers)
     metrics["_training"] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction,
                             "seed": seed, "n_train": len(train_idx), "n_val": n_val, "history": history}
