@@ -86,6 +86,39 @@ def bench_diffusion_command(model_dir, batch_sizes, sample_batch, steps, repeats
     click.echo(f"saved {out}")
 
 
+@bench.command("train")
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="Training data (the grammar of dcfg generate --data); default: a synthetic RGB set.")
+@click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None, help="The data's graph file.")
+@click.option("--sizes", default="1000,10000", show_default=True, help="Numbers of images compared.")
+@click.option("--image-size", type=click.IntRange(0, 128), default=64, show_default=True,
+              help="Side of the synthetic images (with --data: the --image-size they are read at; 0: as they are).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Batches streamed (default: one pass over "
+              "the largest size).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--num-workers", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="bench_train.json", show_default=True,
+              help="JSON file for the results.")
+def bench_train_command(data_spec, graph_file, sizes, image_size, steps, batch_size, num_workers, out):
+    """Peak memory and images/s of training data loading, for a small and a large number of images."""
+    _check_out(out)
+    try:
+        sizes_t = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        _fail(f"--sizes {sizes!r} must be comma-separated integers, e.g. 1000,10000")
+    from pipeline.bench_train import bench_train_data
+
+    try:
+        res = bench_train_data(data_spec, graph_file, sizes=sizes_t, image_size=image_size, steps=steps,
+                               batch_size=batch_size, num_workers=num_workers, out=out)
+    except ValueError as e:
+        _fail(str(e))
+    m = res["machine"]
+    click.echo(f"peak RSS {res['runs'][-1]['n']:,} / {res['runs'][0]['n']:,} images: {res['rss_ratio']:.3f} "
+               f"({m['cpu']}; avx512_bf16 {m['avx512_bf16']}, amx_bf16 {m['amx_bf16']})")
+    click.echo(f"saved {out}")
+
+
 @bench.command("morphometry")
 @click.option("--n", "n_images", type=click.IntRange(1, 1000), default=1000, show_default=True,
               help="Benchmark test digits to measure.")
