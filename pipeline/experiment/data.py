@@ -51,11 +51,16 @@ from torch import Tensor
 
 from pipeline.evaluation.oracles import Oracles
 
-__all__ = ["ExperimentData", "ExperimentOracles", "build_data", "true_scm", "make_mechanism", "render",
+__all__ = ["ExperimentData", "ExperimentOracles", "as_float_images", "build_data", "true_scm", "make_mechanism", "render",
            "write_morpho_csv", "bundled_classifier", "RENDER_ORDER", "DATA_VERSION"]
 
 #: Bumped whenever the generated data change for the same spec (part of the data stage's hash).
-DATA_VERSION = 2
+DATA_VERSION = 3
+
+
+def as_float_images(x: Tensor) -> Tensor:
+    """Images in [-1, 1] as float32: ``uint8`` storage (CSV data) is scaled by ``x / 127.5 - 1``."""
+    return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x.float()
 #: The order in which the render ops are applied to a source digit.
 RENDER_ORDER = ("slant", "thickness", "intensity")
 
@@ -184,9 +189,10 @@ class ExperimentData:
 
     Attributes:
         scm_rows: observational attributes for the SCM's fit and dowhy, node -> ``(N,)``.
-        train_images: the image model's training images ``(M, C, H, W)`` in [-1, 1].
+        train_images: the image model's training images ``(M, C, H, W)``: float32 in [-1, 1] (rendered data) or
+            ``uint8`` 0..255 (8-bit CSV images, a quarter of the memory; :func:`as_float_images` converts).
         train_attributes: their attributes, node -> ``(M,)`` (image parents at least).
-        test_images: test images ``(T, C, H, W)``.
+        test_images: test images ``(T, C, H, W)``, stored like ``train_images``.
         test_attributes: their attributes (every attribute node), node -> ``(T,)``.
         test_noise: synthetic data: each test row's exogenous noise, node -> ``(T, ...)``.
         test_sources: synthetic data: each test row's source digit, ``uint8 (T, 28, 28)``.
@@ -219,7 +225,17 @@ class ExperimentData:
         tensors.update({f"noise/{k}": v for k, v in self.test_noise.items()})
         if self.test_sources is not None:
             tensors["test/sources"] = self.test_sources
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
+        # safetensors refuses tensors that share storage: copy only those (never the whole image set)
+        seen: set[int] = set()
+        out = {}
+        for k, v in tensors.items():
+            v = v.detach().cpu().contiguous()
+            ptr = v.untyped_storage().data_ptr()
+            if ptr in seen or v.untyped_storage().nbytes() != v.numel() * v.element_size():
+                v = v.clone()
+            seen.add(v.untyped_storage().data_ptr())
+            out[k] = v
+        tensors = out
         atomic_save(lambda p: save_file(tensors, p), folder / "data.safetensors")
         atomic_save(lambda p: Path(p).write_text(json.dumps(self.info, indent=2)), folder / "info.json")
 
@@ -361,7 +377,13 @@ def _read_folder(spec: Any, csv: Path, image_dir: Path, progress: bool) -> tuple
                                   categorical=cat, continuous=cont, progress=progress)
     except (ValueError, FileNotFoundError) as e:
         raise ValueError(f"[data] csv: {e}") from None
-    images = torch.stack([ds.image(k) for k in range(len(ds))])
+    # 8-bit images stay uint8 (a quarter of float32's memory); 16-bit sources become float32 in [-1, 1]
+    arrays = [ds._reader.decode(ds.paths[k], ds._where(k)) for k in range(len(ds))]
+    if arrays and all(a.dtype == np.uint8 for a in arrays):
+        images = torch.from_numpy(np.stack(arrays))
+    else:
+        images = torch.stack([ds.image(k) for k in range(len(ds))])
+    del arrays
     values = {}
     for n in attrs:
         try:
@@ -491,15 +513,20 @@ class ExperimentOracles(Oracles):
 
     * ``measure``: ``thickness`` / ``intensity`` / ``slant`` nodes by morphometry, the ``digit`` node by the
       digit classifier;
-    * ``embed``: the classifier's penultimate features (without one: 4x4-average-pooled pixels);
+    * image parents without a render op (CSV data): the anti-causal ``predictors`` trained on the training
+      split (:mod:`pipeline.predictors`);
+    * ``embed``: the classifier's penultimate features (without one: the predictors' features, else
+      4x4-average-pooled pixels);
     * ``draw_targets``: the ``[[interventions]]`` entries: a fixed value, a shift of the factual value
       (clipped to the node's support), or a draw from the training marginal (another class for a
       categorical node);
     * ``true_counterfactual``: :meth:`ExperimentData.true_counterfactual` (synthetic data).
     """
 
-    def __init__(self, spec: Any, data: ExperimentData, classifier: Any = None, n_jobs: int | None = None) -> None:
+    def __init__(self, spec: Any, data: ExperimentData, classifier: Any = None, n_jobs: int | None = None,
+                 predictors: Any = None) -> None:
         graph = spec.graph
+        self.predictors = predictors
         cards = {n: int(graph.spec(n).cardinality or 2) for n in graph.attribute_nodes() if graph.spec(n).is_discrete}
         marg = {n: v.double() for n, v in data.scm_rows.items() if graph.spec(n).is_continuous}
         super().__init__(marginals=marg, cardinality=cards)
@@ -511,12 +538,16 @@ class ExperimentOracles(Oracles):
     @property
     def complete(self) -> bool:
         """Whether every image parent has an oracle (else the evaluation cannot score counterfactuals)."""
-        return all(p in self.spec.render for p in self.spec.graph.image_parents())
+        covered = set(self.spec.render) | set(self.predictors.nodes if self.predictors is not None else ())
+        return all(p in covered for p in self.spec.graph.image_parents())
 
     def measure(self, images: Tensor) -> dict[str, np.ndarray]:
         from pipeline.morphometry import measure
 
         out: dict[str, np.ndarray] = {}
+        if self.predictors is not None:
+            learned = self.predictors.measure(images.detach().float())
+            out.update({n: v for n, v in learned.items() if n not in self.spec.render})
         render = self.spec.render
         if any(op != "digit" for op in render.values()):
             m = measure(images.detach().float().cpu(), n_jobs=self.n_jobs)
@@ -529,6 +560,8 @@ class ExperimentOracles(Oracles):
     def embed(self, images: Tensor) -> np.ndarray:
         if self.classifier is not None:
             return self.classifier.embed(images.detach().float()).detach().cpu().double().numpy()
+        if self.predictors is not None:
+            return self.predictors.embed(images.detach().float())
         pooled = torch.nn.functional.avg_pool2d(images.detach().float(), 4, ceil_mode=True)
         return pooled.flatten(1).double().numpy()
 

@@ -309,7 +309,9 @@ def write_report(spec: Any, out: Path, metrics: dict[str, Any], data: Any, eval_
     figures.mkdir(parents=True, exist_ok=True)
     spec.graph.draw(figures / "dag.png", title=spec.name)
     plot_groups(spec.graph, metrics["groups"], figures / "groups.png")
-    plot_data(data.test_images, data.test_attributes, figures / "data.png")
+    from pipeline.experiment.data import as_float_images
+
+    plot_data(as_float_images(data.test_images), data.test_attributes, figures / "data.png")
 
     def copy(src: Path, dst: Path) -> None:
         if src.is_file():

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from pipeline.experiment.data import as_float_images
 from pipeline.experiment.spec import ExperimentSpec, load_spec, stable_hash
 
 __all__ = ["run_experiment", "ExperimentResult", "StageRecord", "DataError", "check_experiment_dir", "guidance_groups",
@@ -44,7 +45,7 @@ __all__ = ["run_experiment", "ExperimentResult", "StageRecord", "DataError", "ch
 
 _MARKER = "done.json"
 #: Bumped when a stage's computation changes for the same spec (part of its hash), so old results are redone.
-STAGE_VERSIONS = {"scm": 1, "image_model": 1, "evaluation": 1, "effects": 3}
+STAGE_VERSIONS = {"scm": 1, "image_model": 1, "predictors": 1, "evaluation": 2, "effects": 3}
 
 
 class DataError(ValueError):
@@ -137,12 +138,16 @@ class _Stages:
 def _image_dataset(images: torch.Tensor, attributes: Mapping[str, torch.Tensor]) -> Any:
     """The image model's training set: items ``(image, {parent: value})``."""
 
+    table = dict(attributes)
+
     class _Rows(torch.utils.data.Dataset):
+        attributes = table  # read by train_predictors without decoding images
+
         def __len__(self) -> int:
             return len(images)
 
         def __getitem__(self, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            return images[k], {n: v[k] for n, v in attributes.items()}
+            return as_float_images(images[k]), {n: v[k] for n, v in attributes.items()}
 
         def __getitems__(self, ks: list[int]) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
             return [self[k] for k in ks]
@@ -286,7 +291,7 @@ def _evaluation_stage(spec: ExperimentSpec, pipe: Any, data: Any, oracles: Any, 
         if not oracles.complete:
             missing = [p for p in spec.graph.image_parents() if p not in spec.render]
             (folder / "metrics.json").write_text(json.dumps({"skipped": (
-                f"no oracle for image parent(s) {missing}: add them to [render] to score counterfactual images")}))
+                f"no oracle for image parent(s) {missing}")}))
             return
         ev, g = spec.evaluation, spec.guidance
         t = len(data.test_images)
@@ -297,8 +302,9 @@ def _evaluation_stage(spec: ExperimentSpec, pipe: Any, data: Any, oracles: Any, 
             cycle_n=min(ev.cycle_n if ev.cycle_n is not None else max(2, n // 8), n), cycles=ev.cycles,
             interventions=tuple(iv.node for iv in spec.interventions), invariant_weight=g.invariant_weight,
             grid_n=min(ev.grid_n, n), seed=spec.seed, precision=ev.precision)
-        res = evaluate(pipe, data.test_images, data.test_attributes, oracles, config, rows=torch.arange(t),
-                       reference_images=data.test_images, progress=progress, log=log)
+        test_images = as_float_images(data.test_images)
+        res = evaluate(pipe, test_images, data.test_attributes, oracles, config, rows=torch.arange(t),
+                       reference_images=test_images, progress=progress, log=log)
         metrics = to_json(res.metrics)
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
         (folder / "evaluation.md").write_text(format_report(metrics))
@@ -418,7 +424,7 @@ def _effects_stage(spec: ExperimentSpec, pipe: Any, data: Any, classifier: Any, 
             # Image level: counterfactual images of test units, and their ground truth.
             if e.image_outcome is not None:
                 units = torch.arange(min(e.units, len(data.test_images)))
-                x = data.test_images[units]
+                x = as_float_images(data.test_images[units])
                 pa = {n: v[units] for n, v in data.test_attributes.items()}
                 outcome = _image_outcome(e.image_outcome, classifier)
                 do, control = {e.treatment: e.treated}, {e.treatment: e.control}
@@ -521,7 +527,21 @@ def run_experiment(spec: ExperimentSpec | str | os.PathLike, out: str | os.PathL
         pipe, model_keys, model_info = _load_pipeline(spec, classifier)
 
     # 3. Evaluation (CFG vs DCFG over the interventions).
-    oracles = ExperimentOracles(spec, data, classifier, n_jobs=n_jobs)
+    predictors = None
+    if any(p not in spec.render for p in spec.graph.image_parents()):
+        # image parents with no render op (CSV data) are read off the images by anti-causal predictors
+        from pipeline.predictors import PredictorSet, train_predictors
+
+        missing = [p for p in spec.graph.image_parents() if p not in spec.render]
+
+        def fit_predictors(folder: Path) -> None:
+            train_predictors(spec.graph, _image_dataset(data.train_images, data.train_attributes), nodes=missing,
+                             seed=spec.seed, progress=progress).save(folder / "predictors")
+
+        predictors, _ = stages.run("predictors", {"data": data_key, "nodes": missing, "seed": spec.seed,
+                                                  "version": STAGE_VERSIONS["predictors"]}, fit_predictors,
+                                   lambda f: PredictorSet.load(f / "predictors"))
+    oracles = ExperimentOracles(spec, data, classifier, n_jobs=n_jobs, predictors=predictors)
     eval_key = {"model": model_keys, "data": data_key, "version": STAGE_VERSIONS["evaluation"],
                 **{k: spec.raw.get(k) for k in ("evaluation", "guidance", "interventions")},
                 "interventions_resolved": [asdict(iv) for iv in spec.interventions]}

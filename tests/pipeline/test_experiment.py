@@ -470,3 +470,36 @@ def test_guidance_anchor_reaches_the_pipeline_and_the_groups():
     g = guidance_groups(spec, {"slant": 2.0, "thickness": 2.0}, {"slant": 2.0, "thickness": 2.0})
     assert g["slant"]["dcfg"]["anchor"] == "full"
     assert "anchor" not in guidance_groups(parse_spec(BASE, path=None), {"slant": 2.0}, {"slant": 2.0})["slant"]["dcfg"]
+
+
+def test_csv_without_render_is_scored_by_predictors_and_stored_as_uint8(tmp_path):
+    """CSV data with no [render] ops: the images are held as uint8, anti-causal predictors are trained on the
+    training split, and the evaluation scores every image parent with them instead of being skipped."""
+    from pipeline.experiment import run_experiment
+    from pipeline.experiment.data import ExperimentData, write_morpho_csv
+
+    write_morpho_csv(tmp_path / "data", 40, n_jobs=1)
+    spec = mutate(equations=None, data={"source": "csv", "csv": "data/train.csv", "test_csv": "data/test.csv",
+                                        "image_dir": "data"},
+                  graph={"nodes": {"thickness": {"kind": "positive"},
+                                   "intensity": {"kind": "interval", "low": 0, "high": 255},
+                                   "digit": {"kind": "categorical", "cardinality": 10},
+                                   "image": {"kind": "image", "shape": [1, 28, 28]}},
+                         "edges": [["thickness", "intensity"], ["thickness", "image"], ["intensity", "image"],
+                                   ["digit", "image"]]},
+                  interventions=[{"node": "thickness"}, {"node": "digit"}], effects=[])
+    spec.pop("effects")
+    spec.pop("render", None)
+    spec_file = write_toml(spec, tmp_path / "csv.toml")
+    out = tmp_path / "out"
+    run_experiment(spec_file, out, n_jobs=1, progress=False)
+    data_dir = next((out / "stages").glob("data-*"))
+    data = ExperimentData.load(data_dir)
+    assert data.train_images.dtype == torch.uint8 and data.test_images.dtype == torch.uint8
+    assert any((out / "stages").glob("predictors-*/predictors/metrics.json"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    evaluation = metrics["evaluation"]
+    assert "skipped" not in evaluation
+    rows = evaluation["pipelines"]["main"]["main"]
+    assert sorted(rows) == ["digit", "thickness"]
+    assert {"thickness_mae", "digit_flip_rate", "realism_fd"} <= {k for r in rows["thickness"] for k in r}
