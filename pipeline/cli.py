@@ -119,6 +119,40 @@ def bench_train_command(data_spec, graph_file, sizes, image_size, steps, batch_s
     click.echo(f"saved {out}")
 
 
+@bench.command("oracles")
+@_PIPELINE_OPT
+@click.option("--n", "n_images", type=click.IntRange(1, 1000), default=1000, show_default=True,
+              help="Clean test renders.")
+@click.option("--predictors", "predictors_dir", type=click.Path(file_okay=False), default=None,
+              help="A predictors/ folder (of dcfg train) to score beside the measurement.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n-jobs", type=click.IntRange(1), default=None, help="Morphometry processes.")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench_oracles.json", show_default=True,
+              help="JSON file for the results.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench_oracles_command(pipeline_dir, n_images, predictors_dir, seed, n_jobs, out, quiet):
+    """A benchmark's oracles (and learned predictors) against the renderer's true attributes on clean renders."""
+    _check_out(out)
+    pipe = _load_pipeline(pipeline_dir)
+    from pipeline.evaluation.oracle_check import check_oracles, format_oracle_check
+
+    predictors = None
+    if predictors_dir is not None:
+        from pipeline.predictors import PredictorSet
+
+        try:
+            predictors = PredictorSet.load(predictors_dir)
+        except ValueError as e:
+            _fail(str(e))
+    try:
+        res = check_oracles(pipe, n=n_images, seed=seed, n_jobs=n_jobs, predictors=predictors, out=out,
+                            progress=not quiet)
+    except ValueError as e:
+        _fail(str(e))
+    click.echo(format_oracle_check(res))
+    click.echo(f"saved {out}")
+
+
 @bench.command("morphometry")
 @click.option("--n", "n_images", type=click.IntRange(1, 1000), default=1000, show_default=True,
               help="Benchmark test digits to measure.")
