@@ -66,9 +66,11 @@ def render_card(pipe: Any) -> str:
         lines += ["```", str(card["command"]), "```", ""]
     for key, label in (("steps", "image-model steps"), ("batch_size", "batch size"), ("precision", "precision"),
                        ("final_loss", "final loss (mean of the last 100 steps, epsilon MSE)"),
-                       ("world_size", "processes"), ("wall_s", "wall time (s)")):
-        if key in card:
+                       ("world_size", "processes")):
+        if card.get(key) is not None:
             lines.append(f"- {label}: {_fmt(card[key])}")
+    if card.get("wall_s"):
+        lines.append(f"- wall time: {float(card['wall_s']) / 3600:.2f} h")
     m = pipe.image_model
     params = sum(p.numel() for p in m.parameters())
     lines += [f"- image model: {params:,} parameters, channels {tuple(m.config.block_out_channels)}",
@@ -81,8 +83,9 @@ def render_card(pipe: Any) -> str:
         lines += ["Anti-causal predictors, one per image parent, scored on a held-out part of the training split:",
                   ""] + [f"- {s}" for s in predictors.summary()] + [""]
     elif getattr(pipe, "classifier", None) is not None:
-        lines += [f"The {pipe.oracles or 'morpho'} benchmark's oracles: morphometry and the digit classifier "
-                  f"(see docs/benchmark.md).", ""]
+        which = "colour Morpho-MNIST" if pipe.oracles == "morpho-colour" else "Morpho-MNIST"
+        lines += [f"The {which} benchmark's oracles: the renderer's measurement (morphometry) and the digit "
+                  f"classifier, checked against the true attributes in docs/benchmark.md.", ""]
     else:
         lines += ["None: this pipeline carries no oracle, so `dcfg evaluate` cannot score it.", ""]
 
@@ -95,3 +98,38 @@ def render_card(pipe: Any) -> str:
             lines.append(f"- {row}")
         lines.append("")
     return "\n".join(lines)
+
+
+def headline_lines(metrics: dict[str, Any], pipeline: str = "main") -> list[str]:
+    """The headline rows with a target, one line each: the methods' values beside the target."""
+    names = {"none": "none", "cfg": "CFG", "dcfg": "DCFG", "ratio": "ratio"}
+    out = []
+    for row in metrics.get("headline", []):
+        if row.get("target") is None:
+            continue
+        values = [f"{names.get(k.split('/', 1)[1], k.split('/', 1)[1])} {v:.4g}"
+                  for k, v in row.get("values", {}).items()
+                  if k.startswith(pipeline + "/") and isinstance(v, (int, float)) and not k.endswith("per_attribute")]
+        if values:
+            out.append(f"{row['metric']}: {', '.join(values)} (target {row['target']})")
+    return out
+
+
+def record_evaluation(pipeline_dir: Any, metrics: dict[str, Any], command: str | None = None) -> None:
+    """Write an evaluation's headline into a saved pipeline's card (``config.json`` and ``README.md``), atomically."""
+    from pathlib import Path
+
+    from diffusion._io import atomic_write_json
+
+    from .core import CounterfactualPipeline
+    from .images import atomic_save
+
+    path = Path(pipeline_dir)
+    cfg = json.loads((path / "config.json").read_text())
+    card = dict(cfg.get("card") or {})
+    card["evaluation"] = {"command": command or metrics.get("settings", {}).get("command"),
+                          "n": metrics.get("settings", {}).get("n"), "headline": headline_lines(metrics)}
+    cfg["card"] = card
+    atomic_write_json(path / "config.json", cfg)
+    pipe = CounterfactualPipeline.load(path)
+    atomic_save(lambda p: Path(p).write_text(render_card(pipe)), path / "README.md")

@@ -17,6 +17,11 @@ def main() -> None:
     """dcfg: image counterfactuals with a Pyro SCM and decoupled classifier-free guidance."""
 
 
+_PIPELINE_OPT = click.option("--pipeline", "pipeline_dir", type=click.Path(), default=None,
+                             help="Saved pipeline directory, or a bundled one's name: morphomnist (the default), "
+                                  "morpho-colour.")
+
+
 @main.group()
 def bench() -> None:
     """Speed benchmarks: each prints its figures and saves them as JSON."""
@@ -259,9 +264,6 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-_PIPELINE_OPT = click.option("--pipeline", "pipeline_dir", type=click.Path(), default=None,
-                             help="Saved pipeline directory, or a bundled one's name: morphomnist (the default), "
-                                  "morpho-colour.")
 _DEVICE_OPT = click.option("--device", default=None,
                            help="cpu, cuda, cuda:1, mps... (default: the model's own device, or CUDA when available "
                                 "for training).")
@@ -654,10 +656,12 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
                    "compile); auto: on for runs of at least 200k image-NFEs.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dcfg-eval", show_default=True,
               help="Output folder (metrics.json, report.md, tradeoff.png, grid.png), written atomically.")
+@click.option("--update-card", is_flag=True,
+              help="Write the headline into the pipeline folder's model card (README.md, config.json).")
 @_DEVICE_OPT
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_command(pipeline_dir, data_spec, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
+def evaluate_command(pipeline_dir, data_spec, update_card, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
                      sweep_methods_text, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
                      invariant_weight, descendant_weight_text, anchor, ablation_dir, classifier_dir, root, max_sources,
                      seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads, quiet):
@@ -685,6 +689,10 @@ def evaluate_command(pipeline_dir, data_spec, device, n_rows, steps, scales_text
 
     try:
         check_out_dir(out_dir)
+        if update_card and pipeline_dir is not None:
+            from pipeline.parsing import check_writable
+
+            check_writable(str(pipeline_dir).rstrip("/") + "/README.md", "--update-card")
     except ValueError as e:
         _fail(str(e))
     _threads(threads)
@@ -719,6 +727,16 @@ def evaluate_command(pipeline_dir, data_spec, device, n_rows, steps, scales_text
     from pipeline.evaluation.report import format_headline
 
     click.echo(format_headline(res.metrics))
+    if update_card:
+        from pipeline.card import record_evaluation
+        from pipeline.core import resolve_pipeline_path
+
+        name, folder = resolve_pipeline_path(pipeline_dir)
+        if folder is None:
+            click.echo(f"--update-card: {name} is a bundled pipeline; its card is not changed", err=True)
+        else:
+            record_evaluation(folder, res.metrics, command)
+            click.echo(f"recorded the headline in {folder}/README.md")
     t = res.metrics["timing"]
     click.echo(f"{t['nfe']:,} image-NFEs in {t['wall_s'] / 60:.1f} min; wrote {out_dir}/"
                "{metrics.json,report.md,tradeoff.png,grid.png}")

@@ -58,8 +58,10 @@ def test_example_train_evaluate_counterfactual(world, tmp_path):
     assert index["metrics"]["shape"]["kind"] == "classifier" and index["metrics"]["shape"]["n_val"] == 12
 
     code, text = _invoke(["evaluate", "--pipeline", str(pipe_dir), "--data", f"csv:{world}/attributes.csv,split=test",
-                          "--n", "4", "--steps", "2", "--scales", "1,2", "--out", str(ev), "--quiet"])
+                          "--n", "4", "--steps", "2", "--scales", "1,2", "--out", str(ev), "--update-card", "--quiet"])
     assert code == 0, text
+    card = (pipe_dir / "README.md").read_text()
+    assert "## Evaluation" in card and "dcfg evaluate" in card and "(target <=" in card
     for f in ("metrics.json", "report.md", "tradeoff.png", "grid.png"):
         assert (ev / f).is_file(), f
     metrics = json.loads((ev / "metrics.json").read_text())
