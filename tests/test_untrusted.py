@@ -141,7 +141,8 @@ def test_no_source_file_unpickles_or_evaluates():
 def test_bundled_model_is_json_and_safetensors_only():
     files = [p for p in (ROOT / "pipeline" / "pretrained").rglob("*") if p.is_file()]
     assert files
-    assert {p.suffix for p in files} <= {".json", ".safetensors"}, sorted(map(str, files))
+    # JSON, safetensors and the model card (README.md), which no loader reads
+    assert {p.suffix for p in files} <= {".json", ".safetensors", ".md"}, sorted(map(str, files))
 
 
 # ------------------------------------------------------------------------------------- a saved pipeline directory
@@ -157,7 +158,7 @@ def _forbidden(*args, **kwargs):
 def test_saved_pipeline_loads_without_any_unpickler(pipe, tmp_path, monkeypatch):
     path = pipe.save(tmp_path / "pipe")
     files = [p for p in path.rglob("*") if p.is_file()]
-    assert {p.suffix for p in files} == {".json", ".safetensors"}, sorted(map(str, files))
+    assert {p.suffix for p in files} == {".json", ".safetensors", ".md"}, sorted(map(str, files))  # .md: the card
     for f in files:
         head = f.read_bytes()[:2]
         assert head not in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # torch.save zip / pickle
