@@ -55,6 +55,10 @@ def bench_scm_command(n_rows, fit_rows, epochs, repeats, seed, threads, out, qui
 @bench.command("diffusion")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Saved ConditionalUNet directory (default: an untrained default 28x28 model).")
+@click.option("--preset", type=click.Choice(["28", "64", "128"]), default=None,
+              help="Instead of --model: an untrained denoiser of this dcfg train preset (docs/own_data.md).")
+@click.option("--channels", type=click.Choice(["1", "3"]), default="3", show_default=True,
+              help="--preset: image channels.")
 @click.option("--batch-sizes", default="1,64,256", show_default=True,
               help="Comma-separated batch sizes of the forward timings.")
 @click.option("--sample-batch", type=click.IntRange(1), default=64, show_default=True,
@@ -67,8 +71,11 @@ def bench_scm_command(n_rows, fit_rows, epochs, repeats, seed, threads, out, qui
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--out", type=click.Path(dir_okay=False), default="bench_diffusion.json", show_default=True,
               help="JSON file for the results.")
-def bench_diffusion_command(model_dir, batch_sizes, sample_batch, steps, repeats, train_steps, seed, threads, out):
+def bench_diffusion_command(model_dir, preset, channels, batch_sizes, sample_batch, steps, repeats, train_steps, seed,
+                            threads, out):
     """ms per forward, sampler overhead, DCFG/CFG cost and training images/s on one model and batch."""
+    if preset is not None and model_dir is not None:
+        _fail("give --model or --preset, not both")
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
         if not sizes or min(sizes) < 1:
@@ -83,8 +90,18 @@ def bench_diffusion_command(model_dir, batch_sizes, sample_batch, steps, repeats
 
     if threads:
         torch.set_num_threads(threads)
+    model = model_dir
+    if preset is not None:
+        from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig
+        from pipeline.train import IMAGE_MODEL_PRESETS
+
+        side = {"28": 28, "64": 64, "128": 128}[preset]
+        kwargs = {k: v for k, v in IMAGE_MODEL_PRESETS[preset].items() if k != "max_size"}
+        attrs = (AttributeSpec("a", "continuous"), AttributeSpec("b", "continuous"),
+                 AttributeSpec("c", "categorical", cardinality=10))
+        model = ConditionalUNet(ImageModelConfig(image_shape=(int(channels), side, side), attributes=attrs, **kwargs))
     try:
-        bench_diffusion(model_dir, batch_sizes=sizes, sample_batch=sample_batch, steps=steps, repeats=repeats,
+        bench_diffusion(model, batch_sizes=sizes, sample_batch=sample_batch, steps=steps, repeats=repeats,
                         train_steps=train_steps, seed=seed, out=out)
     except (ValueError, FileNotFoundError) as e:  # e.g. --model is not a saved ConditionalUNet
         _fail(str(e))

@@ -935,12 +935,16 @@ def load_evaluation_data(pipe: Any, data: str | None = None, *, classifier: Any 
     from pipeline.datasets import MorphoColour, MorphoMNIST
     from pipeline.evaluation.oracles import ColourOracles, MorphoOracles
 
-    kind = getattr(pipe, "oracles", None) or ("morpho" if pipe.classifier is not None else None)
+    kind = getattr(pipe, "oracles", None) or ("morpho" if pipe.classifier is not None or classifier is not None
+                                              else None)
     if data is None:
         if kind == "morpho":
             data = "morpho-test"
         elif kind == "morpho-colour":
             data = "morpho-colour-test"
+        elif (sorted(pipe.graph.image_parents()) == ["digit", "intensity", "thickness"]
+              and tuple(pipe.graph.spec(pipe.graph.image_node).shape) == (1, 28, 28)):
+            data = "morpho-test"  # a Morpho-MNIST pipeline saved without its classifier: asks for --classifier
         else:
             raise ValueError("this pipeline was trained on your own data: give its test split with --data SPEC "
                              "(e.g. csv:faces.csv,split=test)")
