@@ -159,7 +159,8 @@ class ColourOracles(Oracles):
 
     * ``measure``: thickness, intensity and slant by morphometry of the image's saturation (``max - min`` over
       the channels, the grey digit), the digit by the classifier on the saturation, the hue and the background
-      by :mod:`pipeline.morphometry.colour`.
+      by :mod:`pipeline.morphometry.colour`. An attribute that cannot be measured on an image (a grey image has
+      no hue) reads 0, so that it is scored as an error rather than dropped.
     * ``embed``: the classifier's penultimate features of the saturation, beside the measured hue and
       background (scaled by 10, so that colour counts in the Frechet distance).
     * ``draw_targets``: the benchmark SCM's marginals (fresh noise through its equations); the digit uniform
@@ -187,8 +188,12 @@ class ColourOracles(Oracles):
         grey = saturation(x)
         m = measure(grey, n_jobs=self.n_jobs, value_range=(-1.0, 1.0))
         digit = self.classifier.predict(grey.to(_device_of(self.classifier)))
-        return {"digit": digit.cpu().numpy(), "slant": m["slant"], "thickness": m["thickness"],
-                "intensity": m["intensity"], "hue": measure_hue(x), "background": measure_background(x)}
+        out = {"slant": m["slant"], "thickness": m["thickness"], "intensity": m["intensity"], "hue": measure_hue(x),
+               "background": measure_background(x)}
+        # an image on which an attribute cannot be measured (no coloured pixel, no background pixel, no stroke)
+        # reads 0: outside hue's range, at background's edge, far from any stroke: it is scored as an error
+        out = {k: np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0) for k, v in out.items()}
+        return {"digit": digit.cpu().numpy(), **out}
 
     def embed(self, images: Tensor) -> np.ndarray:
         from pipeline.morphometry.colour import measure_background, measure_hue, saturation
