@@ -3,7 +3,7 @@ then an image-level effect from the bundled pipeline's counterfactual images aga
 
 Run:  python examples/effect_estimation.py        (2.5 CPU-minutes; 5 minutes wall on a busy 2-core machine)
 
-The benchmark's equations (BENCHMARK.md):  t = 0.5 + Gamma(10, 5),  i = 64 + 191 * sigmoid(0.5 e + 2 t - 5).
+The benchmark's equations (docs/benchmark.md):  t = 0.5 + Gamma(10, 5),  i = 64 + 191 * sigmoid(0.5 e + 2 t - 5).
 The effect is E[i | do(t = 3)] - E[i | do(t = 2)].
 
 1. Ground truth, from the equations: 191 * (E sigmoid(1 + 0.5 e) - E sigmoid(-1 + 0.5 e)), e ~ N(0, 1), by

@@ -151,7 +151,7 @@ def train_pipeline(
         graph: the causal graph with one image node.
         attribute_data: observational attributes for the SCM (name -> (N,) tensor).
         image_dataset: items ``(image (C,H,W) in [-1,1], attrs dict)`` for the diffusion model;
-            its attributes may be drawn more widely than the SCM's (see BENCHMARK lesson 2).
+            its attributes may be drawn more widely than the SCM's (see docs/benchmark.md).
         out_dir: run directory (created).
         image_config: the denoiser's config; by default standardised on ``image_dataset.attributes``
             (or ``attribute_data``) with :data:`MORPHO_IMAGE_MODEL`'s backbone.
@@ -282,7 +282,7 @@ def train_morphomnist(
     resume: bool = True,
     progress: bool = True,
 ) -> CounterfactualPipeline:
-    """Train the Morpho-MNIST pipeline of BENCHMARK.md (the bundled model's recipe).
+    """Train the Morpho-MNIST pipeline of docs/benchmark.md (the bundled model's recipe).
 
     * SCM data: the training source digits with attributes from the benchmark's SCM
       (``scm_samples_per_digit`` draws per digit).
@@ -323,7 +323,7 @@ def train_morphomnist(
     scm_data = {"thickness": t.float(), "intensity": eq.intensity_from(t, noise["e_i"]).float(),
                 "digit": digits}
 
-    # Guidance defaults of the bundled pipeline (8,472 steps; see the README's evaluation): DCFG anchored at
+    # Guidance defaults of the bundled pipeline (8,472 steps; see docs/bundled-models.md): DCFG anchored at
     # the full condition (each group amplified given the others); thickness (scale 2) and the digit (scale 3)
     # need amplification; intensity overshoots when amplified, so it keeps weight 1 both when intervened on
     # and as thickness's descendant (descendant_weight).
@@ -350,7 +350,7 @@ def train_morphomnist_classifier(out_dir: str | os.PathLike, image_data: Any | N
     model's training set; all of them, in order, when there are no more than ``n_images``), with
     small affine (rotations up to ``max_rot_deg``) and ``elastic`` distortions. Its accuracy on the
     1,000 rendered test digits is recorded per epoch in ``classifier/history.json`` (never used for
-    selection). The augmentation settings were chosen on 500 held-out training digits (see the README).
+    selection). The augmentation settings were chosen on 500 held-out training digits (docs/bundled-models.md).
     """
     from .classifier import DigitClassifier, train_classifier
     from .datasets import MorphoMNIST

@@ -307,7 +307,7 @@ class MorphoMNIST(torch.utils.data.Dataset):
                             ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Ground-truth counterfactual attributes and images under ``do`` on thickness and/or intensity.
 
-        Re-runs the SCM with the rows' own noise (BENCHMARK.md): ``do(t = t')`` gives
+        Re-runs the SCM with the rows' own noise (docs/benchmark.md): ``do(t = t')`` gives
         ``i' = 64 + 191 * sigmoid(0.5 * e_i + 2 * t' - 5)`` and ``x' = render(source, t', i')``;
         ``do(i = i')`` keeps ``t``. Both may be given at once. The digit never changes.
 

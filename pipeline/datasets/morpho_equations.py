@@ -1,4 +1,4 @@
-"""The generative SCM of the Morpho-MNIST benchmark (the deepscm equations, BENCHMARK.md).
+"""The generative SCM of the Morpho-MNIST benchmark (the deepscm equations, docs/benchmark.md).
 
 ::
 

@@ -1,4 +1,4 @@
-"""The benchmark's metrics, each defined once (see the evaluation section of the README).
+"""The benchmark's metrics, each defined once (docs/evaluation.md describes them).
 
 All functions take batches (tensors or arrays) and return plain floats or per-row arrays, so that
 every command and test uses the same definition.

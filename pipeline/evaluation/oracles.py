@@ -89,7 +89,7 @@ class Oracles:
 
 
 class MorphoOracles(Oracles):
-    """The Morpho-MNIST benchmark's oracles (BENCHMARK: morphometry, classifier, renderer).
+    """The Morpho-MNIST benchmark's oracles (docs/benchmark.md: morphometry, classifier, renderer).
 
     * ``measure``: thickness and intensity by :func:`pipeline.morphometry.measure`; digit by the
       classifier's prediction.
@@ -148,7 +148,7 @@ class MorphoOracles(Oracles):
 
     def true_counterfactual(self, rows: Tensor, do: Mapping[str, Tensor]) -> Tensor | None:
         if "digit" in do or not do:
-            return None  # no source digit exists in another class (BENCHMARK)
+            return None  # no source digit exists in another class (docs/benchmark.md)
         noise = self.dataset.noise_of(torch.as_tensor(rows).long())
         _, images = self.dataset.true_counterfactual(noise, {k: torch.as_tensor(v).double() for k, v in do.items()})
         return images

@@ -33,7 +33,7 @@ defaults with the bundled pipeline (``n = 1000``, ``S = 50``, its own steps, ``s
 the image model compiled (``compile="auto"``) and in bf16 (``precision="auto"`` on this AMX CPU),
 1.5 ms per image-NFE; in fp32, 46.9 minutes (3.1 ms). ``n = 10`` plans 23,500 (2.3 minutes).
 
-Metric definitions (BENCHMARK.md "Metrics"; the single definitions live in
+Metric definitions (docs/evaluation.md; the single definitions live in
 :mod:`pipeline.evaluation.metrics` and :mod:`pipeline.evaluation.scores`):
 
 =================  =========================================================================================
@@ -99,7 +99,7 @@ METHODS: dict[str, tuple[str, str | None, str | None, str | None]] = {
     "dcfg_paper": ("dcfg", "dag", "null", "scale"),
 }
 
-#: BENCHMARK.md's targets: (intervened node, metric) -> (comparison, value).
+#: The benchmark's targets (docs/results.md): (intervened node, metric) -> (comparison, value).
 BENCHMARK_TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     ("thickness", "thickness_mae"): ("<=", 0.20),
     ("intensity", "intensity_mae"): ("<=", 5.0),
@@ -855,7 +855,7 @@ def _met(cmp_: str, target: float, value: float | None) -> bool | None:
 
 
 def _headline(graph: Any, results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per metric of the main tables; a column per ``pipeline/method``; targets where BENCHMARK sets one."""
+    """One row per metric of the main tables; a column per ``pipeline/method``; targets where the benchmark sets one."""
     rows: list[dict[str, Any]] = []
 
     def add(label: str, target: tuple[str, float] | None, values: dict[str, float | None],

@@ -1,6 +1,6 @@
 """Morphometry of digit images after Morpho-MNIST (Castro et al., 2019): thickness, intensity, slant.
 
-Definitions (BENCHMARK.md), on an image ``x`` on [0, 1]:
+Definitions (docs/benchmark.md), on an image ``x`` on [0, 1]:
 
 1. Upsample ``x`` by ``scale = 4`` with ``skimage.transform.pyramid_expand(order=3)`` (a cubic spline
    followed by the pyramid's Gaussian, sigma ``2*scale/6``), as the Morpho-MNIST code does.

@@ -1,6 +1,6 @@
 """Perturbations that set a digit's thickness and intensity (after Morpho-MNIST's ``SetThickness``).
 
-``set_thickness`` follows BENCHMARK.md, steps numbered as in the code:
+``set_thickness`` follows Morpho-MNIST (docs/benchmark.md), steps numbered as in the code:
 
 1. Measure the digit's thickness ``t`` (:func:`~pipeline.morphometry.measure_thickness`).
 2. Upsample by ``scale`` (``pyramid_expand``, order 3) and binarise at the mid threshold.

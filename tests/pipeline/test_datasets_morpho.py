@@ -1,6 +1,6 @@
 """Morpho-MNIST from real digits: the SCM equations, the dataset, its cache and the ground truth.
 
-The benchmark SCM (BENCHMARK.md)::
+The benchmark SCM (docs/benchmark.md)::
 
     u_t ~ Gamma(10, 5) -> thickness t = 0.5 + u_t --> intensity i = 64 + 191 sigmoid(0.5 e_i + 2t - 5)
     source digit (index, label) ---------------------+--> image x = set_intensity(set_thickness(src, t), i)

@@ -1,6 +1,6 @@
 """Morphometry (thickness, intensity, slant) and the perturbations that set thickness and intensity.
 
-Checks follow BENCHMARK.md: the fast thickness agrees with the skimage ``medial_axis`` reference,
+Checks follow docs/benchmark.md: the fast thickness agrees with the skimage ``medial_axis`` reference,
 ``set_thickness`` reaches its targets, ``set_intensity`` is exact to a grey level.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Helpers of the scm tests: the Morpho-MNIST attribute equations of BENCHMARK.md (they belong to
+"""Helpers of the scm tests: the Morpho-MNIST attribute equations of docs/benchmark.md (they belong to
 the tests, not to the ``scm`` package)."""
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ MORPHO_GRAPH = {
 
 
 def morpho_intensity(t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """BENCHMARK.md: i = 64 + 191 * sigmoid(0.5 * e + 2 * t - 5)."""
+    """docs/benchmark.md: i = 64 + 191 * sigmoid(0.5 * e + 2 * t - 5)."""
     return 64.0 + 191.0 * torch.sigmoid(0.5 * e + 2.0 * t - 5.0)
 
 
 def morpho_rows(n: int, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """n rows of the Morpho-MNIST attribute SCM (BENCHMARK.md) and their true noise."""
+    """n rows of the Morpho-MNIST attribute SCM (docs/benchmark.md) and their true noise."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         u_t = torch.distributions.Gamma(10.0, 5.0).sample((n,))   # Gamma(shape=10, rate=5)

@@ -1,4 +1,4 @@
-"""The Morpho-MNIST attribute SCM of BENCHMARK.md, with known and with learned mechanisms.
+"""The Morpho-MNIST attribute SCM of docs/benchmark.md, with known and with learned mechanisms.
 
     thickness --> intensity        t = 0.5 + Gamma(10, 5)
     digit                          i = 64 + 191 * sigmoid(0.5 e + 2 t - 5),  e ~ N(0, 1)
