@@ -50,7 +50,24 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
     meta.pop("sha256", None)
     # the tensor data does not depend on the metadata, so its digest can be stored in the header
     digest = _data_digest(_st_save(flat, metadata=meta or None))
-    atomic_write_bytes(path, _st_save(flat, metadata={**meta, "sha256": digest}))
+    atomic_write_bytes(path, _canonical_header(_st_save(flat, metadata={**meta, "sha256": digest})))
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys in sorted order.
+
+    The safetensors writer orders the header's keys (notably ``__metadata__``'s) differently in every process, so
+    that one model saved twice would have two sha256s; sorting them makes the bytes a function of the content.
+    The header keeps its length (padded with spaces, as the format allows), so the data offsets are unchanged.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(dict(sorted(header.items())), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # cannot happen for the writer's own compact JSON; keep its bytes then
+        return blob
+    return blob[:8] + text + b" " * (n - len(text)) + blob[8 + n:]
 
 
 def _data_digest(blob: bytes) -> str:

@@ -11,7 +11,33 @@ import math
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """The one error path of every command: a user error (bad option, bad value, bad input file) and any OSError
+    (an unwritable output, a full disk) is one line ``Error: ...`` on stderr with exit code 2, without click's
+    ``Usage:`` lines; ``--help`` shows the usage."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        import sys
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as e:
+            message = " ".join(e.format_message().split())
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+        except OSError as e:
+            where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+            click.echo(f"Error: {e.strerror or e}{where}", err=True)
+            sys.exit(2)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dcfg")
 def main() -> None:
     """dcfg: image counterfactuals with a Pyro SCM and decoupled classifier-free guidance."""

@@ -822,8 +822,10 @@ def _check_mechanism_fits(name: str, mech: Mechanism, graph: CausalGraph, parent
 
 def _weights_blob(state: Mapping[str, Tensor]) -> bytes:
     """safetensors bytes of ``state`` whose metadata holds the sha256 of the tensor data (checked on load)."""
+    from diffusion._io import _canonical_header
+
     blob = _st_save(dict(state), metadata={"format": _FORMAT})
-    return _st_save(dict(state), metadata={"format": _FORMAT, "sha256": _data_digest(blob)})
+    return _canonical_header(_st_save(dict(state), metadata={"format": _FORMAT, "sha256": _data_digest(blob)}))
 
 
 def _data_digest(blob: bytes) -> str:

@@ -223,3 +223,16 @@ def test_the_good_command_line_works(files, tmp_path):
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["cf.png", "g.png"]
+
+
+@pytest.mark.parametrize("args", [["train", "--steps", "-3"], ["counterfactual", "--image", "/nonexistent.png",
+                                                                  "--parents", "t=1", "--do", "t=2", "--out", "x.png"],
+                                  ["evaluate", "--scales", "a,b"], ["bench", "train", "--sizes", "x"]])
+def test_errors_are_one_line_without_usage(args, tmp_path, monkeypatch):
+    """Click's own option errors take the same path as the project's: one ``Error:`` line, no ``Usage:``."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, args)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "Usage:" not in res.output and "Try '" not in res.output

@@ -195,3 +195,20 @@ def test_a_pickle_file_is_never_read(pipe, tmp_path):
         weights.write_bytes(original)
     assert not (tmp_path / "pwned").exists()
     CounterfactualPipeline.load(path)  # intact again
+
+
+def test_saved_bytes_are_the_same_in_every_process(tmp_path):
+    """The same pipeline saved by two processes has the same bytes (safetensors headers in a canonical order), so
+    its sha256 is a function of its content."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, torch; sys.path.insert(0, 'tests'); from hardening_helpers import small_pipeline; "
+              "small_pipeline().save(sys.argv[1])")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, cwd=ROOT,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    from pipeline.generate import pipeline_sha256
+
+    assert pipeline_sha256(tmp_path / "a") == pipeline_sha256(tmp_path / "b")
