@@ -82,7 +82,7 @@ from diffusion.model import PRECISIONS, resolve_precision
 from pipeline.evaluation.engine import QueryEngine, nfe_per_step
 from pipeline.evaluation.metrics import equal_effectiveness_ratio, frechet_distance
 from pipeline.evaluation.oracles import MorphoOracles, Oracles
-from pipeline.evaluation.scores import effectiveness, ground_truth_error, spurious_change
+from pipeline.evaluation.scores import effectiveness, ground_truth_error, roles, spurious_change
 
 __all__ = ["EvaluationConfig", "EvaluationResult", "METHODS", "BENCHMARK_TARGETS", "evaluate", "run_evaluation",
            "estimate_nfe", "resolve_config"]
@@ -456,6 +456,9 @@ class _Run:
                                "anchor": out["anchor"], "n": m, "steps": steps}
         row.update(effectiveness(self.graph, [node], tgt, out["measured"]))
         row.update(spurious_change(self.graph, [node], fact, fmeas, tgt, out["measured"]))
+        total = _total_spurious(self.graph, node, row, d.attribute_sd)
+        if total is not None:
+            row["total_spurious_change"] = total
         if extras:
             truth = d.truth.get(node)
             if truth is not None:
@@ -639,7 +642,8 @@ def _tradeoff(graph: Any, sweep: Mapping[str, list[dict]], methods: Sequence[str
     out = []
     for node, rows in sweep.items():
         eff, higher = _primary(graph, node)
-        spurious = [k for k in rows[0] if k.endswith(("_flip_rate", "_abs_change", "_excess_change"))]
+        spurious = [k for k in rows[0] if k.endswith(("_flip_rate", "_abs_change", "_excess_change"))
+                    or k == "total_spurious_change"]
         curves = {m: [r for r in rows if r["method"] == m] for m in methods}
         for key in spurious:
             base = ([r[eff] for r in curves["cfg"]], [r[key] for r in curves["cfg"]])
@@ -665,6 +669,24 @@ class _Data:
     truth: dict[str, Tensor | None]
     reference_features: np.ndarray
     oracles: Oracles
+    attribute_sd: dict[str, float] = field(default_factory=dict)
+
+
+def _total_spurious(graph: Any, node: str, row: Mapping[str, Any], sd: Mapping[str, float]) -> float | None:
+    """The total spurious change of one row: over the invariant image parents, each continuous one's
+    ``abs_change`` in units of its standard deviation in the test data, plus each discrete one's flip rate."""
+    total, parts = 0.0, 0
+    for name, role in roles(graph, [node]).items():
+        if role != "invariant":
+            continue
+        if f"{name}_flip_rate" in row:
+            total += float(row[f"{name}_flip_rate"])
+        elif f"{name}_abs_change" in row and sd.get(name):
+            total += float(row[f"{name}_abs_change"]) / sd[name]
+        else:
+            continue
+        parts += 1
+    return total if parts else None
 
 
 def _target_generator(seed: int, node: str) -> torch.Generator:
@@ -704,7 +726,9 @@ def _prepare(images: Tensor, parents: Mapping[str, Tensor], oracles: Oracles, c:
             factual[f"{p}_measurement_mae"] = float(np.mean(np.abs(measured[p] - pa[p].double().numpy())))
     if c.n >= 2:
         factual["realism_fd"] = frechet_distance(oracles.embed(x), ref_feats)
-    data = _Data(x, pa, data_rows, targets, choice, measured, truth, ref_feats, oracles)
+    sd = {k: float(torch.as_tensor(v).double().std()) for k, v in parents.items()
+          if graph.spec(k).is_continuous and len(v) > 1}
+    data = _Data(x, pa, data_rows, targets, choice, measured, truth, ref_feats, oracles, sd)
     return data, factual
 
 
@@ -870,7 +894,8 @@ def _headline(graph: Any, results: Mapping[str, Any]) -> list[dict[str, Any]]:
         keys = [eff]
         for r in first["main"][node]:
             keys += [k for k in r if k not in keys and k.endswith(
-                ("_mae", "_accuracy", "_flip_rate", "_abs_change", "_excess_change", "gt_l1", "gt_psnr", "realism_fd"))]
+                ("_mae", "_accuracy", "_flip_rate", "_abs_change", "_excess_change", "total_spurious_change", "gt_l1",
+                 "gt_psnr", "realism_fd"))]
         for key in keys:
             values = {f"{pname}/{r['method']}": r[key] for pname, res in results.items()
                       for r in res["main"][node] if key in r}

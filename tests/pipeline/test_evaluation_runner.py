@@ -461,3 +461,17 @@ def test_precision_auto_resolves_on_the_image_models_hardware(tiny_pipeline, mon
     bare = copy.copy(tiny_pipeline)
     bare.image_model = object()  # an image model without set_inference()
     assert resolve_config(EvaluationConfig(**base), bare, 40).precision == "fp32"
+
+
+def test_total_spurious_change_sums_invariants_in_sd_units():
+    """Invariant continuous parents count in units of their test sd, invariant discrete ones by their flip rate;
+    the intervened node and its descendants do not count."""
+    from pipeline.evaluation.runner import _total_spurious
+    from scm import CausalGraph
+
+    g = CausalGraph.from_dict({"nodes": {"a": {"kind": "real"}, "b": {"kind": "real"}, "c": {"kind": "real"},
+                                         "d": {"kind": "binary"}, "x": {"kind": "image", "shape": [1, 8, 8]}},
+                               "edges": [["a", "b"], ["a", "x"], ["b", "x"], ["c", "x"], ["d", "x"]]})
+    row = {"a_mae": 0.1, "b_excess_change": 9.0, "c_abs_change": 0.5, "d_flip_rate": 0.25}
+    assert _total_spurious(g, "a", row, {"a": 1.0, "b": 1.0, "c": 2.0}) == pytest.approx(0.5 / 2.0 + 0.25)
+    assert _total_spurious(g, "a", {"a_mae": 0.1}, {"c": 2.0}) is None
