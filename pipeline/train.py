@@ -205,6 +205,9 @@ def train_pipeline(
             "precision": train_config.precision}
     if losses:
         card["final_loss"] = float(np.mean(losses[-100:]))
+    if (run_dir / "checkpoint.json").is_file():  # the image model's training wall time, summed over resumes
+        card.setdefault("wall_s", round(float(json.loads((run_dir / "checkpoint.json").read_text())
+                                              .get("wall_time", 0.0)), 1))
     pipe = CounterfactualPipeline(graph, scm, image_model, pipeline_config, classifier, oracles=oracles, card=card)
     pipe.save(out / "pipeline")
     if (run_dir / "loss.csv").is_file():
