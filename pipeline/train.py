@@ -256,6 +256,18 @@ def plot_training_curve(loss_csv: str | os.PathLike, out_png: str | os.PathLike,
     return out_png
 
 
+def _training_labels(root: str | os.PathLike | None) -> Tensor:
+    """The labels of the benchmarks' 4,000 training source digits (or of a local MNIST folder's training split)."""
+    from .datasets import load_mnist5k, load_mnist_folder, mnist5k_split
+
+    if root is None:
+        _, labels = load_mnist5k()
+        labels = labels[mnist5k_split()[0]]
+    else:
+        labels = load_mnist_folder(root, "train")[1]
+    return torch.as_tensor(labels, dtype=torch.int64)
+
+
 def _final_model_dir(run_dir: Path) -> Path:
     for name in ("model", "ema", "final"):
         if (run_dir / name / "config.json").is_file():
@@ -296,7 +308,7 @@ def train_morphomnist(
       checked on the test digits (``with_classifier=False`` skips it; a classifier already in
       ``out_dir/classifier`` is reused when resuming).
     """
-    from .datasets import MorphoMNIST, load_mnist_folder, load_mnist5k, mnist5k_split
+    from .datasets import MorphoMNIST
     from .datasets import morpho_equations as eq
     from .presets import morphomnist_graph
 
@@ -314,13 +326,8 @@ def train_morphomnist(
 
     # Observational attributes for the SCM: the benchmark's equations over the training digits' labels
     # (attributes only; no image needs rendering for this stage).
-    if root is None:
-        _, labels = load_mnist5k()
-        labels = labels[mnist5k_split()[0]]
-    else:
-        labels = load_mnist_folder(root, "train")[1]
     gen = torch.Generator().manual_seed(seed)
-    digits = torch.as_tensor(labels, dtype=torch.int64).repeat(scm_samples_per_digit)
+    digits = _training_labels(root).repeat(scm_samples_per_digit)
     noise = eq.sample_noise(len(digits), gen)
     t = eq.thickness_from_noise(noise["u_t"])
     scm_data = {"thickness": t.float(), "intensity": eq.intensity_from(t, noise["e_i"]).float(),
@@ -608,7 +615,6 @@ def train_morpho_colour(out_dir: str | os.PathLike, *, steps: int = 12000, batch
     * Oracles: :func:`train_colour_classifier` and the colour measurement (``oracles="morpho-colour"``).
     """
     from .datasets import colour_equations as ceq
-    from .datasets import load_mnist5k, load_mnist_folder, mnist5k_split
     from .presets import morpho_colour_graph
 
     out = Path(out_dir)
@@ -618,12 +624,7 @@ def train_morpho_colour(out_dir: str | os.PathLike, *, steps: int = 12000, batch
         root=root, progress=progress)
     classifier = train_colour_classifier(out, image_data, epochs=classifier_epochs, seed=seed, root=root,
                                          resume=resume, progress=progress)
-    if root is None:
-        _, labels = load_mnist5k()
-        labels = labels[mnist5k_split()[0]]
-    else:
-        labels = load_mnist_folder(root, "train")[1]
-    digits = torch.as_tensor(labels, dtype=torch.int64).repeat(scm_samples_per_digit)
+    digits = _training_labels(root).repeat(scm_samples_per_digit)
     values = ceq.attributes_from_noise(digits, ceq.sample_noise(len(digits), torch.Generator().manual_seed(seed)))
     scm_data = {k: (v if k == "digit" else v.float()) for k, v in values.items()}
     scm_data["digit"] = digits

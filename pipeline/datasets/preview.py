@@ -13,6 +13,17 @@ import torch
 __all__ = ["preview_morpho", "preview_colour", "measure_colour"]
 
 
+def _check_args(out: str | os.PathLike, n: int, n_hist: int) -> Path:
+    if not 1 <= int(n) <= 256:
+        raise ValueError(f"n={n} is out of range: the grid shows 1..256 digits")
+    if not int(n_hist) >= 10:
+        raise ValueError(f"n_hist={n_hist} is too small: use at least 10 draws")
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"out={str(out)!r} must end in .png")
+    return out
+
+
 def preview_morpho(out: str | os.PathLike, split: str = "test", n: int = 32, seed: int = 0,
                    attribute_sampling: str = "scm", root: str | os.PathLike | None = None, n_hist: int = 20000,
                    cache_dir: str | os.PathLike | None = None, n_jobs: int | None = None,
@@ -47,13 +58,7 @@ def preview_morpho(out: str | os.PathLike, split: str = "test", n: int = 32, see
     from pipeline.datasets.morpho import MorphoMNIST
     from pipeline.morphometry import measure
 
-    if not 1 <= int(n) <= 256:
-        raise ValueError(f"n={n} is out of range: the grid shows 1..256 digits")
-    if not int(n_hist) >= 10:
-        raise ValueError(f"n_hist={n_hist} is too small: use at least 10 draws")
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"out={str(out)!r} must end in .png")
+    out = _check_args(out, n, n_hist)
     ds = MorphoMNIST(split, root=root, samples_per_digit=1, seed=seed, attribute_sampling=attribute_sampling,
                      max_sources=int(n), cache_dir=cache_dir, n_jobs=n_jobs, progress=progress)
     m = measure(ds.images, n_jobs=n_jobs)
@@ -127,13 +132,7 @@ def preview_colour(out: str | os.PathLike, split: str = "test", n: int = 32, see
     from pipeline.datasets.morpho_colour import MorphoColour
     from pipeline.images import atomic_save
 
-    if not 1 <= int(n) <= 256:
-        raise ValueError(f"n={n} is out of range: the grid shows 1..256 digits")
-    if not int(n_hist) >= 10:
-        raise ValueError(f"n_hist={n_hist} is too small: use at least 10 draws")
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"out={str(out)!r} must end in .png")
+    out = _check_args(out, n, n_hist)
     ds = MorphoColour(split, root=root, samples_per_digit=1, seed=seed, attribute_sampling=attribute_sampling,
                       max_sources=int(n), n_jobs=n_jobs, progress=progress)
     m = measure_colour(ds.images, n_jobs=n_jobs)
