@@ -198,6 +198,34 @@ def bench_oracles_command(pipeline_dir, n_images, predictors_dir, seed, n_jobs, 
     except ValueError as e:
         _fail(str(e))
     click.echo(format_oracle_check(res))
+
+
+@bench.command("app")
+@_PIPELINE_OPT
+@click.option("--thickness", type=float, default=4.0, show_default=True, help="The do(thickness) value.")
+@click.option("--example", type=click.IntRange(0), default=3, show_default=True, help="The test image.")
+@click.option("--screenshot", type=click.Path(dir_okay=False), default=None,
+              help="Save the page after the timed query as this PNG.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch CPU threads (default: torch's choice).")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench_app.json", show_default=True,
+              help="JSON file for the results.")
+def bench_app_command(pipeline_dir, thickness, example, screenshot, threads, out):
+    """The page's answer time (click -> first image, headless Chromium) beside the same query in Python and CLI."""
+    _check_out(out)
+    from pipeline.bench_app import bench_app, find_browser
+
+    try:
+        from pipeline.app import require_gradio
+
+        require_gradio()
+        import selenium  # noqa: F401
+    except ImportError as e:
+        _fail(f"{e}; the browser is driven by Selenium: pip install selenium (or -e '.[test]')")
+    if find_browser() is None:
+        _fail("no system Chromium and chromedriver: apt-get install chromium chromium-driver")
+    bench_app(pipeline_dir, out, example=example, thickness=thickness, threads=threads, screenshot=screenshot,
+              log=click.echo)
+    click.echo(f"wrote {out}")
     click.echo(f"saved {out}")
 
 
@@ -955,6 +983,48 @@ def experiment_run(spec_path, out_dir, quick, n_jobs, threads, quiet):
         raise _SpecFailure(str(e))
     click.echo(f"wrote {res.out}/report.md (metrics.json, groups.json, figures/) in "
                f"{res.metrics['timing']['wall_s'] / 60:.1f} min")
+
+
+@main.command("app")
+@_PIPELINE_OPT
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 exposes the page to your network).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option("--data", "data_spec", default=None,
+              help="Test images to offer, a --data spec (default: the benchmark's test digits for the bundled "
+                   "pipelines, or the test split named in a pipeline's model card).")
+@click.option("--examples", "n_examples", type=click.IntRange(0, 200), default=12, show_default=True,
+              help="How many test images to offer.")
+@_DEVICE_OPT
+@_THREADS_OPT
+def app_cmd(pipeline_dir, host, port, data_spec, n_examples, device, threads):
+    """An interactive local page: pick or upload an image, intervene, see factual | none | CFG | DCFG."""
+    import socket
+
+    try:
+        from pipeline.app import require_gradio
+
+        require_gradio()
+    except ImportError as e:
+        _fail(str(e))
+    try:  # a taken port is one line, before the model loads
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        _fail(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})")
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir, device)
+    from pipeline.app import CounterfactualApp, load_examples, serve
+
+    try:
+        examples = load_examples(pipe, data_spec, n=n_examples) if n_examples else None
+        name = pipeline_dir or "morphomnist"
+        app = CounterfactualApp(pipe, examples, title=f"dcfg ({name})")
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    click.echo(f"dcfg app: http://{host}:{port}  (Ctrl+C stops it)", err=True)
+    serve(app, host=host, port=port, quiet=True)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m pipeline.cli`
