@@ -345,9 +345,10 @@ def load_examples(pipe: Any, data: str | None = None, n: int = DEFAULT_EXAMPLES,
                   root: str | os.PathLike | None = None) -> tuple[Tensor, dict[str, Tensor]] | None:
     """The test images the page offers.
 
-    ``data`` is a ``--data`` spec (``csv:FILE,split=test``...); ``None`` is the benchmark's test digits for the
-    bundled Morpho-MNIST and colour pipelines (class-balanced, ``n`` of them), or the test split named in a
-    user pipeline's model card when its file is still there; otherwise ``None`` (uploads only).
+    ``data`` is a ``--data`` spec (``csv:FILE,split=test``...). ``None`` is the benchmark's test digits for the
+    bundled Morpho-MNIST and colour pipelines (class-balanced, ``n`` of them), or, for a pipeline trained on
+    ``csv:FILE,split=train``, the ``split=test`` rows of that file when it is still there; otherwise the
+    result is ``None`` (the page takes uploads only).
     """
     from .datasets import MorphoColour, MorphoMNIST
 
@@ -358,14 +359,18 @@ def load_examples(pipe: Any, data: str | None = None, n: int = DEFAULT_EXAMPLES,
                    progress=False, max_sources=max(n, 10))
         k = min(n, len(test))
         return test.images[:k].float(), {name: v[:k] for name, v in test.attributes.items()}
-    if data is None:
-        spec = str((pipe.card.get("data") or {}).get("spec", "")) if isinstance(pipe.card, Mapping) else ""
-        if not spec.startswith("csv:"):
-            return None
-        data = spec.replace("split=train", "split=test")
     from .generate import open_dataset
 
-    rows = open_dataset(data, graph=pipe.graph)
+    if data is None:
+        spec = str((pipe.card.get("data") or {}).get("spec", "")) if isinstance(pipe.card, Mapping) else ""
+        if not spec.startswith("csv:") or "split=train" not in spec:
+            return None
+        try:  # the training run's CSV, its test rows; gone or without a test split: uploads only
+            rows = open_dataset(spec.replace("split=train", "split=test"), graph=pipe.graph)
+        except (ValueError, OSError):
+            return None
+    else:
+        rows = open_dataset(data, graph=pipe.graph)
     k = min(n, len(rows))
     items = [rows[i] for i in range(k)]
     images = torch.stack([torch.as_tensor(it[0]).float() for it in items])
