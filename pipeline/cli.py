@@ -672,6 +672,85 @@ def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, thread
     click.echo(f"wrote {out}")
 
 
+@main.command("calibrate")
+@_PIPELINE_OPT
+@click.option("--data", "data_spec", default=None,
+              help="Validation rows, never the test split (default for the bundled benchmarks: training digits "
+                   "with fresh attributes, morpho-train:samples=1,seed=1000 / morpho-colour-train:...).")
+@click.option("--n", type=click.IntRange(2, 2000), default=48, show_default=True, help="Validation rows.")
+@click.option("--weights", "weights_text", default="1,1.5,2,3,4", show_default=True,
+              help="Amplified weights tried.")
+@click.option("--anchor-weights", "anchor_text", default="1,1.5,2,3", show_default=True,
+              help="Anchor weights tried.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps (default: the pipeline's).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dcfg-calibration", show_default=True,
+              help="Report folder: calibration.json, report.md, curves.png.")
+@click.option("--save-to", "save_to", type=click.Path(file_okay=False), default=None,
+              help="Save the calibrated pipeline here (default: back into --pipeline DIR; a bundled pipeline "
+                   "is only saved where this says).")
+@click.option("--no-save", is_flag=True, help="Only report; save nothing.")
+@_DEVICE_OPT
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, seed, out_dir, save_to, no_save,
+                  device, threads, quiet):
+    """Measure DCFG's per-attribute amplified and anchor weights on validation rows; store them in the config."""
+    import json
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from pipeline.core import resolve_pipeline_path
+
+    def numbers(text, flag):
+        try:
+            return [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            _fail(f"{flag} {text!r} must be comma-separated numbers, e.g. 1,1.5,2,3")
+
+    weights, anchors = numbers(weights_text, "--weights"), numbers(anchor_text, "--anchor-weights")
+    from pipeline.calibrate import validation_spec
+
+    if data_spec is not None:  # a test split is refused before anything loads
+        try:
+            validation_spec(None, data_spec)
+        except ValueError as e:
+            _fail(str(e))
+    _check_out(out_dir)
+    name, folder = resolve_pipeline_path(pipeline_dir)
+    target = save_to if save_to is not None else (None if name is not None else folder)
+    if target is not None and not no_save:
+        _check_out(str(Path(target) / "config.json"), "--save-to")
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir, device)
+    from pipeline.calibrate import write_report
+    from pipeline.evaluation.runner import load_evaluation_data
+
+    try:
+        spec = validation_spec(pipe, data_spec)
+        data = load_evaluation_data(pipe, spec, max_rows=n, progress=not quiet)
+        cal = pipe.calibrate_guidance(data, n=n, weights=weights, anchor_weights=anchors, steps=steps, seed=seed,
+                                      progress=not quiet, data_spec=spec, log=click.echo)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    command = "dcfg " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    write_report(cal, out_dir, command=command)
+    click.echo("attribute_scales: " + json.dumps(cal.attribute_scales))
+    click.echo("anchor_scales: " + json.dumps(cal.anchor_scales))
+    if no_save:
+        click.echo(f"wrote {out_dir}/report.md (nothing saved: --no-save)")
+    elif target is None:
+        click.echo(f"wrote {out_dir}/report.md; the bundled pipeline is not changed: pass --save-to DIR to save "
+                   f"a calibrated copy")
+    else:
+        try:
+            pipe.save(target)
+        except (ValueError, OSError) as e:
+            _fail(str(e))
+        click.echo(f"wrote {out_dir}/report.md; saved the calibrated pipeline to {target}")
+
+
 @main.command("evaluate")
 @_PIPELINE_OPT
 @click.option("--data", "data_spec", default=None, metavar="SPEC",

@@ -89,6 +89,10 @@ class PipelineConfig:
             ``eps(null) + sum_m w_m (eps(c^m) - eps(null))``; ``"full"`` amplifies each group given the
             others, ``eps(c) + sum_m (w_m - 1) (eps(c) - eps(c^-m))``, so that weight 1 is the plain
             conditional and groups at weight 1 cost no network rows (see :func:`diffusion.guidance.dcfg`).
+        anchor_scales: per-attribute DCFG anchor weights: when a query leaves an image parent invariant, that
+            parent gets a group of its own at this weight (parents not listed share the invariant group at
+            ``invariant_weight``). ``dcfg calibrate`` measures them, with ``attribute_scales``
+            (:func:`pipeline.calibrate.calibrate_guidance`).
     """
 
     guidance: str = "dcfg"
@@ -100,6 +104,7 @@ class PipelineConfig:
     attribute_scales: dict[str, float] = field(default_factory=dict)
     descendant_weight: float | None = None
     dcfg_anchor: str = "null"
+    anchor_scales: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def finite(name: str, value: Any) -> None:
@@ -127,6 +132,12 @@ class PipelineConfig:
                              f"attribute -> scale")
         for name, value in self.attribute_scales.items():
             finite(f"attribute_scales[{name!r}]", value)
+        if not isinstance(self.anchor_scales, Mapping):
+            raise ValueError(f"pipeline config anchor_scales={self.anchor_scales!r} must be a dict attribute -> weight")
+        for name, value in self.anchor_scales.items():
+            finite(f"anchor_scales[{name!r}]", value)
+            if value <= 0:
+                raise ValueError(f"pipeline config anchor_scales[{name!r}]={value!r} must be positive")
 
     def default_scale(self, intervened: Sequence[str]) -> float:
         """The scale a query on ``intervened`` uses when it passes none."""
@@ -367,7 +378,8 @@ class CounterfactualPipeline:
         parents = self._check_parents(parents, batch)
         do = self._check_do(do)
         group_lists, group_weights = resolve_guidance(
-            self.graph, list(do), guidance, scale, groups, weights, invariant_weight, descendant_weight)
+            self.graph, list(do), guidance, scale, groups, weights, invariant_weight, descendant_weight,
+            anchor_scales=cfg.anchor_scales if guidance == "dcfg" and groups in (None, "dag") else None)
 
         # 1. Abduction (attributes): exogenous noise of every attribute node.
         u = self.scm.abduct(parents, seed=seed)
@@ -508,6 +520,41 @@ class CounterfactualPipeline:
         return x.clamp(-1.0, 1.0), attrs
 
     # ------------------------------------------------------------------ persistence
+    def calibrate_guidance(self, data: Any, oracles: Any = None, *, apply: bool = True, **kwargs: Any) -> Any:
+        """Measure each image parent's DCFG amplified weight ``w_a`` and anchor weight ``v_a`` on validation data.
+
+        Args:
+            data: validation rows, never the test split: ``(images, parents)``, or an object with ``images``
+                and ``parents`` (or ``attributes``), e.g. :func:`pipeline.evaluation.runner.load_evaluation_data`'s.
+            oracles: what measures the images (default: :meth:`make_oracles` with the data's marginals).
+            apply: store the weights in this pipeline's config (``attribute_scales``, ``anchor_scales``), where
+                DCFG uses them by default; :meth:`save` then writes them.
+            **kwargs: :func:`pipeline.calibrate.calibrate_guidance`'s options (``n``, ``weights``,
+                ``anchor_weights``, ``steps``, ``seed``, ``progress``, ``log``...).
+
+        Returns:
+            The :class:`pipeline.calibrate.Calibration` (the chosen weights and the curves they were read off).
+        """
+        from dataclasses import replace
+
+        from .calibrate import calibrate_guidance
+
+        if isinstance(data, tuple) and len(data) == 2:
+            images, parents = data
+        else:
+            images = getattr(data, "images", None)
+            parents = getattr(data, "parents", None) or getattr(data, "attributes", None)
+            if images is None or parents is None:
+                raise TypeError("data must be (images, parents) or have .images and .parents/.attributes")
+        if oracles is None:
+            oracles = getattr(data, "oracles", None) or self.make_oracles(marginals=dict(parents))
+        cal = calibrate_guidance(self, images, parents, oracles, **kwargs)
+        if apply:
+            self.config = replace(self.config, attribute_scales={**self.config.attribute_scales,
+                                                                 **cal.attribute_scales},
+                                  anchor_scales={**self.config.anchor_scales, **cal.anchor_scales})
+        return cal
+
     def save(self, path: str | os.PathLike) -> Path:
         """Save to a directory: ``config.json``, ``scm/``, ``image_model/``, ``classifier/`` and ``predictors/``
         where present, and the model card ``README.md``.

@@ -104,7 +104,8 @@ def run_demo(pipe: CounterfactualPipeline, out_dir: str | os.PathLike, n_digits:
         for g in GUIDANCES:
             groups, weights = resolve_guidance(pipe.graph, [node], g, w_cfg if g == "cfg" else w,
                                                invariant_weight=pipe.config.invariant_weight,
-                                               descendant_weight=pipe.config.descendant_weight)
+                                               descendant_weight=pipe.config.descendant_weight,
+                                               anchor_scales=pipe.config.anchor_scales if g == "dcfg" else None)
             if g == "dcfg":
                 dcfg_used[node] = (groups, weights)
             imgs.append(pipe.decode(x_T, cond, guidance=g, groups=groups, weights=weights,

@@ -1202,7 +1202,8 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: _Rows, do: Any, guidan
         raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
     groups, weights = resolve_guidance(graph, list(interventions), guidance, scale,
                                        invariant_weight=cfg.invariant_weight,
-                                       descendant_weight=cfg.descendant_weight)
+                                       descendant_weight=cfg.descendant_weight,
+                                       anchor_scales=cfg.anchor_scales if guidance == "dcfg" else None)
     query = {"do": _do_json(interventions), "guidance": guidance, "scale": scale, "steps": int(steps),
              "seed": seed, "groups": groups, "weights": [float(w) for w in weights], "shard_size": shard_size,
              "chunk_size": int(cfg.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}

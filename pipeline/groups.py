@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     from scm import CausalGraph
@@ -72,6 +72,12 @@ def derive_groups(graph: "CausalGraph", intervened: Iterable[str]) -> GuidanceGr
     return GuidanceGroups(affected=affected, invariant=invariant)
 
 
+def _anchor_weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"anchor_scales[{name!r}]={value!r} must be a positive finite number (1 = plain conditioning)")
+    return float(value)
+
+
 def resolve_guidance(
     graph: "CausalGraph",
     intervened: Sequence[str],
@@ -81,6 +87,7 @@ def resolve_guidance(
     weights: Sequence[float] | None = None,
     invariant_weight: float = 1.0,
     descendant_weight: float | None = None,
+    anchor_scales: Mapping[str, float] | None = None,
 ) -> tuple[list[list[str]], list[float]]:
     """Turn the user's guidance arguments into explicit ``(groups, weights)``.
 
@@ -94,6 +101,10 @@ def resolve_guidance(
       get this weight instead of ``scale``; with the DAG groups they form a group of their own, between
       the intervened group and the invariant one. Use it when a mediator overshoots its counterfactual
       value under amplification (on Morpho-MNIST, intensity under do(thickness)).
+    * ``anchor_scales`` (DCFG with the DAG groups only): per image parent, its anchor weight when the
+      intervention leaves it invariant (``PipelineConfig.anchor_scales``, measured by
+      :func:`pipeline.calibrate.calibrate_guidance`); an invariant parent whose anchor weight differs from
+      ``invariant_weight`` gets a group of its own at that weight, the others share the invariant group.
 
     Returns:
         ``(groups, weights)`` with the groups partitioning the image's parents.
@@ -136,8 +147,14 @@ def resolve_guidance(
         if weights is not None:
             raise ValueError("weights without groups: pass both, or neither to use the DAG groups")
         amplified = [p for p in dag.affected if p not in descendants]
-        out_groups = [g for g in (amplified, descendants, list(dag.invariant)) if g]
-        return out_groups, [weight_of(g) for g in out_groups]
+        anchors = {k: _anchor_weight(k, v) for k, v in (anchor_scales or {}).items()}
+        own = [p for p in dag.invariant if anchors.get(p, float(invariant_weight)) != float(invariant_weight)]
+        shared = [p for p in dag.invariant if p not in own]
+        out_groups = [g for g in (amplified, descendants) if g]
+        out_weights = [weight_of(g) for g in out_groups]
+        out_groups += [[p] for p in own] + ([shared] if shared else [])
+        out_weights += [anchors[p] for p in own] + ([float(invariant_weight)] if shared else [])
+        return out_groups, out_weights
     if groups == "per_attribute":
         if weights is not None:
             raise ValueError("weights cannot be combined with groups='per_attribute'")

@@ -160,6 +160,8 @@ class EvaluationConfig:
         anchor: DCFG's formulation, ``"null"`` (the paper's equation) or ``"full"`` (each group amplified
             given the others; see :func:`diffusion.guidance.dcfg`); ``None``: the pipeline's
             ``config.dcfg_anchor``. The ``dcfg_paper`` method always uses ``"null"``.
+        anchor_scales: per-attribute DCFG anchor weights of the ``dcfg`` method (``None``: the pipeline's
+            ``config.anchor_scales``, from ``dcfg calibrate``; ``{}``: none). The other DCFG methods do not use them.
         chunk_size: rows per batched call (``None``: the pipeline's).
         grid_n: digits per intervention in ``grid.png``.
         seed: seed of the rows, the targets and the SCM's abduction.
@@ -187,6 +189,7 @@ class EvaluationConfig:
     invariant_weight: float | None = None
     descendant_weight: float | str | None = None
     anchor: str | None = None
+    anchor_scales: dict[str, float] | None = None
     chunk_size: int | None = None
     grid_n: int = 4
     seed: int = 0
@@ -297,6 +300,7 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
         cycles=_pos_int("cycles", c.cycles), cycle_steps=steps if c.cycle_steps is None
         else _pos_int("cycle_steps", c.cycle_steps), interventions=interventions, invariant_weight=iw,
         descendant_weight=dw, anchor=anchor, precision=precision,
+        anchor_scales=dict(getattr(pipe.config, "anchor_scales", {}) if c.anchor_scales is None else c.anchor_scales),
         chunk_size=_pos_int("chunk_size", c.chunk_size if c.chunk_size is not None else pipe.config.chunk_size),
         grid_n=_pos_int("grid_n", c.grid_n, 0), seed=int(c.seed))
 
@@ -307,8 +311,8 @@ def _descendant(value: float | str | None) -> float | None:
 
 
 def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weight: float,
-                descendant_weight: float | str | None = None, anchor: str = "null"
-                ) -> tuple[str, list[list[str]], list[float], str]:
+                descendant_weight: float | str | None = None, anchor: str = "null",
+                anchor_scales: Mapping[str, float] | None = None) -> tuple[str, list[list[str]], list[float], str]:
     """``(guidance, groups, weights, anchor)`` of one method at one scale, as the decoder takes them.
 
     A method that is exactly the plain conditional at this scale is returned as guidance ``none`` (CFG at
@@ -322,7 +326,8 @@ def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weig
     if guidance == "cfg" and scale == 1.0:  # CFG at w = 1 is the plain conditional
         guidance = "none"
     g, w = resolve_guidance(graph, [node], guidance, scale if guidance != "none" else 1.0, groups, None,
-                            invariant_weight, _descendant(descendant_weight) if guidance == "dcfg" else None)
+                            invariant_weight, _descendant(descendant_weight) if guidance == "dcfg" else None,
+                            anchor_scales=anchor_scales if method == "dcfg" else None)
     if guidance == "dcfg" and anchor == "full" and all(v == 1.0 for v in w):
         guidance, g, w = "none", [list(graph.image_parents())], [1.0]  # eps(x, c) exactly
     return guidance, g, w, anchor if guidance == "dcfg" else "null"
@@ -367,7 +372,7 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
 
     def cost(node: str, method: str, scale: float, m: int, steps: int) -> int:
         guidance, groups, weights, a = _groups_for(graph, node, method, scale, c.invariant_weight,
-                                                   c.descendant_weight, anchor)
+                                                   c.descendant_weight, anchor, c.anchor_scales)
         key = _decode_key(node, guidance, groups, weights, a, steps)
         have = done.get(key, 0)
         if m <= have:
@@ -377,7 +382,7 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
 
     def k(node: str, method: str, scale: float) -> int:
         guidance, groups, weights, a = _groups_for(graph, node, method, scale, c.invariant_weight,
-                                                   c.descendant_weight, anchor)
+                                                   c.descendant_weight, anchor, c.anchor_scales)
         return nfe_per_step(guidance, groups, weights, a)
 
     def main_scale(node: str, requested: Any) -> float:
@@ -441,7 +446,8 @@ class _Run:
     def decode(self, node: str, method: str, scale: float, m: int, steps: int) -> dict[str, Any]:
         """Counterfactual images (and their measurements) of rows [0, m) for one method and scale."""
         guidance, groups, weights, anchor = _groups_for(self.graph, node, method, scale, self.c.invariant_weight,
-                                                        self.c.descendant_weight, self.c.anchor or "null")
+                                                        self.c.descendant_weight, self.c.anchor or "null",
+                                                        self.c.anchor_scales)
         key = _decode_key(node, guidance, groups, weights, anchor, steps)
         entry = self._decoded.get(key)
         done = 0 if entry is None else len(entry["images"])
@@ -609,7 +615,8 @@ class _Run:
                 scale = 1.0 if method == "none" else chosen[node][method]
                 dec = self.decode(node, method, scale, m, c.steps)
                 guidance, groups, weights, anchor = _groups_for(self.graph, node, method, scale, c.invariant_weight,
-                                                                c.descendant_weight, c.anchor or "null")
+                                                                c.descendant_weight, c.anchor or "null",
+                                                                c.anchor_scales)
                 dist = reversibility(
                     self.pipe, d.images[:m], {k: v[:m] for k, v in d.parents.items()},
                     {node: d.targets[node][:m]}, guidance, scale, c.steps, counterfactual=dec["images"],
