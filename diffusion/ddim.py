@@ -17,6 +17,9 @@ Both directions use the *same* grid and evaluate the model only at ``tau_1..tau_
   diffusers #5145 (the earlier code queried the UNet at t = -T/S), see also #5703. Measured on a small trained
   model, evaluating at the image's own level reconstructs better than at the target level (50 steps: 0.056 vs
   0.079 mean |x - x_rec|), since the model then sees inputs at the noise level it was trained for.
+* a guidance may give the two roles of eps different values (CFG++, :class:`~diffusion.guidance.GuidedEps`):
+  sampling predicts ``x0_hat`` with ``denoise`` and re-noises with ``renoise``; inversion swaps them, which is
+  the algebraic inverse of the sampling step (a plain tensor plays both roles).
 * ``refine_steps = k`` (opt-in) then iterates ``x_{tau_i} <- step(x_{tau_{i-1}}, eps(x_{tau_i}, tau_i))`` k times.
   A fixed point is a state that the sampling step maps exactly back onto ``x_{tau_{i-1}}``, so the
   reconstruction error falls sharply (same model, 50 steps: 0.056 -> 0.009 with k = 1) for k extra model calls per
@@ -45,7 +48,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-EpsFn = Callable[[Tensor, Tensor], Tensor]
+from diffusion.guidance import GuidedEps
+
+EpsFn = Callable[[Tensor, Tensor], "Tensor | GuidedEps"]
 SPACINGS = ("trailing", "leading", "linspace")
 
 
@@ -78,6 +83,32 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
     return torch.from_numpy(np.ascontiguousarray(ts))
 
 
+def ddim_eval_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailing", *, invert: bool = False,
+                        refine_steps: int = 0) -> list[int]:
+    """The timestep of every ``eps_fn`` call of :func:`ddim_sample` (or :func:`ddim_invert` with ``invert=True``
+    and its ``refine_steps``), in call order: what a guidance whose cost depends on ``t`` costs.
+
+    Example:
+        >>> ddim_eval_timesteps(1000, 4), ddim_eval_timesteps(1000, 2, invert=True, refine_steps=1)
+        ([999, 749, 499, 249], [499, 499, 499, 999])
+    """
+    ts = ddim_timesteps(num_train_timesteps, steps, spacing).tolist()
+    if not invert:
+        return ts[::-1]
+    out: list[int] = []
+    for i, t in enumerate(ts):
+        out += [ts[max(i - 1, 0)]] + [t] * int(refine_steps)
+    return out
+
+
+def _roles(out: "Tensor | GuidedEps") -> tuple[Tensor, Tensor]:
+    """``(denoise, renoise)`` eps of one ``eps_fn`` answer, in float64."""
+    if isinstance(out, GuidedEps):
+        return out.denoise.to(torch.float64), out.renoise.to(torch.float64)
+    e = out.to(torch.float64)
+    return e, e
+
+
 def _check(x: Tensor, alphas_cumprod: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
         raise TypeError(f"{name} must be a floating-point tensor (B, ...), got "
@@ -88,10 +119,12 @@ def _check(x: Tensor, alphas_cumprod: Tensor, name: str) -> Tensor:
     return abar.to(device=x.device, dtype=torch.float64)
 
 
-def _ddim_step(x: Tensor, eps: Tensor, abar_from: Tensor | float, abar_to: Tensor | float) -> Tensor:
-    """One deterministic DDIM move from noise level ``abar_from`` to ``abar_to`` (float64 in, float64 out)."""
+def _ddim_step(x: Tensor, eps: Tensor, abar_from: Tensor | float, abar_to: Tensor | float,
+               renoise: Tensor | None = None) -> Tensor:
+    """One deterministic DDIM move from noise level ``abar_from`` to ``abar_to`` (float64 in, float64 out);
+    ``eps`` predicts the clean image, ``renoise`` (default ``eps``) re-noises it."""
     x0_hat = (x - (1.0 - abar_from) ** 0.5 * eps) / abar_from ** 0.5   # 1. predicted clean image
-    return abar_to ** 0.5 * x0_hat + (1.0 - abar_to) ** 0.5 * eps      # 2. re-noise to the target level
+    return abar_to ** 0.5 * x0_hat + (1.0 - abar_to) ** 0.5 * (eps if renoise is None else renoise)  # 2. re-noise
 
 
 def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, *, spacing: str = "trailing",
@@ -101,7 +134,8 @@ def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, 
 
     Args:
         eps_fn: ``eps_fn(x, t) -> eps``, ``t`` an int64 tensor ``(B,)`` (a closure over the conditioning, e.g.
-            :func:`diffusion.guidance.guided_eps_fn`).
+            :func:`diffusion.guidance.guided_eps_fn`); or a :class:`~diffusion.guidance.GuidedEps` pair
+            ``(denoise, renoise)``.
         x_T: the noise at ``tau_S``, ``(B, C, H, W)``.
         alphas_cumprod: alpha-bar of the model's schedule (``model.alphas_cumprod``).
         steps: S, the number of model evaluations.
@@ -128,12 +162,14 @@ def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, 
     traj = [x_T.clone()] if return_trajectory else []
     for i, t in enumerate(tqdm(ts, disable=not progress, desc="ddim sample", leave=False)):
         t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = eps_fn(x.to(x_T.dtype), t_vec).to(torch.float64)
+        eps, renoise = _roles(eps_fn(x.to(x_T.dtype), t_vec))
         abar_prev = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
         if clip_denoised:
             x0_hat = ((x - (1.0 - abar[t]) ** 0.5 * eps) / abar[t] ** 0.5).clamp(-1.0, 1.0)
+            same = renoise is eps
             eps = (x - abar[t] ** 0.5 * x0_hat) / (1.0 - abar[t]) ** 0.5
-        x = _ddim_step(x, eps, abar[t], abar_prev)
+            renoise = eps if same else renoise
+        x = _ddim_step(x, eps, abar[t], abar_prev, None if renoise is eps else renoise)
         if return_trajectory:
             traj.append(x.to(x_T.dtype))
     out = x.to(x_T.dtype)
@@ -146,7 +182,9 @@ def ddim_invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, 
     """Encode images ``x_0`` into DDIM noise ``x_T`` (the exact reverse of :func:`ddim_sample`'s grid).
 
     Args:
-        eps_fn: ``eps_fn(x, t) -> eps``, the same closure (same conditioning, no guidance) that will decode.
+        eps_fn: ``eps_fn(x, t) -> eps``, the same closure (same conditioning, no guidance) that will decode; a
+            :class:`~diffusion.guidance.GuidedEps` answer is used with its roles swapped (``renoise`` predicts
+            the clean image, ``denoise`` re-noises it), so that sampling with the same closure retraces it.
         x_0: images ``(B, C, H, W)`` in [-1, 1].
         alphas_cumprod: alpha-bar of the model's schedule.
         steps: S.
@@ -177,13 +215,13 @@ def ddim_invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, 
     for t in tqdm(ts, disable=not progress, desc="ddim invert", leave=False):
         # 1. eps of the current image at its own noise level, then the DDIM move up to tau_i
         t_vec = torch.full((x.shape[0],), t_prev, dtype=torch.long, device=x.device)
-        eps = eps_fn(x.to(x_0.dtype), t_vec).to(torch.float64)
-        x_next = _ddim_step(x, eps, abar_prev, abar[t])
+        eps, renoise = _roles(eps_fn(x.to(x_0.dtype), t_vec))
+        x_next = _ddim_step(x, renoise, abar_prev, abar[t], None if renoise is eps else eps)
         # 2. optional fixed-point refinement: make the sampling step from x_next land back on x
         t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         for _ in range(refine_steps):
-            eps = eps_fn(x_next.to(x_0.dtype), t_vec).to(torch.float64)
-            x_next = _ddim_step(x, eps, abar_prev, abar[t])
+            eps, renoise = _roles(eps_fn(x_next.to(x_0.dtype), t_vec))
+            x_next = _ddim_step(x, renoise, abar_prev, abar[t], None if renoise is eps else eps)
         x, abar_prev, t_prev = x_next, abar[t], t
         if return_trajectory:
             traj.append(x.to(x_0.dtype))
