@@ -186,7 +186,8 @@ def _best(curve: list[dict[str, Any]], key: str, higher_is_better: bool) -> floa
 def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], oracles: Any, *,
                        n: int = DEFAULT_N, weights: Sequence[float] = WEIGHTS,
                        anchor_weights: Sequence[float] = ANCHOR_WEIGHTS, steps: int | None = None, seed: int = 0,
-                       chunk_size: int | None = None, progress: bool = True, data_spec: str | None = None,
+                       chunk_size: int | None = None, precision: str = "auto", compile: bool | str = "auto",
+                       progress: bool = True, data_spec: str | None = None,
                        log: Callable[[str], None] | None = None) -> Calibration:
     """Measure every image parent's amplified weight ``w_a`` and anchor weight ``v_a`` (module docstring).
 
@@ -201,6 +202,10 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
         steps: DDIM steps (default: the pipeline's).
         seed: seed of the rows, the targets and the SCM's abduction.
         chunk_size: rows per batched forward.
+        precision: the image model's inference precision for the run, ``"auto"`` (bf16 where the device has
+            native bf16 units, else fp32), ``"fp32"`` or ``"bf16"``; the pipeline's own setting is restored after.
+        compile: ``torch.compile`` the image model for the run (``"auto"``: when the plan has at least
+            :data:`pipeline.evaluation.runner.COMPILE_AUTO_NFE` image-NFEs).
         progress: a tqdm bar over the image-NFEs.
         data_spec: the validation data's spec, recorded in the result.
         log: one-line messages (the cost estimate, each attribute's choice).
@@ -209,8 +214,6 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
         ValueError: the data lack an attribute node, or the oracles cannot measure every image parent, or a
             weight is not a positive number.
     """
-    from tqdm.auto import tqdm
-
     graph, cfg = pipe.graph, pipe.config
     log = log or (lambda s: None)
     missing = [k for k in graph.attribute_nodes() if k not in parents]
@@ -238,6 +241,36 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
 
     total = plan_cost(graph, m, steps, weights, anchor_weights, anchor=anchor, descendant_weight=desc,
                       refine_steps=int(cfg.refine_steps))
+    model = pipe.image_model
+    before = dict(model.inference_settings) if hasattr(model, "inference_settings") else None
+    if before is not None:
+        from diffusion.model import resolve_precision
+
+        from .evaluation.runner import COMPILE_AUTO_NFE
+
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile={compile!r} must be True, False or 'auto'")
+        device = next(model.parameters()).device
+        model.set_inference(precision=resolve_precision(precision, device),
+                            compile=bool(total >= COMPILE_AUTO_NFE) if compile == "auto" else bool(compile))
+    try:
+        return _calibrate(pipe, x, pa, oracles, fmeas, total, steps, seed, weights, anchor_weights, chunk_size,
+                          progress, data_spec, log)
+    finally:
+        if before is not None:
+            model.set_inference(**before)
+
+
+def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas: Mapping[str, np.ndarray],
+               total: int, steps: int, seed: int, weights: tuple[float, ...], anchor_weights: tuple[float, ...],
+               chunk_size: int | None, progress: bool, data_spec: str | None, log: Callable[[str], None]
+               ) -> Calibration:
+    from tqdm.auto import tqdm
+
+    graph, cfg = pipe.graph, pipe.config
+    anchor, desc = cfg.dcfg_anchor, cfg.descendant_weight
+    image_parents = list(graph.image_parents())
+    m = len(x)
     ms = _ms_per_nfe(pipe, x[:min(8, m)], pa, steps)
     log(f"calibration: {m} rows, {steps} steps, weights {list(weights)}, anchor weights {list(anchor_weights)}: "
         f"at most {total:,} image-NFEs, about {total * ms / 60e3:.1f} min at {ms:.2f} ms per image-NFE")
@@ -316,7 +349,8 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
     bar.close()
     settings = {"n": m, "steps": steps, "seed": seed, "weights": list(weights), "anchor_weights": list(anchor_weights),
                 "anchor": anchor, "descendant_weight": desc, "data": data_spec,
-                "refine_steps": int(cfg.refine_steps)}
+                "refine_steps": int(cfg.refine_steps),
+                "inference": dict(getattr(pipe.image_model, "inference_settings", {}) or {})}
     return Calibration(attribute_scales, anchor_scales, amplified, anchor_curves, settings, engine.nfe,
                        time.perf_counter() - t0)
 
