@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from diffusion import ConditionalUNet, check_anchor, ddim_invert, ddim_sample, guided_eps_fn
+from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
 from scm import SCM, CausalGraph
 from scm.support import as_values
 
@@ -52,6 +53,8 @@ class CounterfactualResult:
         factual_parents: the attributes the query started from.
         anchor: DCFG's formulation used to decode (``"null"``, the paper's, or ``"full"``; see
             :func:`diffusion.guidance.dcfg`); it does not apply to CFG or no guidance.
+        variant: the guidance variant used (``None``, ``"apg"`` or ``"cfgpp"``; docs/guidance.md).
+        interval: the guidance interval ``(lo, hi)`` used, or ``None`` (guidance at every step).
     """
 
     image: Tensor
@@ -61,6 +64,8 @@ class CounterfactualResult:
     noise: dict[str, Tensor]
     factual_parents: dict[str, Tensor] = field(default_factory=dict)
     anchor: str = "null"
+    variant: str | None = None
+    interval: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,14 @@ class PipelineConfig:
             parent gets a group of its own at this weight (parents not listed share the invariant group at
             ``invariant_weight``). ``dcfg calibrate`` measures them, with ``attribute_scales``
             (:func:`pipeline.calibrate.calibrate_guidance`).
+        variant: default guidance variant of queries: ``None`` (plain CFG / DCFG), ``"apg"`` (adaptive
+            projected guidance) or ``"cfgpp"`` (CFG++, with its matching inversion); see docs/guidance.md. A
+            query with guidance ``"none"`` ignores it.
+        interval: default guidance interval ``(lo, hi)`` in timesteps of the image model's schedule
+            (``0 <= lo < hi <= T``): guidance only where ``lo <= t <= hi``, the plain conditional elsewhere.
+        apg_eta: APG's weight of the parallel part, in [0, 1] (0: removed, the paper's default).
+        apg_threshold: APG's norm threshold on the denoised-space update per image (``None`` or 0: off).
+        apg_momentum: APG's momentum, in (-1, 1) (the paper's -0.5; 0: none).
     """
 
     guidance: str = "dcfg"
@@ -105,6 +118,11 @@ class PipelineConfig:
     descendant_weight: float | None = None
     dcfg_anchor: str = "null"
     anchor_scales: dict[str, float] = field(default_factory=dict)
+    variant: str | None = None
+    interval: tuple[float, float] | None = None
+    apg_eta: float = APG_ETA
+    apg_threshold: float | None = APG_THRESHOLD
+    apg_momentum: float = APG_MOMENTUM
 
     def __post_init__(self) -> None:
         def finite(name: str, value: Any) -> None:
@@ -138,6 +156,15 @@ class PipelineConfig:
             finite(f"anchor_scales[{name!r}]", value)
             if value <= 0:
                 raise ValueError(f"pipeline config anchor_scales[{name!r}]={value!r} must be positive")
+        try:  # the variant's settings, normalised (a JSON interval is a list; "none" is None)
+            object.__setattr__(self, "variant", check_variant(self.variant))
+            object.__setattr__(self, "interval", check_interval(self.interval))
+            eta, threshold, momentum = check_apg(self.apg_eta, self.apg_threshold, self.apg_momentum)
+        except ValueError as e:
+            raise ValueError(f"pipeline config {e}") from None
+        object.__setattr__(self, "apg_eta", eta)
+        object.__setattr__(self, "apg_threshold", threshold)
+        object.__setattr__(self, "apg_momentum", momentum)
 
     def default_scale(self, intervened: Sequence[str]) -> float:
         """The scale a query on ``intervened`` uses when it passes none."""
@@ -203,6 +230,10 @@ class CounterfactualPipeline:
         self.scm = scm
         self.image_model = image_model
         self.config = config or PipelineConfig()
+        try:
+            check_interval(self.config.interval, self.num_timesteps)
+        except ValueError as e:
+            raise ValueError(f"pipeline config {e}") from None
         self.classifier = classifier
         self.predictors = predictors
         if oracles is None:
@@ -331,6 +362,11 @@ class CounterfactualPipeline:
         progress: bool = False,
         descendant_weight: float | None | str = "config",
         anchor: str | None = None,
+        variant: str | None = "config",
+        interval: Sequence[float] | None | str = "config",
+        apg_eta: float | None = None,
+        apg_threshold: float | None = None,
+        apg_momentum: float | None = None,
     ) -> CounterfactualResult:
         """Answer "what would these images look like under ``do``?".
 
@@ -356,6 +392,14 @@ class CounterfactualPipeline:
                 intervention's scale, as in the paper).
             anchor: DCFG's formulation, ``"null"`` (the paper's) or ``"full"`` (default: the
                 pipeline's ``config.dcfg_anchor``; see :func:`diffusion.guidance.dcfg`).
+            variant: guidance variant, ``None``, ``"apg"`` or ``"cfgpp"`` (``"config"``: the pipeline's
+                ``config.variant``, which guidance ``"none"`` ignores; an explicit variant with guidance
+                ``"none"`` is an error). With ``"cfgpp"`` the image is inverted with CFG++'s pair at weight 1
+                (:meth:`invert`), so that decoding at weight 1 under the factual parents reconstructs it.
+            interval: guidance interval ``(lo, hi)`` in timesteps of the schedule, or ``None`` (``"config"``:
+                the pipeline's ``config.interval``).
+            apg_eta, apg_threshold, apg_momentum: APG's settings (``None``: the pipeline's; see
+                :func:`diffusion.guidance.apg_update`; a threshold of 0 turns it off).
 
         Returns:
             A :class:`CounterfactualResult`.
@@ -369,6 +413,8 @@ class CounterfactualPipeline:
             descendant_weight = cfg.descendant_weight
         chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
         anchor = check_anchor(cfg.dcfg_anchor if anchor is None else anchor)
+        variant, interval, apg = self._variant_args(guidance, variant, interval, apg_eta, apg_threshold,
+                                                    apg_momentum)
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -395,18 +441,22 @@ class CounterfactualPipeline:
             x0 = images[sl]
             fact = {k: parents[k][sl].to(device) for k in image_parents}
             cf = {k: cf_parents[k][sl].to(device) for k in image_parents}
-            # 1. Abduction (image): DDIM inversion under the factual parents, no guidance.
-            x_T = self.invert(x0, fact, steps=steps, progress=progress)
+            # 1. Abduction (image): DDIM inversion under the factual parents, no guidance (CFG++: its pair at
+            #    weight 1, the inverse of decoding at weight 1).
+            x_T = self.invert(x0, fact, steps=steps, progress=progress, variant=variant,
+                              anchor=anchor if guidance == "dcfg" else "null", interval=interval)
             # 3. Prediction (image): decode x_T under the counterfactual parents with guidance.
             x_cf = self.decode(x_T, cf, guidance=guidance, groups=group_lists,
-                               weights=group_weights, steps=steps, progress=progress, anchor=anchor)
+                               weights=group_weights, steps=steps, progress=progress, anchor=anchor,
+                               variant=variant, interval=interval, **apg)
             out_images.append(x_cf)
             x_T_all.append(x_T)
         noise = {k: v for k, v in u.items()}
         noise["x_T"] = torch.cat(x_T_all)
         return CounterfactualResult(
             image=torch.cat(out_images), parents=cf_parents, groups=group_lists,
-            weights=group_weights, noise=noise, factual_parents=parents, anchor=anchor)
+            weights=group_weights, noise=noise, factual_parents=parents, anchor=anchor, variant=variant,
+            interval=interval)
 
     # ------------------------------------------------------------------ image mechanism
     def set_inference(self, precision: str = "fp32", compile: bool = False) -> "CounterfactualPipeline":
@@ -424,6 +474,33 @@ class CounterfactualPipeline:
 
     def _alphas(self, device: torch.device) -> Tensor:
         return self.image_model.alphas_cumprod.to(device)
+
+    @property
+    def num_timesteps(self) -> int:
+        """T, the image model's number of training timesteps (a guidance interval lies in [0, T])."""
+        return int(self.image_model.config.num_train_timesteps)
+
+    def _variant_args(self, guidance: str, variant: Any, interval: Any, apg_eta: Any, apg_threshold: Any,
+                      apg_momentum: Any) -> tuple[str | None, tuple[float, float] | None, dict[str, Any]]:
+        """A query's variant, interval and APG settings, validated up front (``"config"``: the pipeline's)."""
+        cfg = self.config
+        from_config = isinstance(variant, str) and variant == "config"
+        variant = check_variant(cfg.variant if from_config else variant)
+        if isinstance(interval, str) and interval == "config":
+            interval = cfg.interval if guidance != "none" else None
+        if guidance == "none":
+            if variant is not None and not from_config:
+                raise ValueError(f"variant={variant!r} modifies guidance, but guidance='none' has none; use "
+                                 f"guidance='cfg' or 'dcfg'")
+            if interval is not None:
+                raise ValueError(f"interval={interval!r} modifies guidance, but guidance='none' has none; use "
+                                 f"guidance='cfg' or 'dcfg'")
+            variant = None
+        interval = check_interval(interval, self.num_timesteps)
+        eta, threshold, momentum = check_apg(cfg.apg_eta if apg_eta is None else apg_eta,
+                                             cfg.apg_threshold if apg_threshold is None else apg_threshold,
+                                             cfg.apg_momentum if apg_momentum is None else apg_momentum)
+        return variant, interval, {"apg_eta": eta, "apg_threshold": threshold or 0.0, "apg_momentum": momentum}
 
     @property
     def device(self) -> torch.device:
@@ -449,12 +526,24 @@ class CounterfactualPipeline:
 
     @torch.no_grad()
     def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int | None = None,
-               refine_steps: int | None = None, progress: bool = False) -> Tensor:
-        """DDIM-invert images to their noise ``x_T`` under the given parents (no guidance)."""
+               refine_steps: int | None = None, progress: bool = False, variant: str | None = None,
+               anchor: str = "null", interval: Sequence[float] | None = None) -> Tensor:
+        """DDIM-invert images to their noise ``x_T`` under the given parents (no guidance).
+
+        ``variant="cfgpp"`` inverts with CFG++'s pair at weight 1 instead: the clean image predicted with
+        ``eps(c)``, re-noised with the anchor eps, ``eps(null)`` (``anchor="null"``: CFG and the paper's DCFG) or
+        ``eps(c)`` (``anchor="full"``, which is the plain inversion), inside ``interval`` (plain outside). It
+        is the inverse of decoding with CFG++ at weight 1 under the same parents, and costs 2 rows per step
+        with the null anchor. Other variants invert as without one (APG at weight 1 is ``eps(c)``).
+        """
         steps = self.config.steps if steps is None else steps
         refine = self.config.refine_steps if refine_steps is None else refine_steps
         images, parents = self._on_device(images, parents)
-        eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
+        if check_variant(variant) == "cfgpp" and check_anchor(anchor) == "null":
+            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=1.0, variant="cfgpp",
+                                   interval=interval)
+        else:
+            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
         return ddim_invert(eps_fn, images, self._alphas(images.device), steps,
                            refine_steps=refine, progress=progress)
 
@@ -462,22 +551,31 @@ class CounterfactualPipeline:
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str = "none",
                groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
                scale: float = 1.0, steps: int | None = None, progress: bool = False,
-               anchor: str | None = None) -> Tensor:
+               anchor: str | None = None, variant: str | None = None, interval: Sequence[float] | None = None,
+               apg_eta: float | None = None, apg_threshold: float | None = None,
+               apg_momentum: float | None = None) -> Tensor:
         """DDIM-decode ``x_T`` under ``parents`` with no guidance, CFG or DCFG.
 
         ``anchor`` is DCFG's formulation (default: ``config.dcfg_anchor``); it is ignored otherwise.
+        ``variant`` (``None``, ``"apg"``, ``"cfgpp"``) and ``interval`` are used as given (``None``: none; the
+        config's defaults apply to :meth:`counterfactual`); ``apg_*`` ``None`` are the config's.
         """
         steps = self.config.steps if steps is None else steps
         x_T, parents = self._on_device(x_T, parents)
+        cfg = self.config
+        extra = {"variant": variant, "interval": interval,
+                 "apg_eta": cfg.apg_eta if apg_eta is None else apg_eta,
+                 "apg_threshold": cfg.apg_threshold if apg_threshold is None else apg_threshold,
+                 "apg_momentum": cfg.apg_momentum if apg_momentum is None else apg_momentum}
         if guidance == "dcfg":
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="dcfg",
                                    groups=[list(g) for g in groups], weights=list(weights),
-                                   anchor=self.config.dcfg_anchor if anchor is None else anchor)
+                                   anchor=self.config.dcfg_anchor if anchor is None else anchor, **extra)
         elif guidance == "cfg":
             w = weights[0] if weights else scale
-            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=w)
+            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=w, **extra)
         else:
-            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
+            eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none", **extra)
         out = ddim_sample(eps_fn, x_T, self._alphas(x_T.device), steps, progress=progress)
         return out.clamp(-1.0, 1.0)
 
