@@ -405,6 +405,37 @@ _ANCHOR_OPT = click.option(
          "Default: the pipeline's.")
 
 
+_VARIANT_OPT = click.option(
+    "--variant", type=click.Choice(["apg", "cfgpp", "none"]), default=None,
+    help="Guidance variant, with CFG or DCFG: 'apg' (adaptive projected guidance: each guidance direction's part "
+         "parallel to its conditional prediction down-weighted by --apg-eta, a norm threshold and momentum), "
+         "'cfgpp' (CFG++: the clean image predicted with the guided eps, re-noised with the anchor eps; inverted "
+         "to match) or 'none'. Default: the pipeline's (docs/guidance.md).")
+_INTERVAL_OPT = click.option(
+    "--interval", "interval_text", default=None, metavar="LO,HI",
+    help="Guide only at timesteps LO <= t <= HI of the schedule (0 <= LO < HI <= T, e.g. 200,800), the plain "
+         "conditional elsewhere; 'none': every step. Default: the pipeline's.")
+_APG_ETA_OPT = click.option("--apg-eta", type=click.FloatRange(0.0, 1.0), default=None,
+                            help="APG's weight of the parallel part, in [0, 1] (default: the pipeline's, 0).")
+
+
+def _interval(text: str | None) -> "tuple[float, float] | None | str":
+    """``--interval LO,HI`` as a pair, ``"none"`` as ``None``, unset as ``"config"``; exits 2 otherwise."""
+    if text is None:
+        return "config"
+    if text.strip().lower() == "none":
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        _fail(f"--interval {text!r} must be two numbers LO,HI (timesteps, 0 <= LO < HI <= T, e.g. 200,800) "
+              f"or 'none'")
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or lo >= hi:
+        _fail(f"--interval {text!r} must be LO,HI with 0 <= LO < HI <= T (timesteps of the schedule, e.g. 200,800)")
+    return lo, hi
+
+
 def _given(value: object, default: object) -> bool:
     """Whether an option's value belongs in a recorded command line: set, not an unset flag, not the
     default (``0`` counts as given: ``--cycle-n 0`` differs from leaving it out)."""
@@ -446,12 +477,15 @@ def _descendant_weight(text: str | None) -> float | str | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @_DESCENDANT_OPT
 @_ANCHOR_OPT
+@_VARIANT_OPT
+@_INTERVAL_OPT
+@_APG_ETA_OPT
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @_PIPELINE_OPT
 @_DEVICE_OPT
 @_THREADS_OPT
 def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, descendant_weight_text,
-                   anchor, out_path, pipeline_dir, device, threads):
+                   anchor, variant, interval_text, apg_eta, out_path, pipeline_dir, device, threads):
     """One counterfactual query on one image; writes the counterfactual PNG."""
     from pipeline.images import read_image, save_image
     from pipeline.parsing import check_writable, parse_assignments, parse_do
@@ -463,6 +497,12 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
     except ValueError as e:
         _fail(str(e))
     descendant_weight = _descendant_weight(descendant_weight_text)
+    interval = _interval(interval_text)
+    if guidance == "none" and variant not in (None, "none"):
+        _fail(f"--variant {variant} modifies guidance, but --guidance none has none; use --guidance cfg or dcfg")
+    if guidance == "none" and interval not in ("config", None):
+        _fail(f"--interval {interval_text} modifies guidance, but --guidance none has none; use --guidance cfg "
+              f"or dcfg")
     _threads(threads)
     pipe = _load_pipeline(pipeline_dir, device)
     shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
@@ -474,14 +514,17 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
         dw = "config" if descendant_weight is None else None if descendant_weight == "scale" else descendant_weight
         res = pipe.counterfactual(x, {k: torch.tensor([v]) for k, v in parents.items()}, do=do,
                                   guidance=guidance, scale=scale, steps=steps, seed=seed, descendant_weight=dw,
-                                  anchor=anchor)
+                                  anchor=anchor, variant="config" if variant is None else variant,
+                                  interval=interval, apg_eta=apg_eta)
     except (ValueError, TypeError) as e:
         _fail(str(e))
     save_image(res.image, out_path)
     cf = ", ".join(f"{k}={float(v[0]):.3g}" for k, v in res.parents.items())
     click.echo(f"counterfactual parents: {cf}")
     click.echo(f"groups: {res.groups} weights: {res.weights}"
-               + (f" anchor: {res.anchor}" if (guidance or pipe.config.guidance) == "dcfg" else ""))
+               + (f" anchor: {res.anchor}" if (guidance or pipe.config.guidance) == "dcfg" else "")
+               + (f" variant: {res.variant}" if res.variant else "")
+               + (f" interval: {res.interval[0]:g},{res.interval[1]:g}" if res.interval else ""))
     click.echo(f"wrote {out_path}")
 
 

@@ -145,6 +145,16 @@ COUNTERFACTUAL_CASES = {
     "guidance: unknown": (dict(guidance="dcfg2"), "--guidance"),
     "descendant weight: not a number": (dict(descendant_weight="half"), "--descendant-weight 'half'"),
     "descendant weight: inf": (dict(descendant_weight="inf"), "finite"),
+    # guidance variants
+    "variant: unknown": (dict(variant="cfg++"), "--variant"),
+    "variant: with guidance none": (dict(variant="apg", guidance="none"), "--variant apg modifies guidance"),
+    "interval: with guidance none": (dict(interval="100,500", guidance="none"), "--interval 100,500 modifies"),
+    "interval: lo >= hi": (dict(interval="500,100"), "--interval '500,100' must be LO,HI with 0 <= LO < HI"),
+    "interval: negative": (dict(interval="-1,100"), "--interval '-1,100' must be LO,HI"),
+    "interval: beyond T": (dict(interval="10,1001"), "interval=(10.0, 1001.0) is outside [0, 1000]"),
+    "interval: not numbers": (dict(interval="early,late"), "--interval 'early,late' must be two numbers"),
+    "interval: one number": (dict(interval="300"), "--interval '300' must be two numbers"),
+    "apg eta: above 1": (dict(variant="apg", apg_eta="1.5"), "--apg-eta"),
 }
 
 

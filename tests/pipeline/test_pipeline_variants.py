@@ -104,3 +104,25 @@ def test_config_interval_beyond_the_schedule(tiny_pipeline):
     with pytest.raises(ValueError, match=r"pipeline config interval=\(10.0, 2000.0\) is outside \[0, 1000\]"):
         CounterfactualPipeline(tiny_pipeline.graph, tiny_pipeline.scm, tiny_pipeline.image_model,
                                PipelineConfig(interval=(10, 2000)))
+
+
+def test_cli_counterfactual_with_a_variant(tiny_pipeline, tiny_batch, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from pipeline.images import save_image
+
+    x, a = tiny_batch
+    tiny_pipeline.save(tmp_path / "pipe")
+    save_image(x[:1], tmp_path / "in.png")
+    parents = ",".join(f"{k}={float(v[0]):.4f}" if k != "digit" else f"digit={int(v[0])}" for k, v in a.items())
+    for extra, echo in ((["--variant", "apg", "--interval", "100,900", "--apg-eta", "0.5"],
+                         "variant: apg interval: 100,900"),
+                        (["--guidance", "cfg", "--variant", "cfgpp"], "variant: cfgpp")):
+        out = tmp_path / "out" / "cf.png"
+        res = CliRunner().invoke(main, ["counterfactual", "--pipeline", str(tmp_path / "pipe"), "--image",
+                                        str(tmp_path / "in.png"), "--parents", parents, "--do", "thickness=3.5",
+                                        "--steps", "3", "--out", str(out)] + extra, catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert echo in res.output and out.is_file()
+        out.unlink()
