@@ -368,7 +368,13 @@ class FlowMechanism(_StandardNormalNoise, Mechanism):
         return v
 
     def initialize(self, value: Tensor, parents: Mapping[str, Tensor]) -> None:
-        """Standardise: parent features and the node's unconstrained values get mean 0, std 1."""
+        """Standardise, then start a child at the least-squares fit of its parents.
+
+        Parent features and the node's unconstrained values get mean 0, std 1. For a child, the conditional
+        affine map starts at the ordinary least-squares regression of the standardised values on the parent
+        features (its loc) with the residuals' standard deviation (its scale), so the flow starts as the
+        maximum-likelihood linear-Gaussian model in the unconstrained space.
+        """
         if bool(self.initialized):
             return
         with torch.no_grad():
@@ -376,7 +382,30 @@ class FlowMechanism(_StandardNormalNoise, Mechanism):
             z = support_transform(self.spec).inv(self._clamp(value))
             self.standardize.loc.fill_(float(z.mean()))
             self.standardize.scale.fill_(float(z.std().clamp_min(1e-6)) if z.numel() > 1 else 1.0)
+            if self.affine is not None and z.numel() > self.encoder.dim + 1:
+                self._least_squares_start((z - self.standardize.loc) / self.standardize.scale,
+                                          self.encoder(parents))
             self.initialized.fill_(True)
+
+    def _least_squares_start(self, z: Tensor, features: Tensor) -> None:
+        """Set the conditional affine map's linear part to the OLS fit of ``z`` on ``features`` (float64, CPU)."""
+        assert self.affine is not None
+        x = torch.cat([features, torch.ones_like(features[:, :1])], dim=1).to("cpu", torch.float64)
+        y = z.reshape(-1, 1).to("cpu", torch.float64)
+        ok = torch.isfinite(x).all(dim=1) & torch.isfinite(y[:, 0])
+        if int(ok.sum()) <= x.shape[1]:
+            return
+        beta = torch.linalg.lstsq(x[ok], y[ok], driver="gelsd").solution[:, 0]
+        resid = y[ok, 0] - x[ok] @ beta
+        scale = float(resid.std())
+        if not (torch.isfinite(beta).all() and math.isfinite(scale)):
+            return
+        scale = min(max(scale, 1e-3), 1e3)
+        linear = self.affine.linear
+        linear.weight.zero_()
+        linear.weight[0].copy_(beta[:-1].to(linear.weight))
+        linear.bias[0] = float(beta[-1])
+        linear.bias[1] = math.log(math.expm1(scale - 1e-4)) - _AFFINE_SCALE_ONE
 
 
 class GumbelMaxMechanism(Mechanism):

@@ -58,6 +58,8 @@ Seed = Union[int, torch.Generator, None]
 _FORMAT = "dcfg.scm"
 _FORMAT_VERSION = 1
 _WEIGHTS = "scm.safetensors"
+#: L-BFGS iterations per round of SCM.fit (between the stopping checks).
+_LBFGS_CHUNK = 10
 
 
 def noise_site(node: str) -> str:
@@ -565,66 +567,166 @@ class SCM(nn.Module):
         values, _ = self._check_values(data, "data")
         return self._log_prob(values)
 
-    def fit(self, data: Mapping[str, Any], epochs: int = 30, lr: float = 3e-3, batch_size: int = 512,
-            seed: Seed = 0, progress: bool = True, weight_decay: float = 0.0) -> list[float]:
-        """Maximum likelihood on fully observed rows, with Adam and a cosine learning-rate decay.
+    def fit(self, data: Mapping[str, Any], epochs: int | None = None, lr: float | None = None,
+            batch_size: int | None = None, seed: Seed = 0, progress: bool = True,
+            weight_decay: float | None = None, *, method: str = "auto", val_fraction: float | None = None,
+            patience: int | None = None, max_iter: int = 500, tol: float | None = None) -> list[float]:
+        """Maximum likelihood on fully observed rows: full-batch L-BFGS, or mini-batch Adam.
 
-        The first fit sets data-dependent statistics (standardisation, class frequencies) via each
-        mechanism's ``initialize``; later fits continue training from the current weights.
+        The first fit sets data-dependent statistics (standardisation, class frequencies, a least-squares
+        start of the flows' conditional affine map) via each mechanism's ``initialize``; later fits continue
+        from the current weights. Two optimisers:
+
+        * ``method="lbfgs"``: full-batch L-BFGS with a strong-Wolfe line search. The log-likelihood is a
+          sum over nodes, so each node with parameters gets its own optimiser on its own term. A random
+          ``val_fraction`` of the rows (default 10 %, drawn with ``seed``) is held out. Every 10 iterations
+          each node is checked: it stops when ``patience`` (default 2) such rounds in a row each improved
+          its training NLL by less than ``tol`` (default 5e-4) nats per row, when L-BFGS meets its own
+          tolerances, or after ``max_iter`` iterations, and keeps its last weights; it stops early, and goes
+          back to the weights of its best validation NLL, when its validation NLL has become worse than
+          that best by more than ``tol`` and two paired standard errors (over-fitting). ``lr`` is the
+          L-BFGS step (default 1); ``weight_decay`` adds ``weight_decay / 2 * |theta|^2`` to the loss.
+        * ``method="adam"``: ``epochs`` passes (default 30) of Adam over shuffled mini-batches of
+          ``batch_size`` rows (default 512), peak learning rate ``lr`` (default 3e-3) with a cosine decay.
+          With ``val_fraction`` it keeps the epoch of the best validation NLL and stops after ``patience``
+          epochs (default 5) without an improvement of ``tol`` (default 1e-4).
+
+        ``method="auto"`` (the default) is ``"adam"`` when any Adam setting (``epochs``, ``lr``,
+        ``batch_size``, ``weight_decay``) is given, so calls written for the Adam fit keep their meaning,
+        and ``"lbfgs"`` otherwise.
+
+        On any exception (a non-finite loss, a ``KeyboardInterrupt``, an error in a mechanism), every
+        parameter and buffer of the SCM (and every Pyro param-store entry) is put back as it was before
+        the call, so a failed fit leaves the SCM as it found it.
 
         Args:
             data: node -> ``(N,)`` values or a pandas DataFrame with a column per attribute node
                 (extra image entries are ignored).
-            epochs: passes over the data.
-            lr: peak Adam learning rate.
-            batch_size: rows per step.
-            seed: int or ``torch.Generator`` for the shuffling.
+            epochs: Adam: passes over the data.
+            lr: Adam: peak learning rate; L-BFGS: step size.
+            batch_size: Adam: rows per step.
+            seed: int or ``torch.Generator`` for the shuffling and the validation split.
             progress: show a tqdm bar.
-            weight_decay: Adam weight decay.
+            weight_decay: Adam weight decay; L-BFGS: L2 penalty.
+            method: ``"auto"``, ``"lbfgs"`` or ``"adam"``.
+            val_fraction: fraction of the rows held out for early stopping (L-BFGS: 0.1; Adam: 0, none).
+            patience: L-BFGS: slow rounds of 10 iterations in a row before a node stops (default 2); Adam:
+                epochs without a validation improvement of ``tol`` before the fit stops (default 5).
+            max_iter: L-BFGS iterations per node at most.
+            tol: improvement (nats per row) that counts as progress: of a node's training NLL in 10 L-BFGS
+                iterations (default 5e-4), or of the validation NLL in an Adam epoch (default 1e-4).
 
         Returns:
-            Mean negative log-likelihood per row, one value per epoch (one value in total when no
-            mechanism has parameters).
+            Mean negative log-likelihood per training row: Adam, one value per epoch; L-BFGS, the value
+            before the first step, then one per round of 10 iterations over the nodes, and last that of the
+            returned weights. One value in total when no mechanism has parameters.
+
+        Raises:
+            ValueError: bad data or settings (before anything changes).
+            FloatingPointError: the loss became non-finite (the SCM is restored).
 
         Example:
             >>> import torch
             >>> from scm import CausalGraph, SCM
             >>> scm = SCM(CausalGraph.from_dict({"nodes": {"x": {"kind": "positive"}}, "edges": []}))
-            >>> hist = scm.fit({"x": torch.rand(500) + 0.1}, epochs=3, progress=False)
+            >>> hist = scm.fit({"x": torch.rand(500) + 0.1}, epochs=3, progress=False)   # Adam, 3 epochs
             >>> len(hist)
             3
+            >>> hist = SCM(scm.graph).fit({"x": torch.rand(500) + 0.1}, progress=False)   # L-BFGS
+            >>> hist[-1] < hist[0]
+            True
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        if method not in ("auto", "lbfgs", "adam"):
+            raise ValueError(f"method must be 'auto', 'lbfgs' or 'adam', got {method!r}")
+        adam_given = [k for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size),
+                                     ("weight_decay", weight_decay)) if v is not None]
+        if method == "auto":
+            method = "adam" if adam_given else "lbfgs"
+        if method == "lbfgs" and (epochs is not None or batch_size is not None):
+            raise ValueError("epochs and batch_size are Adam settings; L-BFGS is full-batch and stops on its own "
+                             "(use max_iter), or pass method='adam'")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1):
             raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                       or batch_size < 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        if lr is not None and not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        if weight_decay is not None and not (isinstance(weight_decay, numbers.Real) and math.isfinite(weight_decay)
+                                             and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        if val_fraction is not None and not (isinstance(val_fraction, numbers.Real) and 0 <= val_fraction < 1):
+            raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, numbers.Integral)
+                                     or patience < 1):
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+            raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
+        if tol is not None and not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
         values, n = self._check_values(data, "data")
         gen = _make_generator(seed)
-        for node in self._order:
-            parents = {p: values[p] for p in self._parents[node]}
-            self.mechanisms[node].initialize(values[node], parents)
+        snapshot = _Snapshot(self)
+        was_training = self.training
+        try:
+            for node in self._order:
+                parents = {p: values[p] for p in self._parents[node]}
+                self.mechanisms[node].initialize(values[node], parents)
+            self.train()
+            if not any(p.requires_grad for p in self.parameters()):
+                with torch.no_grad():
+                    return [float(-self._log_prob(values).mean())]
+            if method == "adam":
+                return self._fit_adam(values, n, gen, epochs=30 if epochs is None else int(epochs),
+                                      lr=3e-3 if lr is None else float(lr),
+                                      batch_size=512 if batch_size is None else int(batch_size),
+                                      weight_decay=0.0 if weight_decay is None else float(weight_decay),
+                                      val_fraction=0.0 if val_fraction is None else float(val_fraction),
+                                      patience=5 if patience is None else int(patience),
+                                      tol=1e-4 if tol is None else float(tol), progress=progress)
+            return self._fit_lbfgs(values, n, gen, lr=1.0 if lr is None else float(lr),
+                                   weight_decay=0.0 if weight_decay is None else float(weight_decay),
+                                   val_fraction=0.1 if val_fraction is None else float(val_fraction),
+                                   patience=2 if patience is None else int(patience), max_iter=int(max_iter),
+                                   tol=5e-4 if tol is None else float(tol), progress=progress)
+        except BaseException:
+            snapshot.restore()
+            raise
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _split(values: dict[str, Tensor], n: int, gen: torch.Generator,
+               val_fraction: float) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        """Training and validation rows (``None`` when ``val_fraction`` leaves no validation row)."""
+        n_val = int(n * val_fraction)
+        if n_val < 1 or n - n_val < 1:
+            return values, None
+        perm = torch.randperm(n, generator=gen).to(next(iter(values.values())).device)
+        val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+        return ({k: v[train_idx] for k, v in values.items()}, {k: v[val_idx] for k, v in values.items()})
+
+    def _fit_adam(self, values: dict[str, Tensor], n: int, gen: torch.Generator, *, epochs: int, lr: float,
+                  batch_size: int, weight_decay: float, val_fraction: float, patience: int, tol: float,
+                  progress: bool) -> list[float]:
+        train, val = self._split(values, n, gen, val_fraction) if val_fraction > 0 else (values, None)
+        n = int(next(iter(train.values())).shape[0])
         params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            with torch.no_grad():
-                return [float(-self._log_prob(values).mean())]
         steps_per_epoch = math.ceil(n / batch_size)
-        total = int(epochs) * steps_per_epoch
-        opt = torch.optim.Adam(params, lr=float(lr), weight_decay=float(weight_decay))
+        total = epochs * steps_per_epoch
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
         history: list[float] = []
-        was_training = self.training
-        self.train()
+        best, best_state, bad = math.inf, None, 0
         bar = tqdm(total=total, desc="fit scm", disable=not progress, leave=False)
         try:
-            for epoch in range(int(epochs)):
+            for epoch in range(epochs):
                 perm = torch.randperm(n, generator=gen).to(self.device)
                 running, seen = 0.0, 0
                 for start in range(0, n, batch_size):
                     idx = perm[start:start + batch_size]
-                    batch = {k: v[idx] for k, v in values.items()}
+                    batch = {k: v[idx] for k, v in train.items()}
                     loss = -self._log_prob(batch).mean()
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}; lower lr "
@@ -639,9 +741,68 @@ class SCM(nn.Module):
                     bar.update(1)
                 history.append(running / seen)
                 bar.set_postfix(nll=f"{history[-1]:.4f}")
+                if val is not None:
+                    with torch.no_grad():
+                        v = float(-self._log_prob(val).mean())
+                    if not math.isfinite(v):
+                        raise FloatingPointError(f"non-finite validation loss {v} at epoch {epoch}; lower lr "
+                                                 f"(now {lr}) or check the data for extreme values")
+                    bad = 0 if v < best - tol else bad + 1
+                    if v < best:
+                        best, best_state = v, [p.detach().clone() for p in params]
+                    if bad >= patience:
+                        break
         finally:
             bar.close()
-            self.train(was_training)
+        if best_state is not None:
+            with torch.no_grad():
+                for p, s in zip(params, best_state):
+                    p.copy_(s)
+        return history
+
+    def _fit_lbfgs(self, values: dict[str, Tensor], n: int, gen: torch.Generator, *, lr: float,
+                   weight_decay: float, val_fraction: float, patience: int, max_iter: int, tol: float,
+                   progress: bool) -> list[float]:
+        train, val = self._split(values, n, gen, val_fraction)
+        groups = _parameter_groups(self)
+        fitted = {node for g in groups for node in g.nodes}
+
+        def row_nll(nodes: list[str], rows: dict[str, Tensor]) -> Tensor:
+            total = None
+            for node in nodes:
+                lp = self.mechanisms[node].log_prob(rows[node], {p: rows[p] for p in self._parents[node]})
+                total = -lp if total is None else total - lp
+            assert total is not None
+            return total
+
+        with torch.no_grad():
+            rest = [v for v in self._order if v not in fitted]
+            fixed = float(row_nll(rest, train).mean()) if rest else 0.0
+            for g in groups:
+                g.start(float(row_nll(g.nodes, train).mean()), None if val is None else row_nll(g.nodes, val))
+        for g in groups:
+            if not (math.isfinite(g.train_loss) and (g.best_val is None or bool(torch.isfinite(g.best_val).all()))):
+                raise FloatingPointError(f"non-finite starting loss of node(s) {g.nodes}; check the data for "
+                                         f"extreme values")
+        history = [fixed + sum(g.train_loss for g in groups)]
+        bar = tqdm(total=None, desc="fit scm (L-BFGS)", unit="round", disable=not progress, leave=False)
+        try:
+            while any(not g.done for g in groups):
+                for g in groups:
+                    if not g.done:
+                        g.round(lambda nodes=g.nodes: row_nll(nodes, train).mean(),
+                                None if val is None else (lambda nodes=g.nodes: row_nll(nodes, val)),
+                                lr=lr, weight_decay=weight_decay, chunk=_LBFGS_CHUNK, patience=patience,
+                                max_iter=max_iter, tol=tol)
+                history.append(fixed + sum(g.train_loss for g in groups))
+                bar.update(1)
+                bar.set_postfix(nll=f"{history[-1]:.4f}")
+        finally:
+            bar.close()
+        for g in groups:
+            g.finish()
+        with torch.no_grad():
+            history.append(fixed + sum(float(row_nll(g.nodes, train).mean()) for g in groups))
         return history
 
     # ------------------------------------------------------------------------------ save/load
@@ -797,6 +958,174 @@ class _ResolveCallables(Messenger):
                 raise ValueError(f"the do callable of node {name!r} failed on its (n,) tensor of pre-intervention "
                                  f"values: {type(e).__name__}: {e}") from e
             self.fixed[name] = self.check(name, result)
+
+
+class _Snapshot:
+    """Every parameter (with its gradient) and buffer of a module, and the Pyro param store, to put back on failure.
+
+    :meth:`restore` puts back the very tensor objects the module held (a mechanism that replaced one gets the
+    original again), with their values, and drops parameters or buffers added since.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        self._modules = []
+        for mod in module.modules():
+            params = {k: (t, None if t is None else t.detach().clone(),
+                          None if t is None or t.grad is None else t.grad.detach().clone())
+                      for k, t in mod._parameters.items()}
+            buffers = {k: (t, None if t is None else t.detach().clone()) for k, t in mod._buffers.items()}
+            self._modules.append((mod, params, buffers))
+        store = pyro.get_param_store()
+        self._store = {k: (v, v.detach().clone()) for k, v in store._params.items()}
+        self._constraints = dict(store._constraints)
+
+    @staticmethod
+    def _put(obj: Tensor, value: Tensor) -> None:
+        if obj.shape == value.shape and obj.dtype == value.dtype and obj.device == value.device:
+            obj.copy_(value)
+        else:
+            obj.data = value
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for mod, params, buffers in self._modules:
+            for k in [k for k in mod._parameters if k not in params]:
+                del mod._parameters[k]
+            for k, (obj, value, grad) in params.items():
+                mod._parameters[k] = obj
+                if obj is not None:
+                    self._put(obj, value)
+                    obj.grad = grad
+            for k in [k for k in mod._buffers if k not in buffers]:
+                del mod._buffers[k]
+            for k, (obj, value) in buffers.items():
+                mod._buffers[k] = obj
+                if obj is not None:
+                    self._put(obj, value)
+        store = pyro.get_param_store()
+        for k in [k for k in store._params if k not in self._store]:
+            del store[k]
+        for k, (obj, value) in self._store.items():
+            if store._params.get(k) is not obj:
+                store._params[k] = obj
+                store._param_to_name[obj] = k
+            self._put(obj, value)
+        store._constraints.clear()
+        store._constraints.update(self._constraints)
+
+
+class _NodeGroup:
+    """Full-batch L-BFGS over the parameters of some nodes (a node alone, unless it shares parameters).
+
+    Each :meth:`round` runs ``chunk`` L-BFGS iterations. The group is done when ``patience`` rounds in a row
+    each improved its training NLL by less than ``tol`` nats per row, when L-BFGS meets its own tolerances,
+    after ``max_iter`` iterations, or when its validation NLL has become significantly worse than its best
+    (by more than ``tol`` and two paired standard errors): then it goes back to the weights of its best
+    validation NLL, otherwise it keeps its last weights. A non-finite loss or weight sends it back to its last
+    finite weights with a 10x smaller step, twice at most.
+    """
+
+    def __init__(self, nodes: list[str], params: list[nn.Parameter]) -> None:
+        self.nodes, self.params = nodes, params
+        self.opt: torch.optim.LBFGS | None = None
+        self.iters, self.slow, self.retries, self.step_scale = 0, 0, 0, 1.0
+        self.done, self.overfit = False, False
+        self.train_loss = math.inf
+        self.best_val: Tensor | None = None
+        self.best_state: list[Tensor] = []
+        self.good_state: list[Tensor] = []
+
+    def _copy(self) -> list[Tensor]:
+        return [p.detach().clone() for p in self.params]
+
+    def _put(self, state: list[Tensor]) -> None:
+        with torch.no_grad():
+            for p, s in zip(self.params, state):
+                p.copy_(s)
+
+    def start(self, train_loss: float, val_rows: Tensor | None) -> None:
+        self.train_loss, self.best_val = train_loss, val_rows
+        self.best_state = self.good_state = self._copy()
+
+    def finish(self) -> None:
+        """Keep the last weights, or those of the best validation NLL when the fit stopped for over-fitting."""
+        if self.overfit:
+            self._put(self.best_state)
+
+    def round(self, train_fn: Callable[[], Tensor], val_fn: Callable[[], Tensor] | None, *, lr: float,
+              weight_decay: float, chunk: int, patience: int, max_iter: int, tol: float) -> None:
+        if self.opt is None:
+            self.opt = torch.optim.LBFGS(self.params, lr=lr * self.step_scale, max_iter=chunk, max_eval=4 * chunk,
+                                         history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-7,
+                                         tolerance_change=1e-9)
+        opt = self.opt
+        losses: list[float] = []
+
+        def closure() -> Tensor:
+            opt.zero_grad(set_to_none=False)
+            loss = train_fn()
+            losses.append(float(loss.detach()))
+            if weight_decay:
+                loss = loss + 0.5 * weight_decay * sum((p * p).sum() for p in self.params)
+            loss.backward()
+            return loss
+
+        state = opt.state[opt._params[0]]
+        before, evals = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+        opt.step(closure)
+        done_iters = int(state.get("n_iter", 0)) - before
+        # fewer iterations than asked for and evaluations to spare: L-BFGS met its own tolerances
+        converged = done_iters < chunk and int(state.get("func_evals", 0)) - evals < 4 * chunk
+        finite = [v for v in losses if math.isfinite(v)]
+        # the accepted point of each line search has the lowest loss evaluated so far (no extra pass)
+        end = min(finite) if len(finite) == len(losses) else math.nan
+        val = None
+        if math.isfinite(end) and all(bool(torch.isfinite(p).all()) for p in self.params) and val_fn is not None:
+            with torch.no_grad():
+                val = val_fn()
+        if not math.isfinite(end) or (val is not None and not bool(torch.isfinite(val).all())):
+            self.retries += 1
+            if self.retries > 2:
+                raise FloatingPointError(f"non-finite loss of node(s) {self.nodes} after {self.iters} L-BFGS "
+                                         f"iterations, also with a {1 / self.step_scale:g}x smaller step; lower lr "
+                                         f"(now {lr}) or check the data for extreme values")
+            self._put(self.good_state)
+            self.step_scale *= 0.1
+            self.opt = None
+            return
+        self.good_state = self._copy()
+        self.iters += max(done_iters, 1)
+        self.slow = self.slow + 1 if self.train_loss - end < tol else 0
+        self.train_loss = end
+        if val is not None and self.best_val is not None:
+            diff = val - self.best_val
+            worse = float(diff.mean())
+            if worse < 0:
+                self.best_val, self.best_state = val, self.good_state
+            elif worse > max(tol, 2.0 * float(diff.std()) / math.sqrt(diff.numel())):
+                self.overfit = True
+        if self.overfit or self.slow >= patience or self.iters >= max_iter or converged:
+            self.done = True
+
+
+def _parameter_groups(scm: "SCM") -> list[_NodeGroup]:
+    """One group per node with trainable parameters; nodes that share a parameter tensor are fitted together."""
+    groups: list[tuple[list[str], list[nn.Parameter], set[int]]] = []
+    for node in scm.nodes:
+        params = [p for p in scm.mechanisms[node].parameters() if p.requires_grad]
+        if not params:
+            continue
+        ids = {id(p) for p in params}
+        shared = [g for g in groups if g[2] & ids]
+        nodes, plist = [], []
+        for g in shared:
+            groups.remove(g)
+            nodes += g[0]
+            plist += g[1]
+        seen = {id(p) for p in plist}
+        plist += [p for p in params if id(p) not in seen]
+        groups.append((nodes + [node], plist, seen | ids))
+    return [_NodeGroup(nodes, params) for nodes, params, _ in groups]
 
 
 def _check_mechanism_fits(name: str, mech: Mechanism, graph: CausalGraph, parents: list[str]) -> None:
