@@ -816,7 +816,15 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
 @click.option("--sweep-steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps of the sweep (default: --steps).")
 @click.option("--sweep-methods", "sweep_methods_text", default="cfg,dcfg", show_default=True,
               help="Methods swept over --scales: cfg (required), dcfg, dcfg_per_attribute, dcfg_paper (the "
-                   "paper's equation and grouping, whatever the pipeline's defaults).")
+                   "paper's equation and grouping, whatever the pipeline's defaults), each optionally with "
+                   "guidance variants BASE[+apg|+cfgpp][+interval]: cfg+apg, dcfg+cfgpp, cfg+interval, "
+                   "dcfg+apg+interval (APG, CFG++, the --interval; docs/guidance.md).")
+@click.option("--interval", "interval_text", default=None, metavar="LO,HI",
+              help="Guidance interval of the +interval sweep methods, in timesteps (0 <= LO < HI <= T, e.g. 200,800). "
+                   "Default: the pipeline's.")
+@click.option("--apg-eta", type=click.FloatRange(0.0, 1.0), default=None,
+              help="APG's weight of the parallel part for the +apg sweep methods, in [0, 1] (default: the "
+                   "pipeline's, 0).")
 @click.option("--per-attribute-n", type=click.IntRange(0), default=None,
               help="Rows of DCFG with one group per attribute (default: --sweep-n; 0 skips).")
 @click.option("--cycle-n", type=click.IntRange(0), default=None,
@@ -855,7 +863,7 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(pipeline_dir, data_spec, update_card, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
-                     sweep_methods_text, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
+                     sweep_methods_text, interval_text, apg_eta, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
                      invariant_weight, descendant_weight_text, anchor, ablation_dir, classifier_dir, root, max_sources,
                      seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads, quiet):
     """Score none / CFG / DCFG counterfactuals on a test split; write metrics, report and plots.
@@ -877,6 +885,15 @@ def evaluate_command(pipeline_dir, data_spec, update_card, device, n_rows, steps
     except ValueError:
         _fail(f"--scales {scales_text!r} must be comma-separated numbers, e.g. 1,1.5,2,3,4,6")
     methods = tuple(m.strip() for m in sweep_methods_text.split(",") if m.strip())
+    from pipeline.evaluation.runner import parse_method
+
+    for m in methods:
+        try:
+            parse_method(m)
+        except ValueError as e:
+            _fail(f"--sweep-methods: {e}")
+    interval = _interval(interval_text)
+    interval = None if interval == "config" else interval
     nodes = None if interventions_text is None else tuple(v.strip() for v in interventions_text.split(",") if v.strip())
     from pipeline.evaluation.report import check_out_dir
 
@@ -897,9 +914,19 @@ def evaluate_command(pipeline_dir, data_spec, update_card, device, n_rows, steps
         cfg_scale=number_or_best(cfg_scale_text, "--cfg-scale"), sweep_n=sweep_n, sweep_steps=sweep_steps,
         sweep_methods=methods, per_attribute_n=per_attribute_n, cycle_n=cycle_n, cycles=cycles,
         cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight,
-        descendant_weight=descendant_weight, anchor=anchor, chunk_size=chunk_size,
+        descendant_weight=descendant_weight, anchor=anchor, interval=interval, apg_eta=apg_eta, chunk_size=chunk_size,
         seed=seed, precision=precision, compile={"auto": "auto", "on": True, "off": False}[compile_text])
     pipe = _load_pipeline(pipeline_dir, device)
+    from diffusion.guidance import check_interval
+
+    try:  # the guidance interval, before any data is read
+        if check_interval(interval if interval is not None else pipe.config.interval, pipe.num_timesteps) is None:
+            needs = [m for m in methods if parse_method(m)[2]]
+            if needs:
+                _fail(f"--sweep-methods {','.join(needs)} need a guidance interval: give --interval LO,HI "
+                      f"(the pipeline has none)")
+    except ValueError as e:
+        _fail(str(e))
     ablation = None if ablation_dir is None else _load_pipeline(ablation_dir, device)
     classifier = None
     if classifier_dir is not None:

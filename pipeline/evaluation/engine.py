@@ -3,7 +3,9 @@
 A counterfactual query with S DDIM steps costs ``(1 + r) S`` image-NFEs for the inversion (no guidance;
 ``r`` = the pipeline's ``config.refine_steps`` fixed-point iterations per step, 0 by default) and ``k * S`` for
 the decoding, with ``k = 1`` (no guidance), 2 (CFG) or ``M + 1`` (DCFG with M groups; anchored at the
-full condition, ``1 +`` the number of groups whose weight is not 1).
+full condition, ``1 +`` the number of groups whose weight is not 1). The guidance variants APG and CFG++ cost
+their base's rows; a guidance interval makes the steps outside it cost 1 (:func:`decode_nfe`), and CFG++
+anchored at null inverts with its pair (2 rows per step inside the interval, :func:`invert_nfe`).
 :class:`QueryEngine` runs both in chunks of ``chunk_size`` rows (peak memory does not grow with the
 number of images), adds up the image-NFEs it spent, and advances an optional tqdm bar by them.
 
@@ -21,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["QueryEngine", "nfe_per_step"]
+__all__ = ["QueryEngine", "nfe_per_step", "decode_nfe", "invert_nfe", "num_timesteps"]
 
 
 def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None,
@@ -52,6 +54,50 @@ def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None,
     raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
 
 
+def decode_nfe(guidance: str, groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
+               anchor: str = "null", steps: int = 1, interval: Sequence[float] | None = None,
+               num_timesteps: int = 1000) -> int:
+    """Network evaluations per row of one DDIM decoding of ``steps`` steps (:func:`nfe_per_step` at every step
+    inside ``interval``, 1 outside it). APG and CFG++ cost what their base costs.
+
+    Example:
+        >>> decode_nfe("cfg", steps=10), decode_nfe("cfg", steps=10, interval=(300, 700))
+        (20, 14)
+    """
+    from diffusion import ddim_eval_timesteps
+
+    k = nfe_per_step(guidance, groups, weights, anchor)
+    if interval is None or k == 1:
+        return k * int(steps)
+    lo, hi = float(interval[0]), float(interval[1])
+    return sum(k if lo <= t <= hi else 1 for t in ddim_eval_timesteps(num_timesteps, int(steps)))
+
+
+def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, anchor: str = "null",
+               interval: Sequence[float] | None = None, num_timesteps: int = 1000) -> int:
+    """Network evaluations per row of one DDIM inversion: ``(1 + refine_steps) steps``, and with CFG++ anchored at
+    null (its pair ``eps(c)``, ``eps(null)``) 2 rows at every evaluation inside ``interval``.
+
+    Example:
+        >>> invert_nfe(10, 1), invert_nfe(10, 1, "cfgpp"), invert_nfe(10, 1, "cfgpp", anchor="full")
+        (20, 40, 20)
+    """
+    from diffusion import ddim_eval_timesteps
+
+    if variant != "cfgpp" or anchor != "null":
+        return (1 + int(refine_steps)) * int(steps)
+    ts = ddim_eval_timesteps(num_timesteps, int(steps), invert=True, refine_steps=int(refine_steps))
+    if interval is None:
+        return 2 * len(ts)
+    return sum(2 if interval[0] <= t <= interval[1] else 1 for t in ts)
+
+
+def num_timesteps(pipe: Any) -> int:
+    """T of a pipeline's image model (1000 for test doubles without a config)."""
+    cfg = getattr(getattr(pipe, "image_model", None), "config", None)
+    return int(getattr(cfg, "num_train_timesteps", 1000))
+
+
 class QueryEngine:
     """Chunked :meth:`CounterfactualPipeline.invert` / ``decode`` that counts image-NFEs.
 
@@ -69,6 +115,7 @@ class QueryEngine:
         self.bar = bar
         self.nfe = 0
         self.refine_steps = int(getattr(pipe.config, "refine_steps", 0) or 0)
+        self.num_timesteps = num_timesteps(pipe)
         try:
             self.device = next(pipe.image_model.parameters()).device
         except (AttributeError, StopIteration):
@@ -83,30 +130,43 @@ class QueryEngine:
             self.bar.update(int(nfe))
 
     @torch.no_grad()
-    def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int) -> Tensor:
-        """DDIM-invert ``images`` under ``parents`` (image parents only are used), chunk by chunk."""
+    def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int, variant: str | None = None,
+               anchor: str = "null", interval: Sequence[float] | None = None) -> Tensor:
+        """DDIM-invert ``images`` under ``parents`` (image parents only are used), chunk by chunk.
+
+        ``variant="cfgpp"`` with ``anchor="null"``: CFG++'s inversion (:meth:`CounterfactualPipeline.invert`).
+        """
         names = list(self.pipe.graph.image_parents())
+        pair = variant == "cfgpp" and anchor == "null"
+        kw = {"variant": "cfgpp", "anchor": "null", "interval": interval} if pair else {}
+        per_row = invert_nfe(steps, self.refine_steps, variant, anchor, interval, self.num_timesteps)
         out = []
         for start in range(0, len(images), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
             x = self._to(images[sl])
-            z = self.pipe.invert(x, {k: parents[k][sl].to(x.device) for k in names}, steps=steps)
+            z = self.pipe.invert(x, {k: parents[k][sl].to(x.device) for k in names}, steps=steps, **kw)
             out.append(z.to(images.device))  # computed on the model's device, returned on the input's
-            self._spent((1 + self.refine_steps) * steps * len(x))
+            self._spent(per_row * len(x))
         return torch.cat(out) if out else images[:0].clone()
 
     @torch.no_grad()
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str,
                groups: Sequence[Sequence[str]] | None, weights: Sequence[float] | None, steps: int,
-               anchor: str | None = None) -> Tensor:
+               anchor: str | None = None, variant: str | None = None, interval: Sequence[float] | None = None,
+               apg: Mapping[str, Any] | None = None) -> Tensor:
         """DDIM-decode ``x_T`` under ``parents`` with the given guidance, chunk by chunk.
 
-        ``anchor``: DCFG's formulation (default: the pipeline's ``config.dcfg_anchor``).
+        ``anchor``: DCFG's formulation (default: the pipeline's ``config.dcfg_anchor``). ``variant``,
+        ``interval`` and ``apg`` (``apg_eta``, ``apg_threshold``, ``apg_momentum``): the guidance variant
+        (:meth:`CounterfactualPipeline.decode`).
         """
         names = list(self.pipe.graph.image_parents())
         if anchor is None:
             anchor = getattr(self.pipe.config, "dcfg_anchor", "null")
-        k = nfe_per_step(guidance, groups, weights, anchor)
+        per_row = decode_nfe(guidance, groups, weights, anchor, steps, interval, self.num_timesteps)
+        extra: dict[str, Any] = {}
+        if guidance != "none" and (variant is not None or interval is not None):
+            extra = {"variant": variant, "interval": interval, **(apg or {})}
         out = []
         for start in range(0, len(x_T), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
@@ -116,7 +176,8 @@ class QueryEngine:
                 x = self.pipe.decode(z, cond, guidance="none", steps=steps)
             else:
                 kw = {"anchor": anchor} if guidance == "dcfg" else {}
-                x = self.pipe.decode(z, cond, guidance=guidance, groups=groups, weights=weights, steps=steps, **kw)
+                x = self.pipe.decode(z, cond, guidance=guidance, groups=groups, weights=weights, steps=steps, **kw,
+                                     **extra)
             out.append(x.to(x_T.device))
-            self._spent(k * steps * len(z))
+            self._spent(per_row * len(z))
         return torch.cat(out) if out else x_T[:0].clone()

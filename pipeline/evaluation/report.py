@@ -28,6 +28,13 @@ OUTPUT_FILES = ("metrics.json", "report.md", "tradeoff.png", "grid.png")
 
 _LABELS = {"none": "none", "cfg": "CFG", "dcfg": "DCFG", "dcfg_per_attribute": "DCFG (one group per attribute)",
            "dcfg_paper": "DCFG (paper's equation and grouping)"}
+_VARIANT_LABELS = {"apg": "APG", "cfgpp": "CFG++", "interval": "interval"}
+
+
+def _label(method: str) -> str:
+    """A method's name in the report: ``cfg+apg`` -> ``CFG + APG``."""
+    base, *variants = str(method).split("+")
+    return " + ".join([_LABELS.get(base, base)] + [_VARIANT_LABELS.get(v, v) for v in variants])
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -140,7 +147,7 @@ def _metric_keys(rows: list[dict]) -> list[str]:
 
 def _column(key: str, pipelines: int) -> str:
     pname, method = key.split("/", 1)
-    label = _LABELS.get(method, method)
+    label = _label(method)
     return label if pipelines == 1 else f"{label} ({pname})"
 
 
@@ -149,7 +156,7 @@ def _scale(v: Any) -> str:
 
 
 def _method_label(r: Mapping[str, Any]) -> str:
-    return _LABELS.get(r["method"], r["method"])
+    return _label(r["method"])
 
 
 def format_headline(metrics: Mapping[str, Any]) -> str:
@@ -164,7 +171,7 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
         rec = res.get("recommended") or {}
         for m in ("dcfg", "cfg"):
             if m in rec and rec[m]["overall"] is not None:
-                out.append(f"- {name}: sweep-recommended {_LABELS[m]} scale {_scale(rec[m]['overall'])} overall; per "
+                out.append(f"- {name}: sweep-recommended {_label(m)} scale {_scale(rec[m]['overall'])} overall; per "
                            "intervention " + ", ".join(f"do({n}) {_scale(v)}"
                                                        for n, v in rec[m]["per_intervention"].items()))
     if any((res.get("recommended") or {}).get("rule") for res in pipes.values()):
@@ -204,13 +211,13 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
             note = f"{tr['effectiveness']} in [{_fmt(rng[0])}, {_fmt(rng[1])}]" if rng else (tr.get("reason") or "")
             near = tr.get("nearest")
             if near and near.get("ratio") is not None:
-                who = _LABELS.get(tr["method"], tr["method"]) if near["method_more_effective"] else "CFG"
+                who = _label(tr["method"]) if near["method_more_effective"] else "CFG"
                 note += (f"; at the nearest ends (where {who} is more effective) the ratio is "
                          f"{_fmt(near['ratio'])}, not an equal-effectiveness figure")
             best = tr.get("at_baseline_best") or {}
             at_best = (f"{_fmt(best['ratio'])} ({_fmt(best['method'])} vs {_fmt(best['baseline'])} at "
                        f"{_fmt(best['effectiveness'])})" if best.get("ratio") is not None else "–")
-            rows.append([name, f"do({tr['intervention']})", tr["spurious"], _LABELS.get(tr["method"], tr["method"]),
+            rows.append([name, f"do({tr['intervention']})", tr["spurious"], _label(tr["method"]),
                          tr["ratio"], at_best, note])
     out += [_table(["pipeline", "intervention", "spurious metric", "method", "ratio vs CFG (mean)",
                     "ratio at CFG's best (method vs CFG at effectiveness)", "common range"], rows), ""]
@@ -318,6 +325,8 @@ def plot_tradeoff(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
     nrows = max(1, len(first["sweep"]))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
     colors = {"cfg": "tab:red", "dcfg": "tab:blue", "dcfg_per_attribute": "tab:green", "dcfg_paper": "tab:purple"}
+    variant_style = {"apg": "-.", "cfgpp": ":", "interval": (0, (5, 1))}
+    variant_marker = {"apg": "^", "cfgpp": "s", "interval": "d"}
     for r, node in enumerate(first["sweep"]):
         mine = [p for p in panels if p[0] == node]
         for cidx in range(ncols):
@@ -335,8 +344,11 @@ def plot_tradeoff(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
                     if method == "none":
                         ax.plot(xs, ys, "*", color="k", ms=10, label=f"none ({pname})" if len(pipes) > 1 else "none")
                         continue
-                    ax.plot(xs, ys, style, marker="o", ms=4, color=colors.get(method, "tab:gray"),
-                            label=_LABELS.get(method, method) + (f" ({pname})" if len(pipes) > 1 else ""))
+                    base, *variants = method.split("+")  # a variant: its base's colour, its own line and marker
+                    ax.plot(xs, ys, linestyle=style if not variants else variant_style.get(variants[0], ":"),
+                            marker="o" if not variants else variant_marker.get(variants[0], "x"), ms=4,
+                            color=colors.get(base, "tab:gray"),
+                            label=_label(method) + (f" ({pname})" if len(pipes) > 1 else ""))
                     for p in pts:
                         ax.annotate(_scale(p["scale"]), (p[eff], p[spur]), fontsize=7,
                                     xytext=(3, 3), textcoords="offset points")

@@ -14,7 +14,10 @@ What runs (for each pipeline: the evaluated one, and an optional ablation evalua
    cycle). The SCM's noise is abducted once and pushed through each ``do``.
 3. **Sweep** (``sweep_n`` rows): CFG and DCFG (and optionally DCFG with one group per attribute) at
    every scale of ``scales``. CFG at ``w = 1`` is the plain conditional, i.e. guidance ``none``, and
-   reuses it.
+   reuses it. A swept method may carry guidance variants, ``BASE[+apg|+cfgpp][+interval]`` (``cfg+apg``,
+   ``dcfg+cfgpp``, ``cfg+interval``, ``dcfg+apg+interval``; :func:`parse_method`): the base method with
+   APG, CFG++ (whose rows are inverted with CFG++'s own pair, once per step count) or the guidance interval
+   ``interval``; each is compared with CFG like the other methods.
 4. **Main table** (``n`` rows): guidance none, CFG at its best sweep scale for that intervention (the
    one with the best effectiveness; ``cfg_scale`` overrides it) and DCFG at ``scale`` (default: the
    pipeline's). Rows already decoded by the sweep are reused. DCFG with one group per attribute runs at
@@ -79,13 +82,13 @@ import torch
 from torch import Tensor
 
 from diffusion.model import PRECISIONS, resolve_precision
-from pipeline.evaluation.engine import QueryEngine, nfe_per_step
+from pipeline.evaluation.engine import QueryEngine, decode_nfe, invert_nfe, nfe_per_step, num_timesteps
 from pipeline.evaluation.metrics import equal_effectiveness_ratio, frechet_distance
 from pipeline.evaluation.oracles import MorphoOracles, Oracles
 from pipeline.evaluation.scores import effectiveness, ground_truth_error, roles, spurious_change
 
 __all__ = ["EvaluationConfig", "EvaluationResult", "METHODS", "BENCHMARK_TARGETS", "evaluate", "run_evaluation",
-           "estimate_nfe", "resolve_config"]
+           "estimate_nfe", "resolve_config", "parse_method"]
 
 #: Guidance methods the evaluation knows: name -> (guidance, groups, anchor, descendant weight). ``groups`` is
 #: what ``resolve_guidance`` takes; ``anchor`` and the descendant weight are ``None`` where the evaluation's
@@ -98,6 +101,33 @@ METHODS: dict[str, tuple[str, str | None, str | None, str | None]] = {
     "dcfg_per_attribute": ("dcfg", "per_attribute", None, None),
     "dcfg_paper": ("dcfg", "dag", "null", "scale"),
 }
+
+#: Guidance variants a swept method may carry: ``BASE[+apg|+cfgpp][+interval]``.
+METHOD_VARIANTS = ("apg", "cfgpp")
+
+
+def parse_method(name: Any) -> tuple[str, str | None, bool]:
+    """``(base, variant, interval)`` of a method name ``BASE[+apg|+cfgpp][+interval]``.
+
+    Example:
+        >>> parse_method("dcfg+apg+interval"), parse_method("cfg")
+        (('dcfg', 'apg', True), ('cfg', None, False))
+    """
+    grammar = ("a method is BASE[+apg|+cfgpp][+interval] with BASE one of 'cfg', 'dcfg', 'dcfg_per_attribute', "
+               "'dcfg_paper' (e.g. cfg+apg, dcfg+cfgpp, cfg+interval, dcfg+apg+interval)")
+    parts = name.split("+") if isinstance(name, str) else []
+    base, rest = (parts[0], parts[1:]) if parts else ("", [])
+    if base not in METHODS or base == "none":
+        raise ValueError(f"sweep method {name!r} unknown: {grammar}")
+    variant, interval = None, False
+    for i, p in enumerate(rest):
+        if p in METHOD_VARIANTS and variant is None and not interval and i == 0:
+            variant = p
+        elif p == "interval" and not interval:
+            interval = True
+        else:
+            raise ValueError(f"sweep method {name!r}: {p!r} is not allowed there; {grammar}")
+    return base, variant, interval
 
 #: The benchmark's targets (docs/results.md): (intervened node, metric) -> (comparison, value).
 BENCHMARK_TARGETS: dict[tuple[str, str], tuple[str, float]] = {
@@ -147,7 +177,8 @@ class EvaluationConfig:
         cfg_scale: CFG scale of the main table: ``"best"`` (default, as for ``scale``) or a number.
         sweep_n: rows of the sweep (``None``: ``min(n, max(4, n // 16))``, 62 of 1,000).
         sweep_steps: DDIM steps of the sweep (``None``: ``steps``).
-        sweep_methods: guided methods swept over ``scales`` (``cfg`` is required as the baseline).
+        sweep_methods: guided methods swept over ``scales`` (``cfg`` is required as the baseline); a method may
+            carry guidance variants, ``BASE[+apg|+cfgpp][+interval]`` (:func:`parse_method`).
         per_attribute_n: rows of DCFG with one group per attribute (``None``: ``sweep_n``; 0 skips it).
         cycle_n: rows of composition and reversibility (``None``: ``min(n, max(2, n // 40))``, 25 of 1,000).
         cycles: composition cycles.
@@ -162,6 +193,10 @@ class EvaluationConfig:
             ``config.dcfg_anchor``. The ``dcfg_paper`` method always uses ``"null"``.
         anchor_scales: per-attribute DCFG anchor weights of the ``dcfg`` method (``None``: the pipeline's
             ``config.anchor_scales``, from ``dcfg calibrate``; ``{}``: none). The other DCFG methods do not use them.
+        interval: the guidance interval ``(lo, hi)`` of the ``+interval`` methods, in timesteps of the schedule
+            (``None``: the pipeline's ``config.interval``; one of them is needed when a method has ``+interval``).
+        apg_eta, apg_threshold, apg_momentum: APG's settings of the ``+apg`` methods (``None``: the pipeline's;
+            see :func:`diffusion.guidance.apg_update`).
         chunk_size: rows per batched call (``None``: the pipeline's).
         grid_n: digits per intervention in ``grid.png``.
         seed: seed of the rows, the targets and the SCM's abduction.
@@ -190,6 +225,10 @@ class EvaluationConfig:
     descendant_weight: float | str | None = None
     anchor: str | None = None
     anchor_scales: dict[str, float] | None = None
+    interval: tuple[float, float] | None = None
+    apg_eta: float | None = None
+    apg_threshold: float | None = None
+    apg_momentum: float | None = None
     chunk_size: int | None = None
     grid_n: int = 4
     seed: int = 0
@@ -243,10 +282,7 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
     if not c.scales:
         raise ValueError("scales is empty: give at least one guidance scale, e.g. 1,1.5,2,3,4,6")
     scales = tuple(sorted({float(_scale_value("scales", s, False)) for s in c.scales}))  # type: ignore[arg-type]
-    unknown = [m for m in c.sweep_methods if m not in METHODS or m == "none"]
-    if unknown:
-        raise ValueError(f"sweep_methods {unknown} unknown: allowed are 'cfg', 'dcfg', 'dcfg_per_attribute', "
-                         f"'dcfg_paper'")
+    parsed = [parse_method(m) for m in c.sweep_methods]
     if "cfg" not in c.sweep_methods:
         raise ValueError(f"sweep_methods={list(c.sweep_methods)} must include 'cfg', the baseline of the "
                          f"equal-effectiveness ratio")
@@ -293,13 +329,26 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
     if anchor not in ("null", "full"):
         raise ValueError(f"anchor={c.anchor!r} must be None (the pipeline's), 'null' (the paper's DCFG) or 'full' "
                          f"(each group amplified given the others)")
+    from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval
+
+    pc = pipe.config
+    interval = getattr(pc, "interval", None) if c.interval is None else c.interval
+    interval = check_interval(interval, num_timesteps(pipe))
+    needs = [m for m, p in zip(c.sweep_methods, parsed) if p[2]]
+    if needs and interval is None:
+        raise ValueError(f"sweep method(s) {needs} need a guidance interval: give interval=(lo, hi) (dcfg evaluate "
+                         f"--interval LO,HI) or set the pipeline's config.interval")
+    apg = check_apg(getattr(pc, "apg_eta", APG_ETA) if c.apg_eta is None else c.apg_eta,
+                    getattr(pc, "apg_threshold", APG_THRESHOLD) if c.apg_threshold is None else c.apg_threshold,
+                    getattr(pc, "apg_momentum", APG_MOMENTUM) if c.apg_momentum is None else c.apg_momentum)
     return replace(
         c, n=n, steps=steps, scales=scales, scale=scale, cfg_scale=_scale_value("cfg_scale", c.cfg_scale, False),
         sweep_n=sweep_n, sweep_steps=steps if c.sweep_steps is None else _pos_int("sweep_steps", c.sweep_steps),
         sweep_methods=tuple(dict.fromkeys(c.sweep_methods)), per_attribute_n=per_attr, cycle_n=cycle_n,
         cycles=_pos_int("cycles", c.cycles), cycle_steps=steps if c.cycle_steps is None
         else _pos_int("cycle_steps", c.cycle_steps), interventions=interventions, invariant_weight=iw,
-        descendant_weight=dw, anchor=anchor, precision=precision,
+        descendant_weight=dw, anchor=anchor, precision=precision, interval=interval, apg_eta=apg[0],
+        apg_threshold=apg[1] or 0.0, apg_momentum=apg[2],
         anchor_scales=dict(getattr(pipe.config, "anchor_scales", {}) if c.anchor_scales is None else c.anchor_scales),
         chunk_size=_pos_int("chunk_size", c.chunk_size if c.chunk_size is not None else pipe.config.chunk_size),
         grid_n=_pos_int("grid_n", c.grid_n, 0), seed=int(c.seed))
@@ -333,6 +382,39 @@ def _groups_for(graph: Any, node: str, method: str, scale: float, invariant_weig
     return guidance, g, w, anchor if guidance == "dcfg" else "null"
 
 
+def _query(graph: Any, node: str, method: str, scale: float, c: EvaluationConfig) -> dict[str, Any]:
+    """One (possibly variant) method at one scale under a resolved ``c``: the decoder's ``guidance``, ``groups``,
+    ``weights``, ``anchor``, ``variant``, ``interval`` and ``apg`` settings, and ``inversion``: ``None`` (the
+    shared plain inversion) or CFG++'s ``("cfgpp", interval)``.
+
+    Where the base method is the plain conditional (CFG at w = 1, ...), APG and the interval change nothing and the
+    query is guidance ``none``; CFG++ at w = 1 is not (it re-noises with ``eps(null)``) and stays CFG.
+    """
+    base, variant, use_interval = (method, None, False) if method in METHODS else parse_method(method)
+    guidance, groups, weights, anchor = _groups_for(graph, node, base, scale, c.invariant_weight,
+                                                    c.descendant_weight, c.anchor or "null", c.anchor_scales)
+    if variant == "cfgpp" and guidance == "none" and METHODS[base][0] == "cfg":
+        guidance, weights = "cfg", [1.0]
+    if guidance == "none":
+        variant, use_interval = None, False
+    interval = tuple(float(v) for v in c.interval) if use_interval and c.interval is not None else None
+    apg = ({"apg_eta": float(c.apg_eta if c.apg_eta is not None else 0.0),
+            "apg_threshold": float(c.apg_threshold or 0.0),
+            "apg_momentum": float(c.apg_momentum if c.apg_momentum is not None else 0.0)}
+           if variant == "apg" else None)
+    inversion = ("cfgpp", interval) if variant == "cfgpp" and anchor == "null" else None
+    return {"guidance": guidance, "groups": groups, "weights": weights, "anchor": anchor, "variant": variant,
+            "interval": interval, "apg": apg, "inversion": inversion}
+
+
+def _query_key(node: str, q: Mapping[str, Any], steps: int) -> tuple:
+    """The cache key of one decoding (:func:`_decode_key`, plus the variant's settings where there are some)."""
+    key = _decode_key(node, q["guidance"], q["groups"], q["weights"], q["anchor"], steps)
+    if q["variant"] is None and q["interval"] is None:
+        return key
+    return key + (q["variant"], q["interval"], tuple(sorted((q["apg"] or {}).items())))
+
+
 def _decode_key(node: str, guidance: str, groups: Sequence[Sequence[str]], weights: Sequence[float], anchor: str,
                 steps: int) -> tuple:
     """The cache key of one decoding. Anchored at the full condition, groups at weight 1 contribute nothing, so
@@ -344,13 +426,14 @@ def _decode_key(node: str, guidance: str, groups: Sequence[Sequence[str]], weigh
 
 
 def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0,
-                 pipeline_config: Any = None) -> dict[str, int]:
+                 pipeline_config: Any = None, num_timesteps: int = 1000) -> dict[str, int]:
     """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
 
     ``pipelines`` identical pipelines are counted; ``refine_steps`` is the pipelines' fixed-point
     refinement of DDIM inversion (each inversion step then costs ``1 + refine_steps`` forwards);
     ``pipeline_config`` (a :class:`~pipeline.core.PipelineConfig`) resolves a ``"pipeline"`` DCFG scale
-    (otherwise, like ``"best"``, it is counted as a scale other than 1).
+    (otherwise, like ``"best"``, it is counted as a scale other than 1); ``num_timesteps`` is the image model's T
+    (a guidance interval's steps are counted on its DDIM grid: 1 row block outside the interval).
 
     The plan replays the run's decoding requests against the same cache the run keeps (a decoding is paid
     once per method, groups, weights, anchor and step count, for the most rows asked), so it is exact when
@@ -369,16 +452,25 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
     nodes = list(c.interventions)
     anchor = c.anchor or "null"
     done: dict[tuple, int] = {}
+    inverted: dict[tuple, int] = {}
+    T = int(num_timesteps)
 
     def cost(node: str, method: str, scale: float, m: int, steps: int) -> int:
-        guidance, groups, weights, a = _groups_for(graph, node, method, scale, c.invariant_weight,
-                                                   c.descendant_weight, anchor, c.anchor_scales)
-        key = _decode_key(node, guidance, groups, weights, a, steps)
+        q = _query(graph, node, method, scale, c)
+        total = 0
+        if q["inversion"] is not None:  # CFG++'s own inversion, once per step count (counted where it is first needed)
+            ikey = (steps, q["inversion"])
+            have_inv = inverted.get(ikey, 0)
+            if m > have_inv:
+                inverted[ikey] = m
+                total += invert_nfe(steps, refine_steps, "cfgpp", "null", q["interval"], T) * (m - have_inv)
+        key = _query_key(node, q, steps)
         have = done.get(key, 0)
         if m <= have:
-            return 0
+            return total
         done[key] = m
-        return nfe_per_step(guidance, groups, weights, a) * steps * (m - have)
+        return total + decode_nfe(q["guidance"], q["groups"], q["weights"], q["anchor"], steps, q["interval"],
+                                  T) * (m - have)
 
     def k(node: str, method: str, scale: float) -> int:
         guidance, groups, weights, a = _groups_for(graph, node, method, scale, c.invariant_weight,
@@ -434,27 +526,31 @@ class _Run:
             self.cf_parents[node] = pipe.scm.predict(u, do={node: value})
 
     # -- caches -------------------------------------------------------------------------------------
-    def x_T(self, steps: int, m: int) -> Tensor:
-        have = self._x_T.get(steps)
+    def x_T(self, steps: int, m: int, inversion: tuple | None = None) -> Tensor:
+        """The inversion of rows [0, m) at ``steps``: the shared plain one, or CFG++'s (``("cfgpp", interval)``)."""
+        key: Any = steps if inversion is None else (steps, inversion)
+        have = self._x_T.get(key)
         done = 0 if have is None else len(have)
         if done < m:
             d = self.data
-            new = self.engine.invert(d.images[done:m], {k: v[done:m] for k, v in d.parents.items()}, steps)
-            self._x_T[steps] = new if have is None else torch.cat([have, new])
-        return self._x_T[steps][:m]
+            kw = {} if inversion is None else {"variant": "cfgpp", "anchor": "null", "interval": inversion[1]}
+            new = self.engine.invert(d.images[done:m], {k: v[done:m] for k, v in d.parents.items()}, steps, **kw)
+            self._x_T[key] = new if have is None else torch.cat([have, new])
+        return self._x_T[key][:m]
 
     def decode(self, node: str, method: str, scale: float, m: int, steps: int) -> dict[str, Any]:
         """Counterfactual images (and their measurements) of rows [0, m) for one method and scale."""
-        guidance, groups, weights, anchor = _groups_for(self.graph, node, method, scale, self.c.invariant_weight,
-                                                        self.c.descendant_weight, self.c.anchor or "null",
-                                                        self.c.anchor_scales)
-        key = _decode_key(node, guidance, groups, weights, anchor, steps)
+        q = _query(self.graph, node, method, scale, self.c)
+        guidance, groups, weights, anchor = q["guidance"], q["groups"], q["weights"], q["anchor"]
+        key = _query_key(node, q, steps)
         entry = self._decoded.get(key)
         done = 0 if entry is None else len(entry["images"])
         if done < m:
-            z = self.x_T(steps, m)[done:m]
+            z = self.x_T(steps, m, q["inversion"])[done:m]
             cf = {k: v[done:m] for k, v in self.cf_parents[node].items()}
-            imgs = self.engine.decode(z, cf, guidance, groups, weights, steps, anchor=anchor)
+            kw = {} if q["variant"] is None and q["interval"] is None else {
+                "variant": q["variant"], "interval": q["interval"], "apg": q["apg"]}
+            imgs = self.engine.decode(z, cf, guidance, groups, weights, steps, anchor=anchor, **kw)
             t0 = time.perf_counter()
             meas = self.data.oracles.measure(imgs)
             self.measure_s += time.perf_counter() - t0
@@ -802,6 +898,7 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
                          f"{pipe.graph.image_parents()}; both must answer the same queries")
     pipelines = {"main": pipe} if ablation is None else {"main": pipe, "ablation": ablation}
     plans = [estimate_nfe(c, p.graph, refine_steps=int(getattr(p.config, "refine_steps", 0) or 0),
+                          num_timesteps=num_timesteps(p),
                           pipeline_config=p.config) for p in pipelines.values()]
     plan = {k: sum(pl[k] for pl in plans) for k in plans[0]}
     log(f"plan: {plan['total']:,} image-NFEs ({', '.join(f'{k} {v:,}' for k, v in plan.items() if k != 'total')})")
