@@ -298,7 +298,8 @@ def _evaluation_stage(spec: ExperimentSpec, pipe: Any, data: Any, oracles: Any, 
         n = min(ev.n, t)
         config = EvaluationConfig(
             n=n, steps=ev.steps, scales=g.scales, scale=g.dcfg_scale, cfg_scale=g.cfg_scale,
-            sweep_n=min(ev.sweep_n or max(2, n // 4), n), sweep_methods=g.methods,
+            sweep_n=min(ev.sweep_n or max(2, n // 4), n), sweep_methods=g.swept_methods, interval=g.interval,
+            apg_eta=g.apg_eta,
             cycle_n=min(ev.cycle_n if ev.cycle_n is not None else max(2, n // 8), n), cycles=ev.cycles,
             interventions=tuple(iv.node for iv in spec.interventions), invariant_weight=g.invariant_weight,
             grid_n=min(ev.grid_n, n), seed=spec.seed, precision=ev.precision)

@@ -19,7 +19,8 @@ top level           ``name``, ``description``, ``seed``
                     equations themselves) and the fit's budget
 ``[training]``      the image model's training budget (:class:`diffusion.TrainConfig` fields)
 ``[evaluation]``    rows and DDIM steps of the counterfactual evaluation
-``[guidance]``      the guidance settings compared: sweep methods, scales, DCFG and CFG scales
+``[guidance]``      the guidance settings compared: sweep methods (with guidance variants), scales, DCFG and CFG
+                    scales, ``variant`` / ``interval`` / ``apg_eta`` (APG, CFG++, a guidance interval)
 ``[[interventions]]`` the interventions evaluated: ``node``, and ``value`` (a number, or ``"marginal"``:
                     drawn from the training marginal) or ``shift`` (added to the factual value)
 ``[[effects]]``     effects estimated: ``treatment``, ``outcome``, ``control``, ``treated``, dowhy ``method``
@@ -90,6 +91,10 @@ _FORM_HELP = {
 RENDER_OPS: tuple[str, ...] = ("thickness", "intensity", "slant", "digit")
 SOURCES: tuple[str, ...] = ("morpho", "mnist_folder", "csv")
 _METHODS = ("cfg", "dcfg", "dcfg_per_attribute", "dcfg_paper")
+#: guidance variants a method may carry: ``BASE[+apg|+cfgpp][+interval]`` (``pipeline.evaluation.runner.parse_method``)
+_VARIANTS = ("apg", "cfgpp")
+#: timesteps of the image model the spec trains (or the bundled one): a guidance interval lies in [0, T]
+_NUM_TIMESTEPS = 1000
 _IMAGE_OUTCOMES = ("stroke_area", "thickness", "intensity", "slant")
 
 #: Small budgets applied by ``--quick`` (each is a cap: a smaller value in the spec is kept), before [quick].
@@ -224,6 +229,23 @@ class GuidanceSpec:
     cfg_scale: float | str = "best"
     invariant_weight: float = 1.0
     anchor: str = "null"  # DCFG's equation: "null" (the paper's) or "full" (each group given the others)
+    variant: str | None = None  # "apg" or "cfgpp": every method without a variant is also swept with it
+    interval: tuple[float, float] | None = None  # the guidance interval (lo, hi) of the "+interval" methods
+    apg_eta: float = 0.0  # APG's weight of the parallel part, in [0, 1]
+
+    @property
+    def swept_methods(self) -> tuple[str, ...]:
+        """The evaluation's sweep: ``methods``, and with ``variant`` and / or ``interval`` given, each method that
+        has no variant of its own also with them (``cfg`` -> ``cfg``, ``cfg+apg``; with an interval too,
+        ``cfg+apg+interval``).
+
+        Example:
+            >>> GuidanceSpec(methods=("cfg", "dcfg+cfgpp"), variant="apg", interval=(200.0, 800.0)).swept_methods
+            ('cfg', 'dcfg+cfgpp', 'cfg+apg+interval')
+        """
+        suffix = (f"+{self.variant}" if self.variant else "") + ("+interval" if self.interval else "")
+        extra = [m + suffix for m in self.methods if suffix and "+" not in m]
+        return tuple(dict.fromkeys(list(self.methods) + extra))
 
 
 @dataclass(frozen=True)
@@ -476,12 +498,39 @@ def _parse_evaluation(raw: Mapping[str, Any]) -> EvaluationSpec:
     return ev
 
 
+def _method(value: Any, where: str) -> str:
+    """A method name ``BASE[+apg|+cfgpp][+interval]``."""
+    name = _str(value, where)
+    base, *rest = name.split("+")
+    _str(base, where, _METHODS)
+    allowed = [v for v in _VARIANTS] + ["interval"]
+    for i, part in enumerate(rest):
+        ok = (part in _VARIANTS and i == 0) or (part == "interval" and i == len(rest) - 1 and rest.count(part) == 1)
+        if not ok:
+            raise SpecError(f"{where}: {name!r}: {part!r} is not allowed there; a method is BASE[+apg|+cfgpp]"
+                            f"[+interval] with BASE one of {list(_METHODS)} and the suffixes {allowed} in this order "
+                            f"(e.g. \"cfg+apg\", \"dcfg+cfgpp+interval\")")
+    return name
+
+
+def _interval(value: Any, where: str) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise SpecError(f"{where}: expected two numbers [lo, hi] (timesteps, e.g. [200, 800]), got {value!r:.60}")
+    lo, hi = _list(value, where, lambda x, w: _float(x, w, 0.0))
+    if lo >= hi or hi > _NUM_TIMESTEPS:
+        raise SpecError(f"{where}: [{lo:g}, {hi:g}] must be [lo, hi] with 0 <= lo < hi <= {_NUM_TIMESTEPS} (timesteps "
+                        f"of the image model's schedule; guidance applies where lo <= t <= hi)")
+    return lo, hi
+
+
 def _parse_guidance(raw: Mapping[str, Any]) -> GuidanceSpec:
-    parsers = {"methods": lambda v, w: _list(v, w, lambda x, ww: _str(x, ww, _METHODS)),
+    parsers = {"methods": lambda v, w: _list(v, w, _method),
                "scales": lambda v, w: _list(v, w, lambda x, ww: _float(x, ww, 0.0)),
                "dcfg_scale": _scale_or_best, "cfg_scale": _scale_or_best,
                "invariant_weight": lambda v, w: _float(v, w, 0.0),
-               "anchor": lambda v, w: _str(v, w, ("null", "full"))}
+               "anchor": lambda v, w: _str(v, w, ("null", "full")),
+               "variant": lambda v, w: None if _str(v, w, _VARIANTS + ("none",)) == "none" else v,
+               "interval": _interval, "apg_eta": _prob}
     g = _section(raw, "guidance", GuidanceSpec, parsers)
     if "cfg" not in g.methods:
         raise SpecError(f"[guidance] methods: {list(g.methods)} lacks 'cfg', the baseline every other method is "
@@ -491,6 +540,10 @@ def _parse_guidance(raw: Mapping[str, Any]) -> GuidanceSpec:
     if g.dcfg_scale == "best" and "dcfg" not in g.methods:
         raise SpecError("[guidance] dcfg_scale: 'best' picks DCFG's scale from the sweep, but methods has no "
                         "'dcfg'; add it or give a number")
+    needs = [m for m in g.swept_methods if m.endswith("+interval")]
+    if needs and g.interval is None:
+        raise SpecError(f"[guidance] interval: missing; the methods {needs} guide only inside an interval: add "
+                        f"interval = [lo, hi] (timesteps, e.g. [200, 800])")
     return g
 
 
