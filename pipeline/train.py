@@ -629,7 +629,7 @@ def train_morpho_colour(out_dir: str | os.PathLike, *, steps: int = 12000, batch
     scm_data = {k: (v if k == "digit" else v.float()) for k, v in values.items()}
     scm_data["digit"] = digits
     card = {"command": command or f"dcfg train --dataset morpho-colour --out {out_dir} --steps {steps}",
-            "description": "Colour Morpho-MNIST (docs/benchmark.md, "Colour Morpho-MNIST"): six attributes, exact ground truth.",
+            "description": "Colour Morpho-MNIST (docs/benchmark.md): six attributes, exact ground truth.",
             "data": {"spec": "morpho-colour-train", "samples_per_digit": samples_per_digit, "seed": seed + 1,
                      "rows": len(image_data)}}
     return train_pipeline(morpho_colour_graph(), scm_data, image_data, out, image_config=image_config,
