@@ -570,7 +570,8 @@ class SCM(nn.Module):
     def fit(self, data: Mapping[str, Any], epochs: int | None = None, lr: float | None = None,
             batch_size: int | None = None, seed: Seed = 0, progress: bool = True,
             weight_decay: float | None = None, *, method: str = "auto", val_fraction: float | None = None,
-            patience: int | None = None, max_iter: int = 500, tol: float | None = None) -> list[float]:
+            patience: int | None = None, max_iter: int = 500, tol: float | None = None,
+            threads: int | None = 1) -> list[float]:
         """Maximum likelihood on fully observed rows: full-batch L-BFGS, or mini-batch Adam.
 
         The first fit sets data-dependent statistics (standardisation, class frequencies, a least-squares
@@ -615,6 +616,9 @@ class SCM(nn.Module):
             max_iter: L-BFGS iterations per node at most.
             tol: improvement (nats per row) that counts as progress: of a node's training NLL in 10 L-BFGS
                 iterations (default 5e-4), or of the validation NLL in an Adam epoch (default 1e-4).
+            threads: torch CPU threads during the fit, restored afterwards (``None``: leave them as set).
+                One by default: the fit's operations are small (rows x a hidden width), too small to gain
+                from intra-op threads, and threads that wait for busy cores slow each one down.
 
         Returns:
             Mean negative log-likelihood per training row: Adam, one value per epoch; L-BFGS, the value
@@ -664,10 +668,16 @@ class SCM(nn.Module):
             raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
         if tol is not None and not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                    or threads < 1):
+            raise ValueError(f"threads must be None or an integer >= 1, got {threads!r}")
         values, n = self._check_values(data, "data")
         gen = _make_generator(seed)
         snapshot = _Snapshot(self)
         was_training = self.training
+        caller_threads = torch.get_num_threads()
+        if threads is not None and int(threads) != caller_threads:
+            torch.set_num_threads(int(threads))
         try:
             for node in self._order:
                 parents = {p: values[p] for p in self._parents[node]}
@@ -677,23 +687,30 @@ class SCM(nn.Module):
                 with torch.no_grad():
                     return [float(-self._log_prob(values).mean())]
             if method == "adam":
-                return self._fit_adam(values, n, gen, epochs=30 if epochs is None else int(epochs),
-                                      lr=3e-3 if lr is None else float(lr),
-                                      batch_size=512 if batch_size is None else int(batch_size),
-                                      weight_decay=0.0 if weight_decay is None else float(weight_decay),
-                                      val_fraction=0.0 if val_fraction is None else float(val_fraction),
-                                      patience=5 if patience is None else int(patience),
-                                      tol=1e-4 if tol is None else float(tol), progress=progress)
-            return self._fit_lbfgs(values, n, gen, lr=1.0 if lr is None else float(lr),
-                                   weight_decay=0.0 if weight_decay is None else float(weight_decay),
-                                   val_fraction=0.1 if val_fraction is None else float(val_fraction),
-                                   patience=2 if patience is None else int(patience), max_iter=int(max_iter),
-                                   tol=5e-4 if tol is None else float(tol), progress=progress)
+                history = self._fit_adam(values, n, gen, epochs=30 if epochs is None else int(epochs),
+                                         lr=3e-3 if lr is None else float(lr),
+                                         batch_size=512 if batch_size is None else int(batch_size),
+                                         weight_decay=0.0 if weight_decay is None else float(weight_decay),
+                                         val_fraction=0.0 if val_fraction is None else float(val_fraction),
+                                         patience=5 if patience is None else int(patience),
+                                         tol=1e-4 if tol is None else float(tol), progress=progress)
+            else:
+                history = self._fit_lbfgs(values, n, gen, lr=1.0 if lr is None else float(lr),
+                                          weight_decay=0.0 if weight_decay is None else float(weight_decay),
+                                          val_fraction=0.1 if val_fraction is None else float(val_fraction),
+                                          patience=2 if patience is None else int(patience),
+                                          max_iter=int(max_iter), tol=5e-4 if tol is None else float(tol),
+                                          progress=progress)
+            for p in self.parameters():  # the fit's last gradients are of no use to the caller
+                p.grad = None
+            return history
         except BaseException:
             snapshot.restore()
             raise
         finally:
             self.train(was_training)
+            if torch.get_num_threads() != caller_threads:
+                torch.set_num_threads(caller_threads)
 
     @staticmethod
     def _split(values: dict[str, Tensor], n: int, gen: torch.Generator,
