@@ -76,14 +76,18 @@ def _data_digest(blob: bytes) -> str:
     return hashlib.sha256(memoryview(blob)[8 + header:]).hexdigest()
 
 
-def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(path: str | os.PathLike, root: str | os.PathLike | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a safetensors file (never unpickles): ``(tensors, metadata)``.
 
     Raises:
-        ValueError: the file is truncated, not a safetensors file, or its tensor data does not match the
-            sha256 recorded in its metadata (files without one are not checked).
+        ValueError: the file is not a regular file (inside ``root``, when given: see
+            :func:`diffusion._fs.check_entry`), is truncated, not a safetensors file, or its tensor data does
+            not match the sha256 recorded in its metadata (files without one are not checked).
     """
-    data = Path(path).read_bytes()
+    from diffusion._fs import read_checked
+
+    data = read_checked(path, root, what="safetensors file")
     try:
         tensors = _st_load(data)
         header_len = int.from_bytes(data[:8], "little")

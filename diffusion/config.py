@@ -30,6 +30,16 @@ TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
 #: TrainConfig fields that may differ between a run and its resumption (they leave the loss sequence unchanged).
 RESUMABLE_CHANGES = ("steps", "ckpt_every", "log_every")
 _CONFIG_FORMAT = "dcfg.diffusion.ImageModelConfig/1"
+#: Bounds of an :class:`ImageModelConfig`, checked on creation (so also before a saved model is built): generous
+#: for any model this project trains, small enough that a damaged or hostile ``config.json`` cannot make a loader
+#: allocate gigabytes before its weights are compared with the config.
+LIMITS = {"channels": 64, "image_side": 4096, "attributes": 256, "cardinality": 100_000, "block_dim": 4096,
+          "levels": 8, "level_channels": 4096, "layers_per_block": 16, "attention_head_dim": 4096,
+          "norm_num_groups": 4096, "time_embedding_dim": 16384, "num_train_timesteps": 100_000}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -62,17 +72,18 @@ class AttributeSpec:
             raise ValueError(
                 f"attribute {self.name!r}: kind={self.kind!r} is not one of {ATTRIBUTE_KINDS}")
         if self.kind == "categorical":
-            if isinstance(self.cardinality, bool) or not isinstance(self.cardinality, int) or self.cardinality < 2:
+            if isinstance(self.cardinality, bool) or not isinstance(self.cardinality, int) \
+                    or not 2 <= self.cardinality <= LIMITS["cardinality"]:
                 raise ValueError(
                     f"categorical attribute {self.name!r}: cardinality={self.cardinality!r} must be an "
-                    f"integer >= 2 (the number of classes)")
+                    f"integer >= 2 (the number of classes, at most {LIMITS['cardinality']})")
         elif self.cardinality is not None:
             raise ValueError(
                 f"continuous attribute {self.name!r}: cardinality={self.cardinality!r} must be None; "
                 f"use kind='categorical' for a discrete attribute")
-        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean)):
+        if not (_is_number(self.mean) and math.isfinite(self.mean)):
             raise ValueError(f"attribute {self.name!r}: mean={self.mean!r} must be a finite number")
-        if not (isinstance(self.std, (int, float)) and math.isfinite(self.std) and self.std > 0):
+        if not (_is_number(self.std) and math.isfinite(self.std) and self.std > 0):
             raise ValueError(f"attribute {self.name!r}: std={self.std!r} must be a finite number > 0")
 
 
@@ -108,6 +119,11 @@ class ImageModelConfig:
         beta_start: first beta of the (scaled) linear schedules.
         beta_end: last beta of the (scaled) linear schedules.
 
+    Bounds (:data:`LIMITS`, checked on creation and so before a saved model is built): at most 64 image channels
+    and 4096 pixels a side, 256 attributes of at most 100,000 classes, ``block_dim`` <= 4096, 1 to 8 levels of at
+    most 4096 channels, ``layers_per_block`` <= 16, ``attention_head_dim`` and ``norm_num_groups`` <= 4096,
+    ``time_embedding_dim`` <= 16384, ``num_train_timesteps`` <= 100,000.
+
     Example:
         >>> cfg = ImageModelConfig(attributes=(AttributeSpec("digit", "categorical", cardinality=10),))
         >>> cfg.cond_dim
@@ -135,25 +151,41 @@ class ImageModelConfig:
         object.__setattr__(self, "image_shape", _tuple(self.image_shape))
         object.__setattr__(self, "block_out_channels", _tuple(self.block_out_channels))
         object.__setattr__(self, "attention_levels", _tuple(self.attention_levels))
+        if not isinstance(self.attributes, (list, tuple)) or len(self.attributes) > LIMITS["attributes"]:
+            raise ValueError(f"attributes must be a list of at most {LIMITS['attributes']} attribute specs, got "
+                             f"{self.attributes!r:.80}")
+        for a in self.attributes:
+            if not isinstance(a, (AttributeSpec, dict)):
+                raise ValueError(f"attribute {a!r:.80} must be an AttributeSpec or a dict of its fields")
         attrs = tuple(a if isinstance(a, AttributeSpec) else AttributeSpec(**a) for a in self.attributes)
         object.__setattr__(self, "attributes", attrs)
         self._validate()
 
     def _validate(self) -> None:
         shape = self.image_shape
-        if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
-            raise ValueError(f"image_shape={shape!r} must be three positive integers (C, H, W), e.g. (1, 28, 28)")
+        if not isinstance(shape, tuple) or len(shape) != 3 \
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape) \
+                or shape[0] > LIMITS["channels"] or max(shape[1:]) > LIMITS["image_side"]:
+            raise ValueError(f"image_shape={shape!r} must be three positive integers (C, H, W), e.g. (1, 28, 28), "
+                             f"with C <= {LIMITS['channels']} and H, W <= {LIMITS['image_side']}")
         names = [a.name for a in self.attributes]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"attribute names {dup} appear more than once in {names}; names must be unique")
         for key in ("block_dim", "layers_per_block", "attention_head_dim", "norm_num_groups", "num_train_timesteps"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key}={value!r} must be a positive integer")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMITS[key]:
+                raise ValueError(f"{key}={value!r} must be a positive integer (at most {LIMITS[key]})")
         chans = self.block_out_channels
-        if not chans or not all(isinstance(c, int) and c > 0 for c in chans):
-            raise ValueError(f"block_out_channels={chans!r} must be a non-empty tuple of positive integers")
+        if not isinstance(chans, tuple) or not 1 <= len(chans) <= LIMITS["levels"] \
+                or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= LIMITS["level_channels"]
+                           for c in chans):
+            raise ValueError(f"block_out_channels={chans!r} must be a non-empty tuple of positive integers (at most "
+                             f"{LIMITS['levels']} levels of at most {LIMITS['level_channels']})")
+        if not isinstance(self.attention_levels, tuple) or not all(isinstance(a, bool) for a in self.attention_levels):
+            raise ValueError(f"attention_levels={self.attention_levels!r} must be one true/false per level")
+        if not isinstance(self.mid_attention, bool):
+            raise ValueError(f"mid_attention={self.mid_attention!r} must be true or false")
         bad = [c for c in chans if c % self.norm_num_groups]
         if bad:
             raise ValueError(
@@ -170,13 +202,15 @@ class ImageModelConfig:
                 f"for {len(chans)} levels; use fewer levels or pad the image")
         if self.time_embedding_dim is not None and (
                 isinstance(self.time_embedding_dim, bool) or not isinstance(self.time_embedding_dim, int)
-                or self.time_embedding_dim < 1):
-            raise ValueError(f"time_embedding_dim={self.time_embedding_dim!r} must be None or a positive integer")
-        if not 0.0 <= self.dropout < 1.0:
+                or not 1 <= self.time_embedding_dim <= LIMITS["time_embedding_dim"]):
+            raise ValueError(f"time_embedding_dim={self.time_embedding_dim!r} must be None or a positive integer "
+                             f"(at most {LIMITS['time_embedding_dim']})")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout!r} must be in [0, 1)")
-        if self.beta_schedule not in BETA_SCHEDULES:
+        if not isinstance(self.beta_schedule, str) or self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule={self.beta_schedule!r} is not one of {BETA_SCHEDULES}")
-        if not 0.0 < self.beta_start < self.beta_end < 1.0:
+        if not (_is_number(self.beta_start) and _is_number(self.beta_end)) \
+                or not 0.0 < self.beta_start < self.beta_end < 1.0:
             raise ValueError(
                 f"beta_start={self.beta_start!r}, beta_end={self.beta_end!r} must satisfy 0 < beta_start < "
                 f"beta_end < 1")

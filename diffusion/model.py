@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -29,13 +28,17 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
+from diffusion._fs import SavedKind, check_weight_shapes, find_saved_dir, read_json, save_dir
 from diffusion._io import atomic_write_json, load_tensors, save_tensors
-from diffusion.config import ImageModelConfig
+from diffusion.config import _CONFIG_FORMAT, ImageModelConfig
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.schedule import alphas_cumprod as _alphas_cumprod
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+#: a saved image model folder: its config.json (written last) holds the ImageModelConfig format tag
+SAVED_KIND = SavedKind("image model", CONFIG_NAME, lambda c: isinstance(c, dict) and c.get("format") == _CONFIG_FORMAT)
 
 #: inference precisions :meth:`ConditionalUNet.set_inference` takes (``"auto"`` resolves by :func:`resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -285,7 +288,11 @@ class ConditionalUNet(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory``, each atomically.
+        """Write ``config.json`` and ``model.safetensors`` into the folder ``directory``, crash-safely.
+
+        ``directory`` must be new, empty or an earlier saved image model (anything else is refused with a
+        ``ValueError`` before anything is touched); the folder is replaced as a whole, so that a crash at any
+        point leaves the old or the new model loadable (:func:`diffusion._fs.save_dir`).
 
         Example:
             >>> import tempfile
@@ -296,32 +303,35 @@ class ConditionalUNet(nn.Module):
             >>> ConditionalUNet.from_pretrained(d).config == net.config
             True
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_tensors(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
-        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
-        return directory
+        def write(folder: Path) -> None:
+            save_tensors(folder / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
+            atomic_write_json(folder / CONFIG_NAME, self.config.to_dict())  # the marker of a complete save: last
+
+        return save_dir(directory, write, SAVED_KIND)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None
                         ) -> "ConditionalUNet":
         """Load a directory written by :meth:`save_pretrained` (safetensors only; nothing is unpickled).
 
+        Before any module is built, every file must be a regular file inside ``directory`` (no named pipe,
+        device or symbolic link out of it), the config within :data:`diffusion.config.LIMITS`, and the weight
+        shapes in the safetensors header must match the config. After an interrupted save the complete copy
+        beside ``directory`` is loaded (:func:`diffusion._fs.find_saved_dir`).
+
         Raises:
             FileNotFoundError: if ``config.json`` or ``model.safetensors`` is missing.
-            ValueError: if the config is invalid, the weights are truncated or corrupted (sha256 mismatch), or
-                they do not match the config (missing, unexpected or mis-shaped tensors).
+            ValueError: if a file is not a regular file, the config is invalid or out of bounds, the weights are
+                truncated or corrupted (sha256 mismatch), or they do not match the config (missing, unexpected or
+                mis-shaped tensors).
         """
-        directory = Path(directory)
+        directory = find_saved_dir(directory, SAVED_KIND)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / name).is_file():
+            if not os.path.lexists(directory / name):
                 raise FileNotFoundError(f"{directory / name} not found; a saved ConditionalUNet directory holds "
                                         f"{CONFIG_NAME} and {WEIGHTS_NAME} (written by save_pretrained)")
         cfg_file = directory / CONFIG_NAME
-        try:
-            data = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        data = read_json(cfg_file, directory, what="image model config")
         if not isinstance(data, dict) or "format" not in data:
             raise ValueError(f"{cfg_file} is not an ImageModelConfig (a JSON object with a 'format' entry, as "
                              f"written by save_pretrained)")
@@ -329,8 +339,9 @@ class ConditionalUNet(nn.Module):
             config = ImageModelConfig.from_dict(data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg_file}: {e}") from None
+        check_weight_shapes(lambda: cls(config), directory / WEIGHTS_NAME, cfg_file, directory)
+        tensors, _ = load_tensors(directory / WEIGHTS_NAME, directory)
         model = cls(config)
-        tensors, _ = load_tensors(directory / WEIGHTS_NAME)
         load_state_checked(model, tensors, source=str(directory / WEIGHTS_NAME))
         model.eval()
         if device is not None:

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from diffusion import _checkpoint as ckpt
 from diffusion._distributed import DistContext, setup
+from diffusion._fs import restored_on_error
 from diffusion.config import RESUMABLE_CHANGES, ImageModelConfig, TrainConfig
 from diffusion._io import atomic_write_bytes, atomic_write_json, save_tensors
 from diffusion.model import CONFIG_NAME, WEIGHTS_NAME, ConditionalUNet, load_state_checked
@@ -347,7 +348,9 @@ def train(
             fresh and overwrites an existing run. Only ``steps``, ``ckpt_every`` and ``log_every`` may differ
             from the checkpointed run.
         progress: show a tqdm bar (loss, steps/s) on rank 0.
-        model: initial weights for a fresh run (its config must equal ``model_config``); trained in place.
+        model: initial weights for a fresh run (its config must equal ``model_config``); trained in place. If
+            the run fails (any exception, Ctrl-C and SIGTERM included) the model is restored as it was: every
+            parameter, buffer, device and train/eval mode (the checkpoint keeps the progress).
         device: training device; ``None`` picks CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU.
         num_workers: DataLoader worker processes that read and collate the next batches while the model trains
             (0: in the training process). The batches and their order are the same for every value.
@@ -415,8 +418,9 @@ def train(
                              f"processes; use a multiple of {ctx.world_size}")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
-        return _train(model_config, train_config, dataset, n_data, out, ctx, saved_state, saved_tensors,
-                      progress, model, num_workers)
+        with restored_on_error(model):  # a given model is trained in place: a failed run leaves it as it was
+            return _train(model_config, train_config, dataset, n_data, out, ctx, saved_state, saved_tensors,
+                          progress, model, num_workers)
     finally:
         ctx.close()
 

@@ -45,6 +45,12 @@ ANCHOR_WEIGHTS = (1.0, 1.5, 2.0, 3.0)
 DEFAULT_N = 48
 
 
+def _calibration_kind() -> Any:
+    from diffusion._fs import SavedKind
+
+    return SavedKind("calibration report", "calibration.json", lambda c: isinstance(c, dict))
+
+
 @dataclass
 class Calibration:
     """What :func:`calibrate_guidance` measured and chose.
@@ -368,14 +374,27 @@ def _ms_per_nfe(pipe: Any, x: Tensor, parents: Mapping[str, Tensor], steps: int)
 
 # ---------------------------------------------------------------------------------------------- report
 def write_report(cal: Calibration, out: str | os.PathLike, *, command: str | None = None) -> Path:
-    """Write ``calibration.json``, ``report.md`` and ``curves.png`` into ``out`` (a new or earlier output)."""
-    from .images import replace_dir
+    """Write ``report.md``, ``curves.png`` and ``calibration.json`` (last) into ``out``: a new, empty or earlier
+    calibration folder (anything else is refused before anything is touched), swapped in crash-safely
+    (:func:`diffusion._fs.save_dir`)."""
+    from diffusion._fs import save_dir
 
-    out = Path(out)
-    tmp = Path(str(out.parent / f".{out.name}.tmp-{os.getpid()}"))
-    tmp.mkdir(parents=True, exist_ok=False)
-    (tmp / "calibration.json").write_text(json.dumps(cal.to_json(), indent=2) + "\n")
-    _plot(cal, tmp / "curves.png")
+    def write(tmp: Path) -> None:
+        _plot(cal, tmp / "curves.png")
+        (tmp / "report.md").write_text(_report_text(cal, command))
+        (tmp / "calibration.json").write_text(json.dumps(cal.to_json(), indent=2) + "\n")  # the marker: last
+
+    return save_dir(out, write, _calibration_kind())
+
+
+def check_report_dir(out: str | os.PathLike) -> Path:
+    """``ValueError`` unless :func:`write_report` may write ``out`` (checked before a calibration starts)."""
+    from diffusion._fs import check_save_target
+
+    return check_save_target(out, _calibration_kind())
+
+
+def _report_text(cal: Calibration, command: str | None) -> str:
     s = cal.settings
     lines = ["# Guidance calibration", ""]
     if command:
@@ -401,9 +420,7 @@ def write_report(cal: Calibration, out: str | os.PathLike, *, command: str | Non
         lines.append(f"| {a} ({k}, under do({', '.join(curve[0]['per_intervention'])})) | "
                      + " | ".join(_fmt(c[k]) for c in curve) + " |")
     lines += ["", "![the curves each weight was read off](curves.png)", ""]
-    (tmp / "report.md").write_text("\n".join(lines))
-    replace_dir(tmp, out)
-    return out
+    return "\n".join(lines)
 
 
 def _plot(cal: Calibration, path: Path) -> None:

@@ -14,9 +14,7 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,12 +22,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffusion._io import load_tensors, save_tensors
+from diffusion._fs import SavedKind, check_weight_shapes, find_saved_dir, read_json_object, restored_on_error, save_dir
+from diffusion._io import atomic_write_json, load_tensors, save_tensors
+
+
+#: Bounds of a :class:`ClassifierConfig` (checked on creation, so before a saved classifier is built).
+CLASSIFIER_LIMITS = {"in_channels": 64, "num_classes": 100_000, "width": 1024, "feature_dim": 4096}
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Architecture of :class:`DigitClassifier`."""
+    """Architecture of :class:`DigitClassifier`.
+
+    Each field is a positive integer of at most :data:`CLASSIFIER_LIMITS`: 64 input channels, 100,000 classes,
+    width 1024, feature_dim 4096.
+    """
 
     in_channels: int = 1
     num_classes: int = 10
@@ -39,8 +46,17 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "width", "feature_dim"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"classifier config {name}={value!r} must be a positive integer")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= CLASSIFIER_LIMITS[name]:
+                raise ValueError(f"classifier config {name}={value!r} must be a positive integer (at most "
+                                 f"{CLASSIFIER_LIMITS[name]})")
+
+
+def _is_classifier_config(c: object) -> bool:
+    return isinstance(c, dict) and "num_classes" in c and set(c) <= set(ClassifierConfig.__dataclass_fields__)
+
+
+#: a saved classifier folder: its config.json (written last) holds ClassifierConfig's fields
+SAVED_KIND = SavedKind("classifier", "config.json", _is_classifier_config)
 
 
 class DigitClassifier(nn.Module):
@@ -86,39 +102,48 @@ class DigitClassifier(nn.Module):
         self.train(was)
         return out
 
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` into ``path`` (atomically per file)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path / "config.json", json.dumps(asdict(self.config), indent=2))
-        save_tensors(path / "model.safetensors", self.state_dict())  # atomic, with a sha256 of the data
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into the folder ``path``, crash-safely.
+
+        ``path`` must be new, empty or an earlier saved classifier (anything else is refused with a ``ValueError``
+        before anything is touched); it is replaced as a whole (:func:`diffusion._fs.save_dir`).
+        """
+        def write(folder: Path) -> None:
+            save_tensors(folder / "model.safetensors", self.state_dict())  # with a sha256 of the data
+            atomic_write_json(folder / "config.json", asdict(self.config))  # the marker of a complete save: last
+
+        return save_dir(path, write, SAVED_KIND)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "DigitClassifier":
-        """Load from a directory written by :meth:`save_pretrained`."""
-        path = Path(path)
+        """Load from a directory written by :meth:`save_pretrained` (never unpickles).
+
+        Every file must be a regular file inside ``path``, the config within :data:`CLASSIFIER_LIMITS` with no
+        unknown key, and the weight shapes in the safetensors header must match it, all before the network is
+        built. After an interrupted save the complete copy beside ``path`` is loaded.
+        """
+        path = find_saved_dir(path, SAVED_KIND)
+        cfg_file, weights = path / "config.json", path / "model.safetensors"
         try:
-            cfg = ClassifierConfig(**json.loads((path / "config.json").read_text()))
-        except (OSError, TypeError, ValueError) as e:  # incl. JSONDecodeError and bad fields
+            data = read_json_object(cfg_file, path, what="classifier config",
+                                    known=ClassifierConfig.__dataclass_fields__)
+            cfg = ClassifierConfig(**data)
+        except FileNotFoundError:
+            raise ValueError(f"{path}: config.json is missing (a classifier directory holds config.json and "
+                             f"model.safetensors, written by save_pretrained)") from None
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: cannot read the classifier's config.json ({e})") from None
-        model = cls(cfg)
-        weights = path / "model.safetensors"
-        if not weights.is_file():
+        if not os.path.lexists(weights):
             raise ValueError(f"{path}: model.safetensors is missing (a classifier directory holds config.json and "
                              f"model.safetensors, written by save_pretrained)")
-        state, _ = load_tensors(weights)  # ValueError when truncated or corrupted
+        check_weight_shapes(lambda: cls(cfg), weights, cfg_file, path)
+        state, _ = load_tensors(weights, path)  # ValueError when truncated or corrupted
+        model = cls(cfg)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(f"{path}: the weights do not match config.json ({e})") from None
         return model.eval()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _augment(x: Tensor, gen: torch.Generator, max_shift: int = 2, max_rot_deg: float = 10.0,
@@ -148,7 +173,7 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_s
                      lr: float = 2e-3, seed: int = 0, augment: bool = True, elastic: float = 1.0,
                      max_rot_deg: float = 10.0, config: ClassifierConfig | None = None,
                      val: tuple[Tensor, Tensor] | None = None,
-                     progress: bool = True) -> tuple[DigitClassifier, list[dict]]:
+                     progress: bool = True, model: DigitClassifier | None = None) -> tuple[DigitClassifier, list[dict]]:
     """Train a :class:`DigitClassifier` with AdamW and a one-cycle schedule.
 
     Args:
@@ -162,15 +187,29 @@ def train_classifier(images: Tensor, labels: Tensor, *, epochs: int = 8, batch_s
         config: the network's :class:`ClassifierConfig` (default: ``ClassifierConfig()``).
         val: optional held-out ``(images, labels)``; its accuracy is logged per epoch.
         progress: tqdm bar.
+        model: a classifier to go on training in place (its config wins over ``config``); if training fails (any
+            exception, Ctrl-C included) every parameter, buffer and mode is restored as it was.
 
     Returns:
         ``(model, history)`` with one dict per epoch (loss, train accuracy, val accuracy).
     """
-    from tqdm.auto import tqdm
-
+    if model is not None and not isinstance(model, DigitClassifier):
+        raise TypeError(f"model must be a DigitClassifier, got {type(model).__name__}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = DigitClassifier(config)
+    if model is None:
+        model = DigitClassifier(config)
+    with restored_on_error(model):
+        return _train_classifier(model, images, labels, gen, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 augment=augment, elastic=elastic, max_rot_deg=max_rot_deg, val=val,
+                                 progress=progress)
+
+
+def _train_classifier(model: DigitClassifier, images: Tensor, labels: Tensor, gen: torch.Generator, *, epochs: int,
+                      batch_size: int, lr: float, augment: bool, elastic: float, max_rot_deg: float,
+                      val: tuple[Tensor, Tensor] | None, progress: bool) -> tuple[DigitClassifier, list[dict]]:
+    from tqdm.auto import tqdm
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     n = len(images)
     steps_per_epoch = (n + batch_size - 1) // batch_size

@@ -12,34 +12,47 @@ import click
 
 
 class _OneLineErrors(click.Group):
-    """The one error path of every command: a user error (bad option, bad value, bad input file) and any OSError
-    (an unwritable output, a full disk) is one line ``Error: ...`` on stderr with exit code 2, without click's
-    ``Usage:`` lines; ``--help`` shows the usage."""
+    """The one error path of every command: a user error (bad option, bad value, bad input file: a ValueError or
+    TypeError from the library included) and any OSError (an unwritable output, a full disk) is one line
+    ``Error: ...`` on stderr with exit code 2, without click's ``Usage:`` lines; ``--help`` shows the usage.
+    ``dcfg --debug COMMAND ...`` (or ``DCFG_DEBUG=1``) prints the traceback above that line."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        import os
         import sys
+        import traceback
 
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv[:argv.index("--") if "--" in argv else len(argv)] \
+            or os.environ.get("DCFG_DEBUG", "") not in ("", "0")
+
+        def fail(e: BaseException, message: str, code: int = 2) -> None:
+            if debug:
+                traceback.print_exception(e)
+            click.echo(f"Error: {' '.join(message.split())}", err=True)
+            sys.exit(code)
+
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.Abort:
             click.echo("Aborted!", err=True)
             sys.exit(1)
         except click.ClickException as e:
-            message = " ".join(e.format_message().split())
-            click.echo(f"Error: {message}", err=True)
-            sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+            fail(e, e.format_message(), 2 if isinstance(e, click.UsageError) else e.exit_code)
         except OSError as e:
             where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
-            click.echo(f"Error: {e.strerror or e}{where}", err=True)
-            sys.exit(2)
+            fail(e, f"{e.strerror or e}{where}")
+        except (ValueError, TypeError) as e:  # the library's one-line user errors
+            fail(e, str(e) or type(e).__name__)
         sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dcfg")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="On an error, print the traceback above the one-line message.")
+def main(debug: bool) -> None:
     """dcfg: image counterfactuals with a Pyro SCM and decoupled classifier-free guidance."""
 
 
@@ -329,6 +342,15 @@ def _load_pipeline(path: str | None, device: str | None = None):
         _fail(str(e))
 
 
+def _refuse_discrete_shifts(graph, do) -> None:
+    """``--do digit=+1``: a shift of a class index is not an intervention (as in ``dcfg generate``)."""
+    for name, value in do.items():
+        if callable(value) and name in graph and graph.spec(name).is_discrete:
+            spec = graph.spec(name)
+            _fail(f"--do: a shift of the {spec.kind} node {name!r} is not allowed; set a class instead "
+                  f"({name}=N with N in 0..{(spec.cardinality or 2) - 1})")
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -494,7 +516,7 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
     try:
         parents = parse_assignments(parents_text, "--parents")
         do = parse_do(do_text, "--do")
-        check_writable(out_path)
+        check_writable(out_path, png=True)
     except ValueError as e:
         _fail(str(e))
     descendant_weight = _descendant_weight(descendant_weight_text)
@@ -506,6 +528,7 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
               f"or dcfg")
     _threads(threads)
     pipe = _load_pipeline(pipeline_dir, device)
+    _refuse_discrete_shifts(pipe.graph, do)
     shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
     import torch
 
@@ -547,7 +570,7 @@ def sample(parents_text, n, scale, steps, seed, out_path, pipeline_dir, device, 
 
     try:
         parents = parse_assignments(parents_text, "--parents") if parents_text else {}
-        check_writable(out_path)
+        check_writable(out_path, png=True)
     except ValueError as e:
         _fail(str(e))
     _threads(threads)
@@ -581,6 +604,8 @@ def _log_setup(quiet: bool) -> None:
 @click.option("--scale", type=float, default=None, help="Guidance scale (default: the pipeline's).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps (default: the pipeline's).")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@_VARIANT_OPT
+@_INTERVAL_OPT
 @click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True, help="Images per shard.")
 @click.option("--chunk-size", type=click.IntRange(1), default=None,
               help="Rows per batched network call within a shard (default: the pipeline's, 256).")
@@ -592,8 +617,8 @@ def _log_setup(quiet: bool) -> None:
               help="Output folder (new, empty, or an earlier run of the same command to resume).")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
-def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, seed, shard_size, chunk_size,
-                     limit, image_dtype, device, out_dir, threads, quiet):
+def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, seed, variant, interval_text,
+                     shard_size, chunk_size, limit, image_dtype, device, out_dir, threads, quiet):
     """Counterfactuals of every image of a dataset, written as resumable shards plus manifest.json.
 
     Each shard-XXXXX.safetensors holds --shard-size images: the counterfactual images (uint8 by
@@ -623,13 +648,18 @@ def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, s
     except ValueError as e:
         _fail(str(e))
     _check_device(device)
+    interval = _interval(interval_text)
+    if guidance == "none" and (variant not in (None, "none") or interval not in ("config", None)):
+        what = f"--variant {variant}" if variant not in (None, "none") else f"--interval {interval_text}"
+        _fail(f"{what} modifies guidance, but --guidance none has none; use --guidance cfg or dcfg")
     _log_setup(quiet)
     _threads(threads)
     from pipeline.generate import generate
 
     try:
         m = generate(pipeline_dir, data_spec, do_text, out=out_dir, guidance=guidance, scale=scale, steps=steps,
-                     seed=seed, shard_size=shard_size, chunk_size=chunk_size, limit=limit,
+                     seed=seed, variant="config" if variant is None else variant, interval=interval,
+                     shard_size=shard_size, chunk_size=chunk_size, limit=limit,
                      image_dtype=image_dtype, device=device, progress=not quiet)
     except (ValueError, TypeError) as e:
         _fail(str(e))
@@ -764,6 +794,16 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
     _check_out(out_dir)
     name, folder = resolve_pipeline_path(pipeline_dir)
     target = save_to if save_to is not None else (None if name is not None else folder)
+    from diffusion._fs import check_save_target
+    from pipeline.calibrate import check_report_dir
+    from pipeline.core import SAVED_KIND
+
+    try:  # both outputs are checked before the (long) calibration
+        check_report_dir(out_dir)
+        if target is not None and not no_save:
+            check_save_target(target, SAVED_KIND)
+    except ValueError as e:
+        _fail(str(e))
     if target is not None and not no_save:
         _check_out(str(Path(target) / "config.json"), "--save-to")
     _threads(threads)

@@ -15,8 +15,6 @@ import json
 import math
 import numbers
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -25,12 +23,13 @@ import torch
 from torch import Tensor
 
 from diffusion import ConditionalUNet, check_anchor, ddim_invert, ddim_sample, guided_eps_fn
+from diffusion._fs import SavedKind, check_entry, check_keys, find_saved_dir, read_json, save_dir
+from diffusion._io import atomic_write_bytes
 from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
 from scm import SCM, CausalGraph
 from scm.support import as_values
 
 from .groups import resolve_guidance
-from .images import replace_dir
 
 DoValue = float | int | Tensor | Callable[[Tensor], Tensor]
 
@@ -38,6 +37,18 @@ DoValue = float | int | Tensor | Callable[[Tensor], Tensor]
 ORACLE_KINDS = ("morpho", "morpho-colour", "predictors")
 
 _FORMAT_VERSION = 1
+#: Bounds of PipelineConfig's counts (checked on creation and on load).
+_COUNT_LIMITS = {"steps": 100_000, "chunk_size": 1_000_000, "refine_steps": 1000}
+#: the top-level keys of a saved pipeline's config.json
+_CONFIG_KEYS = ("format_version", "graph", "pipeline", "classifier", "predictors", "oracles", "card")
+
+
+def _is_pipeline_config(c: Any) -> bool:
+    return isinstance(c, dict) and {"format_version", "graph", "pipeline"} <= set(c)
+
+
+#: a saved pipeline folder: its config.json (written last) has format_version, graph and pipeline entries
+SAVED_KIND = SavedKind("pipeline", "config.json", _is_pipeline_config)
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,7 @@ class CounterfactualResult:
         groups: guidance groups used to decode, name lists, with ``weights`` beside them.
         weights: guidance weight of each group.
         noise: abducted exogenous noise: every attribute's noise, plus ``"x_T"`` for the image.
-        factual_parents: the attributes the query started from.
+        factual_parents: the attributes the query started from (copies: never the caller's tensors).
         anchor: DCFG's formulation used to decode (``"null"``, the paper's, or ``"full"``; see
             :func:`diffusion.guidance.dcfg`); it does not apply to CFG or no guidance.
         variant: the guidance variant used (``None``, ``"apg"`` or ``"cfgpp"``; docs/guidance.md).
@@ -130,8 +141,9 @@ class PipelineConfig:
                 raise ValueError(f"pipeline config {name}={value!r} must be a finite number")
 
         def count(name: str, value: Any, low: int) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"pipeline config {name}={value!r} must be an integer >= {low}")
+            high = _COUNT_LIMITS[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"pipeline config {name}={value!r:.80} must be an integer in {low}..{high}")
 
         if self.guidance not in ("dcfg", "cfg", "none"):
             raise ValueError(f"pipeline config guidance={self.guidance!r} must be one of 'dcfg', 'cfg', 'none'")
@@ -343,6 +355,16 @@ class CounterfactualPipeline:
             if k not in self.graph.attribute_nodes():
                 raise ValueError(f"do names unknown node {k!r}; the attribute nodes are "
                                  f"{list(self.graph.attribute_nodes())}")
+            value = do[k]
+            is_bool = isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool)
+            if is_bool and self.graph.spec(k).kind != "binary":  # True/False mean 1/0 only for a binary node
+                raise TypeError(f"do[{k!r}]={value!r}: pass a number, a (B,) tensor or a callable of the factual "
+                                f"value, not a bool (a class index is an integer, e.g. 1)")
+            if isinstance(value, (str, bytes)):
+                raise TypeError(f"do[{k!r}]={value!r:.80}: pass a number, a (B,) tensor or a callable of the "
+                                f"factual value, not a string")
+            if not callable(value) or isinstance(value, Tensor):
+                as_values(k, self.graph.spec(k), value, what="do", allow_scalar=True)
         return dict(do)
 
     # ------------------------------------------------------------------ the query
@@ -374,10 +396,11 @@ class CounterfactualPipeline:
             images: factual images (B, C, H, W) in [-1, 1].
             parents: factual attributes, every attribute node -> (B,) tensor (or a scalar).
             do: interventions, node -> number (broadcast), (B,) tensor, or a callable of the factual
-                value (a shift, e.g. ``lambda t: t + 1``). ``{}`` or ``None`` is the null query.
+                value (a shift, e.g. ``lambda t: t + 1``). ``{}`` or ``None`` is the null query. A bool is
+                refused (a class index is an integer), and constants must lie in the node's support.
             guidance: ``"dcfg"`` (default), ``"cfg"`` (one global scale) or ``"none"``.
-            scale: weight of the affected group (DCFG) or global weight (CFG); by default the
-                pipeline's per-attribute default for the intervened nodes (``config.default_scale``).
+            scale: weight of the affected group (DCFG) or global weight (CFG), a finite number >= 0; by
+                default the pipeline's per-attribute default for the intervened nodes (``config.default_scale``).
             groups: DCFG groups: ``None``/``"dag"`` (affected/invariant from the DAG),
                 ``"per_attribute"``, or explicit lists of image-parent names.
             weights: one weight per explicit group.
@@ -406,6 +429,9 @@ class CounterfactualPipeline:
         """
         cfg = self.config
         guidance = cfg.guidance if guidance is None else guidance
+        if scale is not None and not isinstance(scale, bool) and isinstance(scale, numbers.Real) and scale < 0:
+            raise ValueError(f"scale={scale!r} must be >= 0 (0: the unconditional prediction for the guided group, "
+                             f"1: the plain conditional, above 1: amplified)")
         scale = cfg.default_scale(list(do or {})) if scale is None else scale
         steps = cfg.steps if steps is None else steps
         invariant_weight = cfg.invariant_weight if invariant_weight is None else invariant_weight
@@ -455,7 +481,8 @@ class CounterfactualPipeline:
         noise["x_T"] = torch.cat(x_T_all)
         return CounterfactualResult(
             image=torch.cat(out_images), parents=cf_parents, groups=group_lists,
-            weights=group_weights, noise=noise, factual_parents=parents, anchor=anchor, variant=variant,
+            weights=group_weights, noise=noise, factual_parents={k: v.detach().clone() for k, v in parents.items()},
+            anchor=anchor, variant=variant,
             interval=interval)
 
     # ------------------------------------------------------------------ image mechanism
@@ -654,64 +681,92 @@ class CounterfactualPipeline:
         return cal
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save to a directory: ``config.json``, ``scm/``, ``image_model/``, ``classifier/`` and ``predictors/``
-        where present, and the model card ``README.md``.
+        """Save to a directory: ``scm/``, ``image_model/``, ``classifier/`` and ``predictors/`` where present, the
+        model card ``README.md``, and ``config.json`` (written last: it marks a complete save).
 
-        The directory is written next to its final place and renamed into it, so a crash never
-        leaves a half-written pipeline.
+        ``path`` must be a new folder, an empty one, or an earlier saved pipeline (recognised by its
+        ``config.json``), which is replaced as a whole. Anything else (a folder of other files, a file, ``.``,
+        ``..``, ``/``, a symbolic link, a path below a file) is refused with a ``ValueError`` before anything is
+        touched: remove it first, or give a new folder.
+
+        The swap is crash-safe (:func:`diffusion._fs.save_dir`): the new pipeline is written to the hidden
+        sibling ``.NAME.tmp-XXXX`` and fsynced, the old one renamed aside to ``.NAME.old-XXXX``, the new one
+        renamed into place, the old one removed. A process killed at any point leaves the old or the new
+        pipeline loadable from ``path`` (:meth:`load` finds it beside ``path`` after an interrupted swap; the next
+        save puts it back and removes stale temporaries). The bytes are a function of the content: the same
+        pipeline saved twice has the same sha256.
         """
         from .card import render_card
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
-            cfg = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
-                   "pipeline": self.config.__dict__,
-                   "classifier": self.classifier is not None,
-                   "predictors": self.predictors is not None,
-                   "oracles": self.oracles,
-                   "card": self.card}
-            (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        cfg = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
+               "pipeline": self.config.__dict__,
+               "classifier": self.classifier is not None,
+               "predictors": self.predictors is not None,
+               "oracles": self.oracles,
+               "card": self.card}
+        text = json.dumps(cfg, indent=2)
+
+        def write(tmp: Path) -> None:
             self.scm.save(tmp / "scm")
             self.image_model.save_pretrained(tmp / "image_model")
             if self.classifier is not None:
                 self.classifier.save_pretrained(tmp / "classifier")
             if self.predictors is not None:
                 self.predictors.save(tmp / "predictors")
-            (tmp / "README.md").write_text(render_card(self))
-            replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+            atomic_write_bytes(tmp / "README.md", render_card(self).encode())
+            atomic_write_bytes(tmp / "config.json", text.encode())  # the marker of a complete save: last
+
+        return save_dir(path, write, SAVED_KIND)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "CounterfactualPipeline":
-        """Load a pipeline saved with :meth:`save` (never unpickles)."""
-        path = Path(path)
+        """Load a pipeline saved with :meth:`save` (never unpickles).
+
+        Every file read must be a regular file inside ``path`` (a named pipe, a device or a symbolic link out of
+        the folder is refused without being opened), every key of the configs known, every size within its
+        documented bounds (:data:`diffusion.config.LIMITS`, :data:`scm.model.SCM_LIMITS`,
+        :data:`pipeline.classifier.CLASSIFIER_LIMITS`), and the weight shapes in each safetensors header must
+        match the config, all checked before a module is built. After an interrupted :meth:`save` the complete
+        copy beside ``path`` is loaded.
+
+        Raises:
+            ValueError: a missing, incomplete, damaged or inconsistent folder (one line naming the file, and the
+                key where there is one).
+        """
+        path = find_saved_dir(path, SAVED_KIND)
         if not path.is_dir():
             raise ValueError(f"pipeline directory {str(path)!r} does not exist; pass a directory "
                              f"written by CounterfactualPipeline.save()")
         cfg_file = path / "config.json"
-        if not cfg_file.is_file():
+        if not os.path.lexists(cfg_file):
             raise ValueError(f"{str(path)!r} has no config.json: it is not a saved pipeline")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
+        cfg = read_json(cfg_file, path, what="pipeline config")
         if not isinstance(cfg, dict) or not isinstance(cfg.get("pipeline", {}), dict):
             raise ValueError(f"{cfg_file} is not a pipeline config (a JSON object with 'format_version', 'graph' "
                              f"and 'pipeline' entries, as written by CounterfactualPipeline.save)")
-        if cfg.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"{cfg_file}: format_version {cfg.get('format_version')!r} is not "
+        check_keys(cfg, _CONFIG_KEYS, str(cfg_file), "pipeline config")
+        if cfg.get("format_version") != _FORMAT_VERSION or isinstance(cfg.get("format_version"), bool):
+            raise ValueError(f"{cfg_file}: format_version {cfg.get('format_version')!r:.80} is not "
                              f"supported (expected {_FORMAT_VERSION})")
         graph = CausalGraph.from_dict(cfg.get("graph"))
-        known = set(PipelineConfig.__dataclass_fields__)
+        check_keys(cfg.get("pipeline", {}), PipelineConfig.__dataclass_fields__, f"{cfg_file}: 'pipeline'",
+                   "pipeline settings")
         try:
-            pcfg = PipelineConfig(**{k: v for k, v in cfg.get("pipeline", {}).items() if k in known})
+            pcfg = PipelineConfig(**cfg.get("pipeline", {}))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg_file}: {e}") from None
+        for flag in ("classifier", "predictors"):
+            if not isinstance(cfg.get(flag, False), bool):
+                raise ValueError(f"{cfg_file}: {flag}={cfg[flag]!r:.80} must be true or false")
+        oracles = cfg.get("oracles")
+        if oracles is not None and (not isinstance(oracles, str) or oracles not in ORACLE_KINDS):
+            raise ValueError(f"{cfg_file}: oracles={oracles!r:.80} must be one of {ORACLE_KINDS}")
+        card = cfg.get("card") or {}
+        if not isinstance(card, dict):
+            raise ValueError(f"{cfg_file}: 'card' must be a JSON object")
+        for part in ("scm", "image_model") + tuple(p for p in ("classifier", "predictors") if cfg.get(p)):
+            if os.path.lexists(path / part):
+                check_entry(path / part, path, folder=True)
         scm = SCM.load(path / "scm")
         if scm.graph.to_dict() != graph.to_dict():
             raise ValueError(f"{path}: the SCM's graph does not match the pipeline's config.json "
@@ -727,12 +782,6 @@ class CounterfactualPipeline:
         if cfg.get("predictors"):
             from .predictors import PredictorSet
             predictors = PredictorSet.load(path / "predictors").to(device)
-        oracles = cfg.get("oracles")
-        if oracles is not None and oracles not in ORACLE_KINDS:
-            raise ValueError(f"{cfg_file}: oracles={oracles!r} must be one of {ORACLE_KINDS}")
-        card = cfg.get("card") or {}
-        if not isinstance(card, dict):
-            raise ValueError(f"{cfg_file}: 'card' must be a JSON object")
         return cls(graph, scm, image_model, pcfg, classifier, predictors=predictors, oracles=oracles, card=card)
 
     @classmethod

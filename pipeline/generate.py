@@ -1020,6 +1020,8 @@ def generate(
     steps: int | None = None,
     seed: int = 0,
     shard_size: int = 256,
+    variant: str | None = "config",
+    interval: Any = "config",
     chunk_size: int | None = None,
     limit: int | None = None,
     image_dtype: str = "uint8",
@@ -1048,6 +1050,10 @@ def generate(
         steps: DDIM steps (default: the pipeline's).
         seed: seed of the per-image draws and of the discrete-noise abduction.
         shard_size: rows per shard (the last may be shorter); part of the query.
+        variant: guidance variant, ``None``, ``"apg"`` or ``"cfgpp"`` (``"config"``: the pipeline's); part of the
+            query (with APG's settings) when there is one. See docs/guidance.md.
+        interval: guidance interval ``(lo, hi)`` or ``None`` (``"config"``: the pipeline's); part of the query
+            when there is one.
         chunk_size: rows per batched network call within a shard (default: the pipeline's
             ``chunk_size``); part of the query.
         limit: keep only the first ``limit`` rows of the dataset.
@@ -1095,7 +1101,7 @@ def generate(
             _check_fits(rows, graph)
             rows = _limited(rows, limit)
         manifest, interventions = _plan_run(pipe, pipe_hash, rows, do, guidance, scale, steps, int(seed),
-                                            int(shard_size), chunk_size, image_dtype)
+                                            int(shard_size), chunk_size, image_dtype, variant, interval)
         old = _check_out(out, manifest)  # every rank checks: a mismatch stops all of them
         identity_sha = hashlib.sha256(json.dumps(manifest.identity(), sort_keys=True).encode()).hexdigest()
         rlog = _Rank(log, {"rank": ctx.rank, "world": ctx.world_size})
@@ -1185,7 +1191,8 @@ def _bundled_dir() -> Path:
 
 def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: _Rows, do: Any, guidance: str | None,
               scale: float | None, steps: int | None, seed: int, shard_size: int, chunk_size: int | None,
-              image_dtype: str) -> tuple[Manifest, dict[str, Any]]:
+              image_dtype: str, variant: Any = "config", interval: Any = "config"
+              ) -> tuple[Manifest, dict[str, Any]]:
     """The planned manifest (every shard pending) and the checked interventions."""
     from .groups import resolve_guidance
 
@@ -1209,6 +1216,13 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: _Rows, do: Any, guidan
              "chunk_size": int(cfg.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}
     if guidance == "dcfg":
         query["anchor"] = cfg.dcfg_anchor
+    variant, interval, apg = pipe._variant_args(guidance, variant, interval, None, None, None)
+    if variant is not None:  # recorded only when there is one: a query without stays as it was
+        query["variant"] = variant
+        if variant == "apg":
+            query["apg"] = apg
+    if interval is not None:
+        query["interval"] = list(interval)
     manifest = Manifest(FORMAT_VERSION, pipe_hash, query, {**rows.spec, "length": len(rows)},
                         _plan(len(rows), shard_size), contents=_contents(graph, image_dtype))
     return manifest, interventions
@@ -1264,7 +1278,9 @@ def _write_shard(pipe: Any, rows: _Rows, rec: ShardRecord, do: Mapping[str, Any]
     parents = {n: parents[n] for n in graph.attribute_nodes()}
     res = pipe.counterfactual(images.to(device), parents, do=_do_for_rows(do, graph, query["seed"], index),
                               guidance=query["guidance"], scale=query["scale"], steps=query["steps"],
-                              seed=_shard_seed(query["seed"], rec.index), chunk_size=query["chunk_size"])
+                              seed=_shard_seed(query["seed"], rec.index), chunk_size=query["chunk_size"],
+                              variant=query.get("variant"), interval=query.get("interval"),
+                              **query.get("apg", {}))
     meta = {"format_version": FORMAT_VERSION, "shard": rec.index, "start": rec.start, "stop": rec.stop,
             "identity": identity_sha}
     blob = _shard_bytes(res, index, graph, query["image_dtype"], meta)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,16 +26,25 @@ def read_image(path: str | os.PathLike, channels: int = 1, size: tuple[int, int]
 
     Args:
         path: the image file.
-        channels: 1 (grey) or 3 (RGB); the file is converted.
+        channels: 1 (grey) or 3 (RGB). A grey file (``L``, ``LA``, ``I``, or a palette of greys) is read as grey
+            and given three equal channels for an RGB pipeline; a colour file for a grey pipeline is an error
+            naming both channel counts (converting would throw the colour away: do it yourself, on purpose).
         size: expected ``(H, W)``; a different size is an error (resize it yourself, on purpose).
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image file {str(path)!r} is a directory, not an image file")
     if not path.is_file():
         raise ValueError(f"image file {str(path)!r} does not exist")
     try:
         with Image.open(path) as im:
+            colour = _is_colour(im)
+            if channels == 1 and colour:
+                raise ValueError(f"{str(path)!r} is a colour ({im.mode}, 3-channel) image, but the pipeline takes "
+                                 f"grey (1-channel) images; convert it to grey first (e.g. PIL's "
+                                 f"Image.convert('L')) if that is what you mean")
             im = im.convert("L" if channels == 1 else "RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:
@@ -49,6 +59,15 @@ def read_image(path: str | os.PathLike, channels: int = 1, size: tuple[int, int]
     return torch.from_numpy(arr.copy()).float().div(127.5).sub(1.0)[None]
 
 
+def _is_colour(im: Any) -> bool:
+    """Whether a PIL image holds colour: an RGB-like mode whose channels differ somewhere (a grey picture saved as
+    RGB is not colour), or a palette with colours."""
+    if im.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return False
+    rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return bool((rgb[..., 0] != rgb[..., 1]).any() or (rgb[..., 1] != rgb[..., 2]).any())
+
+
 def to_uint8(x: Tensor) -> np.ndarray:
     """(C, H, W) or (H, W) tensor in [-1, 1] -> uint8 array (H, W) or (H, W, C)."""
     x = x.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
@@ -57,10 +76,26 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return x.numpy()
 
 
+def check_png_path(path: str | os.PathLike, what: str = "image") -> Path:
+    """``path`` if it names a PNG file (suffix ``.png``, any case); ``ValueError`` otherwise.
+
+    The project writes PNG only (lossless: a counterfactual's pixels are the answer), so a path such as
+    ``x.jpg`` is refused instead of getting PNG bytes under a JPEG name; convert the PNG yourself if needed.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"cannot write the {what} to {str(path)!r}: images are written as PNG only, so the name must "
+                         f"end in .png (e.g. {str(path.with_suffix('.png'))!r}); convert it afterwards for another "
+                         f"format")
+    return path
+
+
 def save_image(x: Tensor, path: str | os.PathLike, upscale: int = 1) -> None:
-    """Write one image ((1, C, H, W) or (C, H, W), in [-1, 1]) as PNG, atomically."""
+    """Write one image ((1, C, H, W) or (C, H, W), in [-1, 1]) as PNG, atomically; ``path`` must end in ``.png``
+    (:func:`check_png_path`)."""
     from PIL import Image
 
+    check_png_path(path)
     if x.dim() == 4:
         if x.shape[0] != 1:
             raise ValueError(f"save_image writes one image; got a batch of {x.shape[0]} (use save_grid)")
@@ -97,17 +132,22 @@ def atomic_save(write, path: str | os.PathLike) -> None:
 def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move the finished directory ``tmp`` to ``path``, replacing an existing one.
 
-    The old directory is renamed aside first and removed only after the new one is in place, so
-    ``path`` always holds either the old or the new complete directory.
+    The old directory is renamed aside (to ``.NAME.old-XXXX``) first and removed only after the new one is in
+    place. The project's saves go through :func:`diffusion._fs.save_dir` instead, which also checks the target,
+    fsyncs and lets loaders recover an interrupted swap.
     """
+    import secrets
     import shutil
 
     tmp, path = Path(tmp), Path(path)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
+    if os.path.lexists(path):
+        old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, path)
+        os.rename(tmp, path)

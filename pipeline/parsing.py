@@ -94,15 +94,42 @@ def parse_do(text: str, source: str = "--do") -> dict[str, float | int | Callabl
     return out
 
 
-def check_writable(path: str | os.PathLike, what: str = "--out") -> Path:
-    """Check that ``path`` can be created (its folder exists or can be made, and is writable)."""
+def check_writable(path: str | os.PathLike, what: str = "--out", *, png: bool = False) -> Path:
+    """Check, before any work, that ``path`` can be created: its nearest existing folder is a folder where a file
+    can really be created (a read-only file system or a pseudo file system such as ``/proc`` is refused, for root
+    too: a hidden probe file is created there and removed at once), and ``path`` is not an existing folder.
+    With ``png=True`` the name must end in ``.png`` (:func:`pipeline.images.check_png_path`)."""
+    import tempfile
+
     path = Path(path)
+    if png:
+        from pipeline.images import check_png_path
+
+        try:
+            check_png_path(path, "output")
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
     parent = path.parent if str(path.parent) else Path(".")
     probe = parent
-    while not probe.exists():
+    while not os.path.lexists(probe) and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"{what}: cannot write {str(path)!r}: {str(probe)!r} is not a writable directory")
-    if path.exists() and path.is_dir() and path.suffix:
+    if path.exists() and path.is_dir() and (path.suffix or png):
         raise ValueError(f"{what}: {str(path)!r} is a directory, expected a file path")
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    if not read_only:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".dcfg-write-check-", dir=probe)
+        except OSError:
+            read_only = True
+        else:
+            os.close(fd)
+            os.unlink(tmp)
+    if read_only:
+        raise ValueError(f"{what}: cannot write {str(path)!r}: {str(probe)!r} is not a writable directory (no file "
+                         f"can be created there)")
     return path

@@ -39,6 +39,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from diffusion._fs import (SavedKind, check_entry, check_keys, check_weight_shapes, find_saved_dir, read_json,
+                           restored_on_error, save_dir)
 from diffusion._io import atomic_write_json, load_tensors, save_tensors
 
 __all__ = ["PredictorConfig", "AttributePredictor", "PredictorSet", "train_predictors", "predictor_widths",
@@ -51,6 +53,9 @@ _CONFIG = "config.json"
 _WEIGHTS = "model.safetensors"
 _METRICS = "metrics.json"
 _FORMAT = "dcfg.pipeline.PredictorConfig/1"
+#: a saved predictor folder (config.json with the predictor format, written last) and a saved set (metrics.json)
+PREDICTOR_KIND = SavedKind("predictor", _CONFIG, lambda c: isinstance(c, dict) and c.get("format") == _FORMAT)
+SET_KIND = SavedKind("predictor set", _METRICS, lambda c: isinstance(c, dict) and isinstance(c.get("nodes"), dict))
 
 
 def predictor_widths(size: int) -> tuple[int, ...]:
@@ -215,22 +220,29 @@ class AttributePredictor(nn.Module):
         return self._batched(self.features, x, batch_size)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """``config.json`` + ``model.safetensors`` in ``path`` (each written atomically)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_tensors(path / _WEIGHTS, self.state_dict(), metadata={"node": self.config.node})
-        atomic_write_json(path / _CONFIG, self.config.to_dict())
-        return path
+        """``model.safetensors`` + ``config.json`` in the folder ``path``, crash-safely: a new, empty or earlier
+        predictor folder, replaced as a whole (anything else is refused; :func:`diffusion._fs.save_dir`)."""
+        return save_dir(path, self._write, PREDICTOR_KIND)
+
+    def _write(self, folder: Path) -> None:
+        save_tensors(folder / _WEIGHTS, self.state_dict(), metadata={"node": self.config.node})
+        atomic_write_json(folder / _CONFIG, self.config.to_dict())  # the marker of a complete save: last
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "AttributePredictor":
-        """Load a folder written by :meth:`save_pretrained` (never unpickles)."""
-        path = Path(path)
-        config = PredictorConfig.from_dict(_read_json(path / _CONFIG))
+    def from_pretrained(cls, path: str | os.PathLike, root: str | os.PathLike | None = None) -> "AttributePredictor":
+        """Load a folder written by :meth:`save_pretrained` (never unpickles); its files must be regular files
+        inside ``root`` (default: ``path``), and the weight shapes must match the config before it is built."""
+        path = find_saved_dir(path, PREDICTOR_KIND)
+        root = path if root is None else root
+        try:
+            config = PredictorConfig.from_dict(_read_json(path / _CONFIG, root))
+        except ValueError as e:
+            raise ValueError(f"{path / _CONFIG}: {e}" if str(path / _CONFIG) not in str(e) else str(e)) from None
         weights = path / _WEIGHTS
-        if not weights.is_file():
+        if not os.path.lexists(weights):
             raise ValueError(f"{weights} is missing: a predictor folder holds {_CONFIG} and {_WEIGHTS}")
-        state, _ = load_tensors(weights)
+        check_weight_shapes(lambda: cls(config), weights, path / _CONFIG, root)
+        state, _ = load_tensors(weights, root)
         model = cls(config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
@@ -241,13 +253,10 @@ class AttributePredictor(nn.Module):
         return model.eval()
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise ValueError(f"{path} is missing or not a regular file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+def _read_json(path: Path, root: str | os.PathLike | None = None) -> Any:
+    if not os.path.lexists(path):
+        raise ValueError(f"{path} is missing")
+    return read_json(path, root, what="predictor config")
 
 
 @dataclass
@@ -281,27 +290,35 @@ class PredictorSet:
         return torch.cat([p.embed(images) for p in self.predictors.values()], dim=1).double().numpy()
 
     def save(self, path: str | os.PathLike) -> Path:
-        """``path/<node>/`` per predictor and ``path/metrics.json``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        for node, p in self.predictors.items():
-            p.save_pretrained(path / _safe_dirname(node))
-        atomic_write_json(path / _METRICS, {"nodes": {n: _safe_dirname(n) for n in self.predictors},
-                                            "metrics": self.metrics})
-        return path
+        """``path/<node>/`` per predictor and ``path/metrics.json`` (written last), crash-safely: ``path`` is new,
+        empty or an earlier predictor set, replaced as a whole (anything else is refused before anything is
+        touched; :func:`diffusion._fs.save_dir`)."""
+        def write(folder: Path) -> None:
+            for node, p in self.predictors.items():
+                (folder / _safe_dirname(node)).mkdir()
+                p._write(folder / _safe_dirname(node))
+            atomic_write_json(folder / _METRICS, {"nodes": {n: _safe_dirname(n) for n in self.predictors},
+                                                  "metrics": self.metrics})
+
+        return save_dir(path, write, SET_KIND)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PredictorSet":
-        path = Path(path)
-        index = _read_json(path / _METRICS)
+        """Load a folder written by :meth:`save` (never unpickles; every file a regular file inside it)."""
+        path = find_saved_dir(path, SET_KIND)
+        index = _read_json(path / _METRICS, path)
         if not isinstance(index, dict) or not isinstance(index.get("nodes"), dict):
             raise ValueError(f"{path / _METRICS} is not a predictor index (a JSON object with 'nodes' and 'metrics')")
+        check_keys(index, ("nodes", "metrics"), str(path / _METRICS), "predictor index")
         predictors = {}
         for node, folder in index["nodes"].items():
             if not isinstance(folder, str) or folder != _safe_dirname(node):
                 raise ValueError(f"{path / _METRICS}: predictor folder {folder!r} of node {node!r} is not "
                                  f"{_safe_dirname(node)!r}")
-            pred = AttributePredictor.from_pretrained(path / folder)
+            if not os.path.lexists(path / folder):
+                raise ValueError(f"{path / folder} is missing: the predictor of node {node!r} listed in {_METRICS}")
+            check_entry(path / folder, path, folder=True)
+            pred = AttributePredictor.from_pretrained(path / folder, root=path)
             if pred.config.node != node:
                 raise ValueError(f"{path / folder}: the predictor is for node {pred.config.node!r}, not {node!r}")
             predictors[node] = pred
@@ -338,7 +355,7 @@ def _node_bounds(spec: Any) -> tuple[float | None, float | None]:
 def train_predictors(graph: Any, dataset: Any, *, nodes: Sequence[str] | None = None, epochs: int = 10,
                      batch_size: int = 128, lr: float = 2e-3, val_fraction: float = 0.1, seed: int = 0,
                      num_workers: int = 0, device: str | torch.device = "cpu", max_rows: int | None = None,
-                     progress: bool = True) -> PredictorSet:
+                     progress: bool = True, init: PredictorSet | None = None) -> PredictorSet:
     """Train one predictor per image parent (or per ``nodes``) on ``dataset``'s images and attributes.
 
     Args:
@@ -353,12 +370,12 @@ def train_predictors(graph: Any, dataset: Any, *, nodes: Sequence[str] | None = 
         device: training device.
         max_rows: use at most this many rows (a seeded subset).
         progress: a tqdm bar.
+        init: predictors to go on training in place (one for each trained node); if training fails (any
+            exception, Ctrl-C included) each of them is restored as it was: parameters, buffers, device, mode.
 
     Returns:
         A :class:`PredictorSet` in eval mode.
     """
-    from tqdm.auto import tqdm
-
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be a positive integer")
     if not 0.0 < float(val_fraction) < 1.0:
@@ -378,10 +395,29 @@ def train_predictors(graph: Any, dataset: Any, *, nodes: Sequence[str] | None = 
     device = torch.device(device)
     # the initial weights and the dropout masks come from a seeded stream of their own, so that the
     # predictors are the same whatever ran before (e.g. a process group's set-up under torchrun)
+    if init is not None:
+        missing = [n for n in nodes if n not in getattr(init, "predictors", {})]
+        if missing:
+            raise ValueError(f"init has no predictor of node(s) {missing}; it has {list(init.predictors)}")
+    with restored_on_error(*(init.predictors[n] for n in nodes) if init is not None else ()):
+        return _train_predictors(graph, dataset, nodes, attrs, train_idx, val_idx, n_val, image_shape, g,
+                                 epochs=epochs, batch_size=batch_size, lr=lr, val_fraction=val_fraction, seed=seed,
+                                 num_workers=num_workers, device=device, progress=progress, init=init)
+
+
+def _train_predictors(graph: Any, dataset: Any, nodes: list[str], attrs: dict[str, Tensor], train_idx: Tensor,
+                      val_idx: Tensor, n_val: int, image_shape: tuple[int, ...], g: torch.Generator, *, epochs: int,
+                      batch_size: int, lr: float, val_fraction: float, seed: int, num_workers: int,
+                      device: torch.device, progress: bool, init: PredictorSet | None) -> PredictorSet:
+    from tqdm.auto import tqdm
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        models = {n: AttributePredictor(_config_for_node(graph, n, attrs[n][train_idx], image_shape)).to(device)
-                  for n in nodes}
+        if init is not None:
+            models = {n: init.predictors[n].to(device) for n in nodes}
+        else:
+            models = {n: AttributePredictor(_config_for_node(graph, n, attrs[n][train_idx], image_shape)).to(device)
+                      for n in nodes}
         params = [p for m in models.values() for p in m.parameters()]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
         steps_per_epoch = math.ceil(len(train_idx) / batch_size)

@@ -13,8 +13,8 @@ kind            support                          fields
 ``positive``    ``(0, inf)``                     none
 ``interval``    ``[low, high]``                  ``low`` < ``high``, both finite
 ``binary``      ``{0, 1}``                       none (``cardinality`` is 2)
-``categorical`` ``{0, ..., cardinality - 1}``    ``cardinality`` >= 2
-``image``       tensors of shape ``shape``       ``shape`` (list of positive ints); no children
+``categorical`` ``{0, ..., cardinality - 1}``    ``cardinality`` in 2..100,000
+``image``       tensors of shape ``shape``       ``shape`` (1-4 ints in 1..4096); no children
 ==============  ===============================  ===========================================
 
 Example:
@@ -48,6 +48,9 @@ import networkx as nx
 KINDS: tuple[str, ...] = ("real", "positive", "interval", "binary", "categorical", "image")
 CONTINUOUS_KINDS: frozenset[str] = frozenset({"real", "positive", "interval"})
 DISCRETE_KINDS: frozenset[str] = frozenset({"binary", "categorical"})
+#: Bounds of a node spec: classes of a categorical node, and each dimension of an image node's shape.
+MAX_CARDINALITY = 100_000
+MAX_IMAGE_SIDE = 4096
 
 # Which spec fields each kind accepts (besides "kind").
 _FIELDS: dict[str, frozenset[str]] = {
@@ -116,6 +119,8 @@ class NodeSpec:
         if kind == "interval":
             low, high = d.get("low"), d.get("high")
             try:
+                if any(isinstance(v, (bool, str)) for v in (low, high)):
+                    raise TypeError
                 low_f, high_f = float(low), float(high)  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 raise ValueError(f"interval node {name!r} needs numeric 'low' and 'high' (got low={low!r}, "
@@ -126,19 +131,20 @@ class NodeSpec:
             return cls(kind, low=low_f, high=high_f)
         if kind in DISCRETE_KINDS:
             card = d.get("cardinality", 2 if kind == "binary" else None)
-            if isinstance(card, bool) or not isinstance(card, int) or card < 2:
+            if isinstance(card, bool) or not isinstance(card, int) or not 2 <= card <= MAX_CARDINALITY:
                 raise ValueError(f"{kind} node {name!r} has a bad cardinality {card!r}: it must be an integer "
-                                 f">= 2 (the number of classes)")
+                                 f"in 2..{MAX_CARDINALITY} (the number of classes)")
             if kind == "binary" and card != 2:
                 raise ValueError(f"binary node {name!r} has cardinality {card!r}, but binary means 2 classes; "
                                  f"use kind 'categorical' for {card} classes")
             return cls(kind, cardinality=int(card))
         if kind == "image":
             shape = d.get("shape")
-            if (not isinstance(shape, (list, tuple)) or not shape
-                    or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-                raise ValueError(f"image node {name!r} has a bad shape {shape!r}: it must be a non-empty list "
-                                 f"of positive ints, e.g. [1, 28, 28]")
+            if (not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 4
+                    or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_IMAGE_SIDE
+                               for s in shape)):
+                raise ValueError(f"image node {name!r} has a bad shape {shape!r:.80}: it must be a list of 1 to 4 "
+                                 f"positive ints of at most {MAX_IMAGE_SIDE}, e.g. [1, 28, 28]")
             return cls(kind, shape=tuple(int(s) for s in shape))
         return cls(kind)
 

@@ -83,14 +83,20 @@ def _make_generator(seed: Seed) -> torch.Generator:
     return g
 
 
+#: Bounds of an :class:`SCMConfig` (and of the built-in mechanisms' configs in a saved SCM): hidden layers of the
+#: parent networks, their widths, and the flows' spline segments. Checked before any module of a saved SCM is built.
+SCM_LIMITS = {"layers": 8, "width": 4096, "count_bins": 1024}
+
+
 @dataclass(frozen=True)
 class SCMConfig:
     """Settings of the built-in mechanisms (saved in ``config.json``).
 
     Attributes:
-        hidden: hidden widths of the parent networks (flows' hypernetworks and logit MLPs).
-        count_bins: spline segments of the flows.
-        bound: the splines act on ``[-bound, bound]`` in standardised units (identity outside).
+        hidden: hidden widths of the parent networks (flows' hypernetworks and logit MLPs): 1 to 8 integers in
+            1..4096 (:data:`SCM_LIMITS`).
+        count_bins: spline segments of the flows, 2..1024.
+        bound: the splines act on ``[-bound, bound]`` in standardised units (identity outside); finite, > 0.
         seed: seed of the initial weights.
     """
 
@@ -100,13 +106,25 @@ class SCMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise ValueError(f"hidden must be a non-empty list of positive widths, got {self.hidden!r}")
-        if int(self.count_bins) < 2:
-            raise ValueError(f"count_bins must be >= 2, got {self.count_bins!r}")
-        if not float(self.bound) > 0:
-            raise ValueError(f"bound must be > 0, got {self.bound!r}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        def integer(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        hidden = self.hidden
+        if not isinstance(hidden, (list, tuple)) or not 1 <= len(hidden) <= SCM_LIMITS["layers"] \
+                or not all(integer(h) and 1 <= h <= SCM_LIMITS["width"] for h in hidden):
+            raise ValueError(f"hidden={hidden!r:.80} must be a list of 1 to {SCM_LIMITS['layers']} widths, integers "
+                             f"in 1..{SCM_LIMITS['width']}")
+        if not integer(self.count_bins) or not 2 <= self.count_bins <= SCM_LIMITS["count_bins"]:
+            raise ValueError(f"count_bins={self.count_bins!r:.80} must be an integer in 2..{SCM_LIMITS['count_bins']}")
+        if not isinstance(self.bound, numbers.Real) or isinstance(self.bound, bool) \
+                or not (math.isfinite(self.bound) and self.bound > 0):
+            raise ValueError(f"bound={self.bound!r:.80} must be a finite number > 0")
+        if not integer(self.seed):
+            raise ValueError(f"seed={self.seed!r:.80} must be an integer")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
+        object.__setattr__(self, "count_bins", int(self.count_bins))
+        object.__setattr__(self, "bound", float(self.bound))
+        object.__setattr__(self, "seed", int(self.seed))
 
 
 class SCM(nn.Module):
@@ -824,9 +842,12 @@ class SCM(nn.Module):
 
     # ------------------------------------------------------------------------------ save/load
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save to a directory: ``config.json`` (graph + mechanisms) and ``scm.safetensors``.
+        """Save to a directory: ``scm.safetensors`` and ``config.json`` (graph + mechanisms, written last).
 
-        Each file is written to a temporary file and moved into place with ``os.replace``.
+        ``path`` must be new, empty or an earlier saved SCM (anything else is refused with a ``ValueError``
+        before anything is touched); it is replaced as a whole, crash-safely (:func:`diffusion._fs.save_dir`).
+        A built-in mechanism whose settings differ from the SCM's (``hidden``, ``count_bins``, ``bound``) is
+        saved with ``"custom": true``, so that loading can tell it from an edited config.
 
         Example:
             >>> import tempfile, torch
@@ -836,20 +857,26 @@ class SCM(nn.Module):
             >>> sorted(p.name for p in d.iterdir())
             ['config.json', 'scm.safetensors']
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        config = {
-            "format": _FORMAT, "format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
-            "scm": {**asdict(self.config), "hidden": list(self.config.hidden)},
-            "mechanisms": {n: {"type": mechanism_key(type(self.mechanisms[n])),
-                               "config": self.mechanisms[n].get_config()} for n in self._order},
-        }
+        from diffusion._fs import save_dir
+
+        settings = {**asdict(self.config), "hidden": list(self.config.hidden)}
+        mechanisms = {}
+        for n in self._order:
+            entry = {"type": mechanism_key(type(self.mechanisms[n])), "config": self.mechanisms[n].get_config()}
+            if _builtin_mismatch(entry, settings):
+                entry["custom"] = True
+            mechanisms[n] = entry
+        config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
+                  "scm": settings, "mechanisms": mechanisms}
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
         blob = _weights_blob(state)
-        _atomic_write(path / _WEIGHTS, lambda tmp: Path(tmp).write_bytes(blob))
-        _atomic_write(path / "config.json",
-                      lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n"))
-        return path
+
+        def write(folder: Path) -> None:
+            _atomic_write(folder / _WEIGHTS, lambda tmp: Path(tmp).write_bytes(blob))
+            _atomic_write(folder / "config.json",  # the marker of a complete save: last
+                          lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n"))
+
+        return save_dir(path, write, _saved_kind())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], mechanisms: Mapping[str, Mechanism] | None = None,
@@ -859,9 +886,16 @@ class SCM(nn.Module):
         Mechanism classes are looked up by their registered ``module:qualname``; custom classes must
         be imported first, or passed (freshly constructed) through ``mechanisms``.
 
+        Before any mechanism is built, every file must be a regular file inside ``path`` (no named pipe, device
+        or symbolic link out of it), every key of ``config.json`` known, the settings within
+        :data:`SCM_LIMITS` and equal to those of the built-in mechanisms, and each mechanism's weights in the
+        safetensors header at least as large as its config implies. After an interrupted save the complete copy
+        beside ``path`` is loaded (:func:`diffusion._fs.find_saved_dir`).
+
         Raises:
-            ValueError: missing files, a foreign or newer format, an unregistered mechanism, or
-                weights whose names or shapes do not match the config.
+            ValueError: missing or special files, a foreign or newer format, an unknown key, an out-of-bounds or
+                ignored setting, an unregistered mechanism, or weights whose names or shapes do not match the
+                config (each naming the file, and the key or node).
 
         Example:
             >>> import tempfile, torch
@@ -871,21 +905,25 @@ class SCM(nn.Module):
             >>> SCM.load(d).graph == scm.graph
             True
         """
-        path = Path(path)
+        from diffusion._fs import check_keys, find_saved_dir, read_json, read_safetensors_header
+
+        path = find_saved_dir(path, _saved_kind())
         cfg_file, weights_file = path / "config.json", path / _WEIGHTS
         for f in (cfg_file, weights_file):
-            if not f.is_file():
+            if not os.path.lexists(f):
                 raise ValueError(f"{path} is not a saved SCM: {f.name} is missing (expected config.json and "
                                  f"{_WEIGHTS}, as written by SCM.save)")
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file} is not valid JSON: {e}") from e
+        cfg = read_json(cfg_file, path, what="SCM config")
         if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
             raise ValueError(f"{cfg_file} is not an SCM config (format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
                              f"expected {_FORMAT!r})")
-        if int(cfg.get("format_version", 0)) > _FORMAT_VERSION:
-            raise ValueError(f"{cfg_file} has format_version {cfg['format_version']}, newer than this dcfg "
+        check_keys(cfg, ("format", "format_version", "graph", "scm", "mechanisms"), str(cfg_file), "SCM config")
+        version = cfg.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise ValueError(f"{cfg_file}: format_version={version!r:.80} must be an integer (this dcfg writes "
+                             f"{_FORMAT_VERSION})")
+        if version > _FORMAT_VERSION:
+            raise ValueError(f"{cfg_file} has format_version {version}, newer than this dcfg "
                              f"({_FORMAT_VERSION}); upgrade dcfg")
         graph = CausalGraph.from_dict(cfg.get("graph"))
         overrides = dict(mechanisms or {})
@@ -894,11 +932,26 @@ class SCM(nn.Module):
         if not isinstance(settings, Mapping) or not isinstance(entries, Mapping):
             raise ValueError(f"{cfg_file}: 'scm' and 'mechanisms' must be JSON objects (got {type(settings).__name__} "
                              f"and {type(entries).__name__}); the file is not one written by SCM.save")
+        check_keys(settings, SCMConfig.__dataclass_fields__, f"{cfg_file}: 'scm'", "SCM settings")
+        try:
+            config = SCMConfig(**{"hidden": (32, 32), "count_bins": 8, "bound": 4.0, "seed": 0, **settings})
+        except ValueError as e:
+            raise ValueError(f"{cfg_file}: scm.{e}") from None
         for node, entry in entries.items():
             if (not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str)
                     or not isinstance(entry.get("config", {}), Mapping)):
                 raise ValueError(f"{cfg_file}: the mechanism entry of node {node!r} must be "
                                  f"{{'type': 'module:Class', 'config': {{...}}}}, got {entry!r:.120}")
+            check_keys(entry, ("type", "config", "custom"), f"{cfg_file}: mechanism of node {node!r}",
+                       "mechanism entry")
+            _check_builtin_entry(cfg_file, node, entry, settings, config)
+        header = read_safetensors_header(weights_file, path)
+        # built-in mechanisms always save weights; a custom one may have none (a parameter-free mechanism)
+        absent = sorted(f"mechanisms.{n}.*" for n, e in entries.items() if n not in overrides and n in graph
+                        and e["type"] in _BUILTIN and not any(k.startswith(f"mechanisms.{n}.") for k in header))
+        if absent:
+            raise ValueError(f"{weights_file} does not match {cfg_file}: missing weights {absent[:8]}; the directory "
+                             f"mixes files of different SCMs")
         mechs: dict[str, Mechanism] = {}
         with torch.random.fork_rng(devices=[]):  # constructors may draw initial weights; they are replaced
             for node, entry in entries.items():
@@ -906,6 +959,7 @@ class SCM(nn.Module):
                     mechs[node] = overrides.pop(node)
                     continue
                 klass = registered_mechanism(entry["type"])
+                _check_weights_suffice(weights_file, cfg_file, node, entry, header)
                 try:
                     mechs[node] = klass(**entry.get("config", {}))
                 except (TypeError, ValueError) as e:
@@ -916,12 +970,11 @@ class SCM(nn.Module):
         if missing_nodes:
             raise ValueError(f"{cfg_file} has no mechanism for node(s) {missing_nodes}")
         try:
-            scm = cls(graph, mechanisms=mechs, hidden=tuple(settings.get("hidden", (32, 32))),
-                      count_bins=int(settings.get("count_bins", 8)), bound=float(settings.get("bound", 4.0)),
-                      seed=int(settings.get("seed", 0)))
+            scm = cls(graph, mechanisms=mechs, hidden=config.hidden, count_bins=config.count_bins,
+                      bound=config.bound, seed=config.seed)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg_file}: {e}") from None
-        state = {k: v.to(map_location) for k, v in _read_weights(weights_file).items()}
+        state = {k: v.to(map_location) for k, v in _read_weights(weights_file, path).items()}
         expected = scm.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -1166,6 +1219,98 @@ def _check_mechanism_fits(name: str, mech: Mechanism, graph: CausalGraph, parent
                              f"(an edited config.json?): rebuild the mechanism for this graph")
 
 
+def _is_scm_config(c: Any) -> bool:
+    return isinstance(c, dict) and c.get("format") == _FORMAT
+
+
+def _saved_kind() -> Any:
+    """A saved SCM folder: its config.json (written last) holds the SCM format tag (built on use: ``import scm``
+    does not import the ``diffusion`` package)."""
+    from diffusion._fs import SavedKind
+
+    return SavedKind("SCM", "config.json", _is_scm_config)
+
+
+_BUILTIN = {mechanism_key(FlowMechanism): ("hidden", "count_bins", "bound"),
+            mechanism_key(CategoricalMechanism): ("hidden",)}
+
+
+def _builtin_mismatch(entry: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """The SCM settings a built-in mechanism's config differs in (it was built with its own: a custom one)."""
+    keys = _BUILTIN.get(entry.get("type"), ())
+    conf = entry.get("config") or {}
+    return [k for k in keys if k in conf and k in settings and _same(conf[k]) != _same(settings[k])]
+
+
+def _same(v: Any) -> Any:
+    return [_same(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def _check_builtin_entry(cfg_file: Path, node: str, entry: Mapping[str, Any], settings: Mapping[str, Any],
+                         config: SCMConfig) -> None:
+    """A built-in mechanism's sizes are within :data:`SCM_LIMITS`, and equal the SCM's settings unless the entry is
+    marked ``custom`` (otherwise an edited ``scm.hidden`` would be silently ignored)."""
+    keys = _BUILTIN.get(entry["type"])
+    if keys is None:
+        return
+    conf = dict(entry.get("config") or {})
+    try:
+        SCMConfig(**{k: conf[k] for k in keys if k in conf})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_file}: mechanisms.{node}.config.{e}") from None
+    if entry.get("custom") is True:
+        return
+    if entry.get("custom") not in (None, False):
+        raise ValueError(f"{cfg_file}: mechanisms.{node}.custom={entry['custom']!r:.40} must be true or false")
+    given = {**asdict(config), "hidden": list(config.hidden)}
+    for k in _builtin_mismatch(entry, given):
+        raise ValueError(f"{cfg_file}: scm.{k}={settings.get(k, given[k])!r} does not match the {k}="
+                         f"{conf[k]!r} of node {node!r}'s built-in mechanism; the SCM's settings describe its "
+                         f"built-in mechanisms (a value there that no mechanism uses would be ignored): make them "
+                         f"agree, or mark the entry \"custom\": true")
+
+
+def _dense_weights(n_in: int, hidden: Any, n_out: int) -> int:
+    dims = [int(n_in), *[int(h) for h in hidden], int(n_out)]
+    return sum(a * b for a, b in zip(dims, dims[1:]))
+
+
+def _check_weights_suffice(weights_file: Path, cfg_file: Path, node: str, entry: Mapping[str, Any],
+                           header: Mapping[str, tuple[int, ...]]) -> None:
+    """Before a built-in mechanism is built: the weights saved for ``node`` hold at least as many numbers as its
+    config implies (a lower bound: its networks' weight matrices), so that an edited config cannot make the
+    loader allocate more than the file backs."""
+    if entry["type"] not in _BUILTIN:
+        return
+    conf = entry.get("config") or {}
+    try:
+        parents = {p: NodeSpec.from_dict(p, s) for p, s in dict(conf.get("parents") or {}).items()}
+        dim = sum(1 if s.is_continuous or s.kind == "binary" else int(s.cardinality or 0) for s in parents.values())
+        hidden = conf.get("hidden", (32, 32))
+        if entry["type"] == mechanism_key(FlowMechanism):
+            k = int(conf.get("count_bins", 8))
+            need = _dense_weights(dim, hidden, 3 * k - 1) if parents else 3 * k - 1
+        else:
+            card = int(conf["cardinality"])
+            if isinstance(conf["cardinality"], bool) or not 2 <= card <= 100_000:
+                raise ValueError(f"cardinality={conf['cardinality']!r} must be an integer in 2..100000")
+            need = _dense_weights(dim, hidden, card) if parents else card
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_file}: config of node {node!r} does not fit {entry['type']}: {e}") from None
+    prefix = f"mechanisms.{node}."
+    have = 0
+    for name, shape in header.items():
+        if name.startswith(prefix):
+            n = 1
+            for d in shape:
+                n *= d
+            have += n
+    if have < need:
+        raise ValueError(f"{weights_file} does not match {cfg_file}: the config of node {node!r} implies at least "
+                         f"{need:,} weights, the file holds {have:,} for it; the directory mixes files of different "
+                         f"SCMs (or config.json was edited)")
+
+
 def _weights_blob(state: Mapping[str, Tensor]) -> bytes:
     """safetensors bytes of ``state`` whose metadata holds the sha256 of the tensor data (checked on load)."""
     from diffusion._io import _canonical_header
@@ -1179,9 +1324,12 @@ def _data_digest(blob: bytes) -> str:
     return hashlib.sha256(memoryview(blob)[8 + header:]).hexdigest()
 
 
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    """Load safetensors weights (never unpickles); ``ValueError`` when truncated, corrupted or tampered with."""
-    data = path.read_bytes()
+def _read_weights(path: Path, root: Path | None = None) -> dict[str, Tensor]:
+    """Load safetensors weights (never unpickles); ``ValueError`` when truncated, corrupted or tampered with, or
+    not a regular file inside ``root``."""
+    from diffusion._fs import read_checked
+
+    data = read_checked(path, root, what="safetensors file")
     try:
         state = _st_load(data)
         header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])

@@ -599,7 +599,8 @@ def test_pipeline_parents(pipe, batch, key, why, data):
 
 GUIDANCE_ARGS = {
     "guidance": (st.sampled_from(["dcfg", "cfg", "none", None]), st.sampled_from(["DCFG", "", "cfg ", 3])),
-    "scale": (st.floats(-5, 10) | st.integers(0, 5) | st.none(), st.sampled_from([math.nan, math.inf, "3", True])),
+    "scale": (st.floats(0, 10) | st.integers(0, 5) | st.none(),
+              st.sampled_from([math.nan, math.inf, "3", True, -0.5, -5])),
     "invariant_weight": (st.floats(0, 3), st.sampled_from([math.nan, -math.inf, "1", [1.0]])),
     "steps": (st.integers(1, 2), st.sampled_from([0, -1, 1.5, 2000, "2", True])),
     "chunk_size": (st.integers(1, 4), st.sampled_from([0, -2, 1.0, "8", True])),

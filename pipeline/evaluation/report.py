@@ -1,7 +1,8 @@
 """The outputs of ``dcfg evaluate``: ``metrics.json``, ``report.md``, ``tradeoff.png`` and ``grid.png``.
 
-:func:`write_outputs` writes all four into a temporary folder beside the destination and renames it
-into place, so a failed or interrupted run leaves nothing partial.
+:func:`write_outputs` writes all four into a temporary folder beside the destination and swaps it into place
+crash-safely (:func:`diffusion._fs.save_dir`), so a failed or interrupted run leaves nothing partial; the
+destination must be new, empty or an earlier evaluation (:func:`check_out_dir`).
 
 Example:
     >>> out = check_out_dir("eval-out")            # doctest: +SKIP
@@ -12,19 +13,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pipeline.images import replace_dir
+from diffusion._fs import SavedKind
 
 __all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid", "to_json", "OUTPUT_FILES"]
 
 #: The files of an evaluation folder.
 OUTPUT_FILES = ("metrics.json", "report.md", "tradeoff.png", "grid.png")
+#: an evaluation folder: metrics.json (a JSON object, written last) marks a complete one
+EVALUATION_KIND = SavedKind("evaluation", "metrics.json", lambda m: isinstance(m, dict))
 
 _LABELS = {"none": "none", "cfg": "CFG", "dcfg": "DCFG", "dcfg_per_attribute": "DCFG (one group per attribute)",
            "dcfg_paper": "DCFG (paper's equation and grouping)"}
@@ -44,16 +45,21 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     Raises:
         ValueError: ``out`` is a file, a folder holding anything but an evaluation, or not writable.
     """
+    from diffusion._fs import check_save_target
     from pipeline.parsing import check_writable
 
     out = Path(out)
-    if out.exists():
+    if out.exists() and not out.is_symlink():
         if not out.is_dir():
             raise ValueError(f"--out {str(out)!r} is a file; give a folder path (it is created)")
-        if any(out.iterdir()) and not (out / "metrics.json").is_file():
+        if any(out.iterdir()) and not EVALUATION_KIND.is_saved(out):
             raise ValueError(f"--out {str(out)!r} is a folder with other content (no metrics.json); give a new "
                              f"folder or an earlier evaluation's folder, which is replaced")
     check_writable(out / "metrics.json", "--out")
+    try:
+        check_save_target(out, EVALUATION_KIND)  # '.', '..', '/', a link, a path below a file
+    except ValueError as e:
+        raise ValueError(f"--out: {e}") from None
     return out
 
 
@@ -88,25 +94,19 @@ def write_outputs(result: Any, out: str | os.PathLike) -> Path:
     Everything goes into a temporary folder next to ``out``, renamed into place at the end; an earlier
     evaluation at ``out`` is replaced only once the new one is complete.
     """
+    from diffusion._fs import save_dir
+
     out = check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        metrics = to_json(result.metrics)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    metrics = to_json(result.metrics)
+    text = json.dumps(metrics, indent=2, allow_nan=False)
+
+    def write(tmp: Path) -> None:
         (tmp / "report.md").write_text(format_report(metrics))
         plot_tradeoff(metrics, tmp / "tradeoff.png")
         plot_grid(result.grid, tmp / "grid.png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp create private modes; give the usual ones
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        (tmp / "metrics.json").write_text(text)  # the marker of a complete evaluation: last
+
+    return save_dir(out, write, EVALUATION_KIND)
 
 
 # ---------------------------------------------------------------------------------------------- markdown

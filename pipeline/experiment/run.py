@@ -89,18 +89,24 @@ def check_experiment_dir(out: str | os.PathLike) -> Path:
     """Check that ``out`` can hold an experiment: absent, empty, or an earlier run's folder (with ``stages/``).
 
     Raises:
-        ValueError: ``out`` is a file, a folder with other content, or not writable.
+        ValueError: ``out`` is a file, a folder with other content, ``.``, ``..``, ``/``, a symbolic link, below a
+            file, or not writable.
     """
+    from diffusion._fs import SavedKind, check_save_target
     from pipeline.parsing import check_writable
 
     out = Path(out)
-    if out.exists():
+    if out.exists() and not out.is_symlink():
         if not out.is_dir():
             raise ValueError(f"--out {str(out)!r} is a file; give a folder (it is created)")
         if any(out.iterdir()) and not (out / "stages").is_dir():
             raise ValueError(f"--out {str(out)!r} holds other files (no stages/ folder of an earlier run); give a new "
                              f"folder or an earlier run's folder, which is updated")
     check_writable(out / "report.md", "--out")
+    try:  # the checks every saved folder has: not '.', '..', '/', a link, or a path below a file
+        check_save_target(out, SavedKind("experiment", "stages/", recognise_folder=lambda p: (p / "stages").is_dir()))
+    except ValueError as e:
+        raise ValueError(f"--out: {e}") from None
     return out
 
 

@@ -126,3 +126,65 @@ def test_cli_counterfactual_with_a_variant(tiny_pipeline, tiny_batch, tmp_path):
         assert res.exit_code == 0, res.output
         assert echo in res.output and out.is_file()
         out.unlink()
+
+
+def test_generate_records_and_applies_the_variant(tiny_pipeline, tiny_batch, tmp_path):
+    from safetensors.torch import load_file
+
+    from pipeline.generate import Manifest, generate
+
+    x, a = tiny_batch
+
+    class Pairs(torch.utils.data.Dataset):
+        attributes = a
+
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i], {k: v[i] for k, v in a.items()}
+
+    kw = dict(steps=3, shard_size=6, progress=False, seed=0, guidance="cfg", scale=3.0)
+    m = generate(tiny_pipeline, Pairs(), {"thickness": 3.0}, out=tmp_path / "v", variant="apg", interval=(100, 900),
+                 **kw)
+    assert m.query["variant"] == "apg" and m.query["interval"] == [100.0, 900.0] and "apg" in m.query
+    plain = generate(tiny_pipeline, Pairs(), {"thickness": 3.0}, out=tmp_path / "p", **kw)
+    assert "variant" not in plain.query and "interval" not in plain.query  # a query without stays as it was
+    got = load_file(tmp_path / "v" / "shard-00000.safetensors")["image"]
+    ref = tiny_pipeline.counterfactual(x, a, do={"thickness": 3.0}, guidance="cfg", scale=3.0, steps=3,
+                                       variant="apg", interval=(100, 900), seed=0).image
+    assert (got.float() / 127.5 - 1 - ref).abs().max() < 0.02  # uint8 storage
+    assert Manifest.load(tmp_path / "v").query == m.query
+    with pytest.raises(ValueError, match=r"variant='cfgpp' modifies guidance, but guidance='none'"):
+        generate(tiny_pipeline, Pairs(), {"thickness": 3.0}, out=tmp_path / "n", steps=2, guidance="none",
+                 variant="cfgpp", progress=False)
+    assert not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--guidance", "none", "--variant", "apg"], "--variant apg modifies guidance, but --guidance none"),
+    (["--interval", "700,100"], "--interval '700,100' must be LO,HI with 0 <= LO < HI"),
+    (["--interval", "0,4000"], "interval=(0.0, 4000.0) is outside [0, 1000]"),
+])
+def test_cli_generate_variant_errors(tiny_pipeline, tmp_path, args, fragment):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    from pipeline.images import save_image
+    from pipeline_helpers import draw_attributes, render
+
+    tiny_pipeline.save(tmp_path / "pipe")
+    attrs = draw_attributes(2, seed=1)
+    lines = ["path,thickness,intensity,digit"]
+    for k, img in enumerate(render(attrs)):
+        save_image(img[None], tmp_path / f"{k}.png")
+        lines.append(f"{k}.png,{float(attrs['thickness'][k]):.4f},{float(attrs['intensity'][k]):.3f},"
+                     f"{int(attrs['digit'][k])}")
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(main, ["generate", "--pipeline", str(tmp_path / "pipe"), "--data",
+                                    f"csv:{tmp_path / 'rows.csv'}", "--do", "thickness=3", "--steps", "1",
+                                    "--out", str(tmp_path / "out"), "--quiet"] + args)
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and fragment in errors[0], res.output
+    assert not (tmp_path / "out").exists()
