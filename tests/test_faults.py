@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -349,6 +350,337 @@ def test_intact_copy_answers_like_the_original(saved, tmp_path):
     a = pipe.counterfactual(x, parents, do={"t": 2.0}, steps=2, seed=0)
     b = back.counterfactual(x, parents, do={"t": 2.0}, steps=2, seed=0)
     assert torch.equal(a.image, b.image)
+
+
+
+# ------------------------------------------------------------------------------------------ save targets
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every entry under ``root`` (``root`` itself included): relative path -> bytes (None for a folder)."""
+    if root.is_file():
+        return {".": root.read_bytes()}
+    out: dict[str, bytes | None] = {".": None}
+    for p in sorted(root.rglob("*")):
+        out[str(p.relative_to(root))] = None if p.is_dir() else p.read_bytes()
+    return out
+
+
+def _savers(saved_pipe) -> dict[str, Any]:
+    """artefact -> a function saving one of that kind to a path (each goes through the same target check)."""
+    from pipeline.calibrate import check_report_dir
+    from pipeline.evaluation.report import check_out_dir
+    from pipeline.experiment.run import check_experiment_dir
+    from pipeline.predictors import AttributePredictor, PredictorConfig, PredictorSet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pred = AttributePredictor(PredictorConfig("t", "regressor", (1, 8, 8), widths=(4,), feature_dim=4))
+    return {
+        "pipeline": saved_pipe.save,
+        "image model": saved_pipe.image_model.save_pretrained,
+        "scm": saved_pipe.scm.save,
+        "classifier": saved_pipe.classifier.save_pretrained,
+        "predictor": pred.save_pretrained,
+        "predictor set": PredictorSet({"t": pred}).save,
+        "evaluation": check_out_dir,
+        "calibration": check_report_dir,
+        "experiment": check_experiment_dir,
+    }
+
+
+ARTEFACTS = ["pipeline", "image model", "scm", "classifier", "predictor", "predictor set", "evaluation",
+             "calibration", "experiment"]
+
+
+def _foreign_folder(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    (results / "figs").mkdir(parents=True)
+    (results / "thesis.tex").write_text("\\documentclass{article}\n")
+    (results / "figs" / "plot.pdf").write_bytes(b"%PDF-1.4 not a pipeline")
+    return results
+
+
+@pytest.mark.parametrize("artefact", ARTEFACTS)
+@pytest.mark.parametrize("target", ["foreign folder", "file", "below a file", ".", "..", "/", "symlink"])
+def test_a_save_never_touches_what_it_did_not_write(saved, tmp_path, monkeypatch, artefact, target):
+    """Before: pipe.save('results/') deleted thesis.tex and figs/; a save over a file replaced it (leaving a hidden
+    .NAME.old); save('.') / save('..') failed with a bare PosixPath / EBUSY error. Now: refused, nothing changed."""
+    save = _savers(saved[0])[artefact]
+    monkeypatch.chdir(tmp_path)
+    foreign = _foreign_folder(tmp_path)
+    (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / "link").symlink_to(foreign, target_is_directory=True)
+    path = {"foreign folder": "results", "file": "notes.txt", "below a file": "notes.txt/pipe", ".": ".",
+            "..": "..", "/": "/", "symlink": "link"}[target]
+    before = _tree(tmp_path)
+    with pytest.raises(ValueError) as err:
+        save(path)
+    msg = str(err.value)
+    assert "\n" not in msg and (path.split("/")[0] or "/") in msg, msg  # one line, naming the target
+    assert _tree(tmp_path) == before  # nothing written, moved or removed, no hidden temporaries
+    assert sorted(os.listdir(tmp_path)) == ["link", "notes.txt", "results"]
+
+
+@pytest.mark.parametrize("artefact", ["pipeline", "image model", "scm", "classifier", "predictor set"])
+def test_a_save_replaces_an_earlier_save_of_its_kind_and_fills_an_empty_folder(saved, tmp_path, artefact):
+    save = _savers(saved[0])[artefact]
+    (tmp_path / "empty").mkdir()
+    save(tmp_path / "empty")
+    first = _tree(tmp_path / "empty")
+    save(tmp_path / "empty")  # over its own earlier save
+    assert _tree(tmp_path / "empty") == first
+    assert sorted(os.listdir(tmp_path)) == ["empty"]  # no temporaries left behind
+    other = {"pipeline": "scm", "scm": "pipeline"}.get(artefact, "pipeline")
+    with pytest.raises(ValueError, match="refusing to overwrite"):  # a save of another kind is foreign
+        _savers(saved[0])[other](tmp_path / "empty")
+    assert _tree(tmp_path / "empty") == first
+
+
+# ------------------------------------------------------------------------------ kill -9 in the middle of a save
+KILLER = Path(__file__).with_name("save_killer.py")
+
+
+def _run_killer(*args: str) -> str:
+    code = (f"import runpy, sys; sys.path.append({str(KILLER.parent)!r}); sys.argv = ['save_killer', *{list(args)!r}]; "
+            f"runpy.run_path({str(KILLER)!r}, run_name='__main__')")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_sigkill_at_20_points_of_a_save_always_leaves_a_loadable_old_or_new_save(saved, tmp_path):
+    """Before: a kill between the two renames left no pipeline at the path ('does not exist'), and 10 of 12 killed
+    saves left .NAME.* temporaries for good. Now: at each of 20 seeded kill points (all four events of the final
+    two renames among them) the path loads, as the old or the new save, and the next save leaves no temporary."""
+    import random
+
+    from save_killer import new_pipeline
+
+    _, src = saved
+    count = json.loads(_run_killer("count", str(src), str(tmp_path / "count")))
+    n = count["events"]
+    swap = count["renames"][-4:]  # start/end of 'path -> .old' and of '.tmp -> path'
+    rest = sorted(set(range(1, n - 1)) - set(swap))
+    points = sorted(swap + random.Random(0).sample(rest, 20 - len(swap)))
+    _run_killer("kill", str(src), str(tmp_path / "kill"), *map(str, points))
+
+    old = CounterfactualPipeline.load(src)
+    new = new_pipeline(src)
+    refs = {"old": old, "new": new}
+    seen = []
+    for p in points:
+        path = tmp_path / "kill" / str(p) / "pipe"
+        back = CounterfactualPipeline.load(path)
+        which = [name for name, ref in refs.items()
+                 if all(torch.equal(a, b) for a, b in zip(back.image_model.state_dict().values(),
+                                                          ref.image_model.state_dict().values()))
+                 and all(torch.equal(a, b) for a, b in zip(back.scm.state_dict().values(),
+                                                          ref.scm.state_dict().values()))]
+        assert len(which) == 1, f"kill point {p}: the loaded pipeline is neither the old nor the new save"
+        seen.append(which[0])
+        old.save(path)  # the next save puts the folder in place and removes every stale temporary
+        assert os.listdir(path.parent) == ["pipe"], f"kill point {p}: {os.listdir(path.parent)}"
+        again = CounterfactualPipeline.load(path).image_model.state_dict()
+        assert all(torch.equal(again[k], v) for k, v in old.image_model.state_dict().items())
+    # the points span the save: early kills load the old save, kills after the final rename the new one
+    assert seen[0] == "old" and seen[-1] == "new" and seen.count("old") >= 2
+    between = [s for p, s in zip(points, seen) if swap[1] <= p <= swap[2]]  # '.old' renamed away, '.tmp' not in
+    assert between == ["new", "new"]  # the complete new folder is found beside the missing path
+
+
+# ---------------------------------------------------------------------------- named pipes and /dev/zero
+def _positions(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix in (".json", ".safetensors"))
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _load_with_alarm(path: Path, seconds: float = 5.0) -> tuple[BaseException | None, float]:
+    """Load ``path``; an alarm turns a hang into :class:`_Timeout` after ``seconds``. Returns (error, elapsed)."""
+    import time
+
+    def ring(*_):
+        raise _Timeout(f"load of {path} still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    t0 = time.perf_counter()
+    try:
+        CounterfactualPipeline.load(path)
+        err = None
+    except (ValueError, _Timeout) as e:
+        err = e
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return err, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("special", ["named pipe", "/dev/zero symlink"])
+def test_a_named_pipe_or_dev_zero_in_any_position_is_refused_at_once(saved, tmp_path, special):
+    """Before: classifier/config.json as a FIFO hung CounterfactualPipeline.load forever; as a symlink to
+    /dev/zero it read without end. Now: every config and weights position is refused within 1 s, naming it."""
+    _, src = saved
+    positions = _positions(src)
+    assert len(positions) >= 7  # the pipeline, SCM, image model and classifier configs and weights
+    for pos in positions:
+        copy = tmp_path / pos.replace("/", "_") / "pipe"
+        shutil.copytree(src, copy)
+        (copy / pos).unlink()
+        if special == "named pipe":
+            os.mkfifo(copy / pos)
+        else:
+            (copy / pos).symlink_to("/dev/zero")
+        err, elapsed = _load_with_alarm(copy)
+        assert isinstance(err, ValueError), f"{pos}: {err!r}"
+        assert elapsed < 1.0, f"{pos}: refused after {elapsed:.2f} s"
+        assert Path(pos).name in str(err) and "\n" not in str(err), f"{pos}: {err}"
+
+
+# ------------------------------------------------------------------------------------------ oversized fields
+OVERSIZED = {
+    "layers_per_block": ("image_model/config.json", ["layers_per_block"], 100000),
+    "block_out_channels": ("image_model/config.json", ["block_out_channels"], [100000, 100000]),
+    "image_shape": ("image_model/config.json", ["image_shape"], [1, 100000, 100000]),
+    "scm hidden": ("scm/config.json", ["scm", "hidden"], [100000, 100000]),
+    "mechanism hidden": ("scm/config.json", ["mechanisms", "i", "config", "hidden"], [100000, 100000]),
+    "count_bins": ("scm/config.json", ["mechanisms", "t", "config", "count_bins"], 10 ** 8),
+    "cardinality": ("scm/config.json", ["mechanisms", "d", "config", "cardinality"], 10 ** 9),
+    # within the bounds, but far more than the weights hold: refused from the safetensors header (meta device)
+    "widths the weights lack": ("image_model/config.json", ["block_out_channels"], [4096, 4096]),
+    "hidden the weights lack": ("scm/config.json", ["mechanisms", "i", "config", "hidden"], [4096] * 8),
+    "classifier width": ("classifier/config.json", ["width"], 100000),
+    "classifier feature_dim": ("classifier/config.json", ["feature_dim"], 10 ** 8),
+    "classifier classes": ("classifier/config.json", ["num_classes"], 10 ** 9),
+}
+
+_RSS_CHILD = """
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+from pipeline.core import CounterfactualPipeline
+cases = json.loads(sys.argv[1])
+CounterfactualPipeline.load(cases.pop("intact"))  # every lazy import and first-use allocation done
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = {}
+for name, path in cases.items():
+    try:
+        CounterfactualPipeline.load(path)
+        out[name] = ["loaded", 0]
+    except ValueError as e:
+        out[name] = [str(e), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024]
+print(json.dumps(out))
+"""
+
+
+def test_oversized_fields_are_refused_before_any_large_allocation(saved, tmp_path):
+    """Before: layers_per_block 100000, SCM hidden [100000, 100000] (40 GB) and classifier width 100000 (360 GB)
+    built their modules before the weights were compared. Now: each is refused with a line naming the file, and the
+    peak RSS of the loading process rises by less than 100 MB over all of them (measured in a fresh process)."""
+    _, src = saved
+    cases = {"intact": str(src)}
+    for name, (file, keys, value) in OVERSIZED.items():
+        copy = tmp_path / name.replace(" ", "_") / "pipe"
+        shutil.copytree(src, copy)
+        cfg = json.loads((copy / file).read_text())
+        node = cfg
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+        (copy / file).write_text(json.dumps(cfg))
+        cases[name] = str(copy)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(cases)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    for name, (file, _, _) in OVERSIZED.items():
+        msg, rise_mb = out[name]
+        assert msg != "loaded", f"{name}: loaded"
+        assert Path(file).name in msg or Path(file).parent.name in msg, f"{name}: {msg}"
+        assert rise_mb < 100, f"{name}: peak RSS rose {rise_mb:.0f} MB ({msg})"
+
+
+# ------------------------------------------------------------------------------------------ failed fits
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _fails_on_call(module: torch.nn.Module, n: int, exc: type[BaseException]):
+    """Make ``module``'s forward raise ``exc`` on its ``n``-th call (after ``n - 1`` optimizer steps)."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+        if calls[0] == n:
+            raise exc("the fit fails here")
+    return module.register_forward_pre_hook(hook), calls
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_image_model_fit_restores_every_parameter(tmp_path, exc):
+    torch.set_num_threads(1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = ConditionalUNet(CONFIG).train()
+    before = _snapshot(model)
+    handle, calls = _fails_on_call(model, 4, exc)
+    with pytest.raises(exc):
+        train(CONFIG, TrainConfig(**{**TRAIN, "ckpt_every": 100}), toy_data(), tmp_path / "run", progress=False,
+              model=model)
+    handle.remove()
+    assert calls[0] == 4  # three optimizer steps ran before the failure
+    assert model.training
+    after = _snapshot(model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_classifier_fit_restores_every_parameter(exc):
+    from pipeline.classifier import ClassifierConfig, train_classifier
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(64, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 3, (64,), generator=g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = DigitClassifier(ClassifierConfig(num_classes=3, width=4, feature_dim=8)).eval()
+    before = _snapshot(model)
+    handle, calls = _fails_on_call(model, 3, exc)
+    with pytest.raises(exc):
+        train_classifier(images, labels, epochs=2, batch_size=16, progress=False, model=model,
+                         config=model.config)
+    handle.remove()
+    assert calls[0] == 3 and not model.training
+    after = _snapshot(model)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_a_failed_predictor_fit_restores_every_parameter(exc):
+    from pipeline.predictors import AttributePredictor, PredictorConfig, PredictorSet, train_predictors
+    from scm import CausalGraph
+
+    torch.set_num_threads(1)
+    graph = CausalGraph.from_dict({"nodes": {"t": {"kind": "positive"}, "image": {"kind": "image",
+                                                                                  "shape": [1, 8, 8]}},
+                                   "edges": [["t", "image"]]})
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(1, 8, 8, generator=g) * 2 - 1, {"t": torch.rand((), generator=g) + 0.5}) for _ in range(40)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        pred = AttributePredictor(PredictorConfig("t", "regressor", (1, 8, 8), mean=1.0, std=0.3, low=0.0,
+                                                  widths=(4,), feature_dim=4)).eval()
+    before = _snapshot(pred)
+    handle, calls = _fails_on_call(pred, 3, exc)
+    with pytest.raises(exc):
+        train_predictors(graph, data, epochs=3, batch_size=8, progress=False, init=PredictorSet({"t": pred}))
+    handle.remove()
+    assert calls[0] == 3 and not pred.training
+    after = _snapshot(pred)
+    assert all(torch.equal(after[k], before[k]) for k in before)
 
 
 if __name__ == "__main__":
