@@ -37,6 +37,11 @@ def files(tmp_path_factory) -> Path:
     (root / "a_file").write_text("x")
     (root / "a_dir").mkdir()
     (root / "empty_pipe").mkdir()
+    red = torch.full((1, 3, 8, 8), -1.0)
+    red[:, 0] = 1.0
+    save_image(red, root / "red.png")  # colour, for the grey pipeline
+    (root / "bad.toml").write_text("[nonsense\n")
+    (root / "graph.json").write_text('{"nodes": 3}')
     damaged = root / "damaged_pipe"
     pipe.save(damaged)
     w = damaged / "image_model" / "model.safetensors"
@@ -66,6 +71,7 @@ def run_user_error(files: Path, tmp_path: Path, args: list[str], fragment: str) 
     assert "Traceback" not in text, text
     errors = [line for line in text.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, text
+    assert res.stderr.splitlines() == errors, f"stderr must hold exactly the one Error line: {res.stderr!r}"
     assert fragment in errors[0], text
     assert not out.exists(), "the failed command wrote its output folder"
     assert list(cwd.iterdir()) == [], "the failed command wrote into the working directory"
@@ -130,6 +136,10 @@ COUNTERFACTUAL_CASES = {
     "image: not an image": (dict(image="{F}/notes.png"), "not a readable PNG/JPEG"),
     "image: truncated PNG": (dict(image="{F}/cut.png"), "not a readable PNG/JPEG"),
     "image: wrong size": (dict(image="{F}/big.png"), "12x12"),
+    "image: colour for a grey pipeline": (dict(image="{F}/red.png"), "is a colour (RGB, 3-channel) image"),
+    "do: a shift of a categorical node": (dict(do="d=+1"), "a shift of the categorical node 'd' is not allowed"),
+    "out: not a PNG": (dict(out="{OUT}/cf.jpg"), "images are written as PNG only"),
+    "out: in /proc": (dict(out="/proc/x.png"), "'/proc' is not a writable directory"),
     # the pipeline directory
     "pipeline: missing": (dict(pipeline="{F}/no_such_pipe"), "does not exist"),
     "pipeline: empty folder": (dict(pipeline="{F}/empty_pipe"), "no config.json"),
@@ -216,6 +226,21 @@ OTHER_CASES = {
     "evaluate: bad --descendant-weight": (["evaluate", "--pipeline", "{F}/pipe", "--descendant-weight", "paper",
                                            "--out", "{OUT}"], "--descendant-weight 'paper'"),
     "unknown option": (["counterfactual", "--dose", "t=1"], "No such option"),
+    "unknown command": (["bench", "nosuch"], "No such command 'nosuch'"),
+    "generate: unknown --data": (["generate", "--pipeline", "{F}/pipe", "--data", "nosuch:thing", "--do", "t=2",
+                                  "--out", "{OUT}"], "is not a data spec"),
+    "generate: --out a file": (["generate", "--pipeline", "{F}/pipe", "--data", "morpho-test", "--do", "t=2",
+                                "--out", "{F}/a_file"], "is a file"),
+    "experiment run: missing spec": (["experiment", "run", "{F}/nope.toml"], "spec file not found"),
+    "experiment run: bad TOML": (["experiment", "run", "{F}/bad.toml"], "not valid TOML"),
+    "app: port out of range": (["app", "--pipeline", "{F}/pipe", "--port", "99999"], "--port"),
+    "app: missing pipeline": (["app", "--pipeline", "{F}/nope"], "does not exist"),
+    "train: a bad graph file": (["train", "--data", "csv:{F}/nope.csv", "--graph", "{F}/graph.json", "--out",
+                                 "{OUT}"], "graph.json"),
+    "train: --data without --graph": (["train", "--data", "csv:{F}/nope.csv", "--out", "{OUT}"],
+                                      "--data and --graph go together"),
+    "data preview: unknown dataset": (["data", "preview", "--dataset", "nosuch", "--out", "{OUT}/p.png"],
+                                      "--dataset"),
 }
 
 
@@ -246,3 +271,14 @@ def test_errors_are_one_line_without_usage(args, tmp_path, monkeypatch):
     assert res.exit_code == 2, res.output
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
     assert "Usage:" not in res.output and "Try '" not in res.output
+
+
+def test_debug_adds_the_traceback(files, tmp_path):
+    """``--debug`` (or DCFG_DEBUG=1) prints the traceback before the same Error line; without it there is none."""
+    args = [a.replace("{F}", str(files)) for a in _cf(out="/proc/x.png")]
+    plain = CliRunner().invoke(main, args)
+    debug = CliRunner().invoke(main, ["--debug", *args])
+    assert plain.exit_code == debug.exit_code == 2
+    assert "Traceback" not in plain.stderr and len(plain.stderr.splitlines()) == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.splitlines()[-1] == plain.stderr.splitlines()[0]
