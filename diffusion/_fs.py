@@ -281,7 +281,7 @@ def read_json(path: str | os.PathLike, root: str | os.PathLike | None = None, *,
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not a JSON text file (byte {e.start} is 0x{data[e.start]:02x}, not UTF-8); "
-                         f"it is damaged or not a {what}") from None
+                         f"it is damaged or not {'an' if what[:1] in 'aeiou' else 'a'} {what}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
