@@ -328,18 +328,25 @@ def _check_out(path: str, flag: str = "--out") -> None:
         _fail(str(e))
 
 
-def _load_pipeline(path: str | None, device: str | None = None):
-    """A saved pipeline folder, or a bundled pipeline's name (``morphomnist``, ``morpho-colour``), on ``device``."""
+def _load_pipeline(path: str | None, device: str | None = None, solver: str | None = None):
+    """A saved pipeline folder, or a bundled pipeline's name (``morphomnist``, ``morpho-colour``), on ``device``;
+    ``solver`` (when given) replaces its configured solver for this run."""
+    import dataclasses
+
     from pipeline.core import CounterfactualPipeline, resolve_pipeline_path
 
     _check_device(device)
     name, folder = resolve_pipeline_path(path)
     try:
         if name is not None:
-            return CounterfactualPipeline.pretrained(name, device=device or "cpu")
-        return CounterfactualPipeline.load(folder, device=device or "cpu")
+            pipe = CounterfactualPipeline.pretrained(name, device=device or "cpu")
+        else:
+            pipe = CounterfactualPipeline.load(folder, device=device or "cpu")
     except (ValueError, TypeError) as e:
         _fail(str(e))
+    if solver is not None:
+        pipe.config = dataclasses.replace(pipe.config, solver=solver)
+    return pipe
 
 
 def _refuse_discrete_shifts(graph, do) -> None:
@@ -438,6 +445,11 @@ _INTERVAL_OPT = click.option(
     "--interval", "interval_text", default=None, metavar="LO,HI",
     help="Guide only at timesteps LO <= t <= HI of the schedule (0 <= LO < HI <= T, e.g. 200,800), the plain "
          "conditional elsewhere; 'none': every step. Default: the pipeline's.")
+_SOLVER_OPT = click.option(
+    "--solver", type=click.Choice(["ddim", "dpmpp_2m", "unipc"]), default=None,
+    help="Solver of inversion and decoding: 'ddim', 'dpmpp_2m' (DPM-Solver++(2M), inverted with its inverse "
+         "scheduler) or 'unipc' (UniPC, inverted with DDIM); --steps counts its steps. Default: the pipeline's "
+         "(docs/benchmarks.md has their measured quality and cost).")
 _APG_ETA_OPT = click.option("--apg-eta", type=click.FloatRange(0.0, 1.0), default=None,
                             help="APG's weight of the parallel part, in [0, 1] (default: the pipeline's, 0).")
 
@@ -503,12 +515,13 @@ def _descendant_weight(text: str | None) -> float | str | None:
 @_VARIANT_OPT
 @_INTERVAL_OPT
 @_APG_ETA_OPT
+@_SOLVER_OPT
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @_PIPELINE_OPT
 @_DEVICE_OPT
 @_THREADS_OPT
 def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, descendant_weight_text,
-                   anchor, variant, interval_text, apg_eta, out_path, pipeline_dir, device, threads):
+                   anchor, variant, interval_text, apg_eta, solver, out_path, pipeline_dir, device, threads):
     """One counterfactual query on one image; writes the counterfactual PNG."""
     from pipeline.images import read_image, save_image
     from pipeline.parsing import check_writable, parse_assignments, parse_do
@@ -527,7 +540,7 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
         _fail(f"--interval {interval_text} modifies guidance, but --guidance none has none; use --guidance cfg "
               f"or dcfg")
     _threads(threads)
-    pipe = _load_pipeline(pipeline_dir, device)
+    pipe = _load_pipeline(pipeline_dir, device, solver)
     _refuse_discrete_shifts(pipe.graph, do)
     shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
     import torch
@@ -606,6 +619,7 @@ def _log_setup(quiet: bool) -> None:
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @_VARIANT_OPT
 @_INTERVAL_OPT
+@_SOLVER_OPT
 @click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True, help="Images per shard.")
 @click.option("--chunk-size", type=click.IntRange(1), default=None,
               help="Rows per batched network call within a shard (default: the pipeline's, 256).")
@@ -617,7 +631,7 @@ def _log_setup(quiet: bool) -> None:
               help="Output folder (new, empty, or an earlier run of the same command to resume).")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bar or log lines.")
-def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, seed, variant, interval_text,
+def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, seed, variant, interval_text, solver,
                      shard_size, chunk_size, limit, image_dtype, device, out_dir, threads, quiet):
     """Counterfactuals of every image of a dataset, written as resumable shards plus manifest.json.
 
@@ -659,7 +673,7 @@ def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, s
     try:
         m = generate(pipeline_dir, data_spec, do_text, out=out_dir, guidance=guidance, scale=scale, steps=steps,
                      seed=seed, variant="config" if variant is None else variant, interval=interval,
-                     shard_size=shard_size, chunk_size=chunk_size, limit=limit,
+                     solver=solver, shard_size=shard_size, chunk_size=chunk_size, limit=limit,
                      image_dtype=image_dtype, device=device, progress=not quiet)
     except (ValueError, TypeError) as e:
         _fail(str(e))
@@ -900,10 +914,11 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
               help="Output folder (metrics.json, report.md, tradeoff.png, grid.png), written atomically.")
 @click.option("--update-card", is_flag=True,
               help="Write the headline into the pipeline folder's model card (README.md, config.json).")
+@_SOLVER_OPT
 @_DEVICE_OPT
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_command(pipeline_dir, data_spec, update_card, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
+def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
                      sweep_methods_text, interval_text, apg_eta, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
                      invariant_weight, descendant_weight_text, anchor, ablation_dir, classifier_dir, root, max_sources,
                      seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads, quiet):
@@ -957,7 +972,7 @@ def evaluate_command(pipeline_dir, data_spec, update_card, device, n_rows, steps
         cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight,
         descendant_weight=descendant_weight, anchor=anchor, interval=interval, apg_eta=apg_eta, chunk_size=chunk_size,
         seed=seed, precision=precision, compile={"auto": "auto", "on": True, "off": False}[compile_text])
-    pipe = _load_pipeline(pipeline_dir, device)
+    pipe = _load_pipeline(pipeline_dir, device, solver)
     from diffusion.guidance import check_interval
 
     try:  # the guidance interval, before any data is read

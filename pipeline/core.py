@@ -22,7 +22,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from diffusion import ConditionalUNet, check_anchor, ddim_invert, ddim_sample, guided_eps_fn
+from diffusion import ConditionalUNet, check_anchor, ddim_sample, guided_eps_fn
+from diffusion.solvers import check_solver
+from diffusion.solvers import invert as solver_invert
+from diffusion.solvers import sample as solver_sample
 from diffusion._fs import SavedKind, check_entry, check_keys, find_saved_dir, read_json, save_dir
 from diffusion._io import atomic_write_bytes
 from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
@@ -94,6 +97,9 @@ class PipelineConfig:
             ``scale`` (with several intervened attributes, the smallest of theirs); attributes not
             listed fall back to ``scale``. Thickness, for instance, overshoots at a scale the
             digit needs.
+        solver: the default solver of inversion and decoding: ``"ddim"`` (default), ``"dpmpp_2m"`` or
+            ``"unipc"`` (:mod:`diffusion.solvers`; their measured quality and cost are in
+            ``docs/benchmarks.md``).
         refine_steps: fixed-point iterations per DDIM inversion step (0 = plain DDIM inversion);
             each costs one more network call per step and makes inversion closer to exact. One
             iteration cut the invert-then-decode error of the Morpho model at 50 steps from 0.040 to
@@ -125,6 +131,7 @@ class PipelineConfig:
     invariant_weight: float = 1.0
     chunk_size: int = 256
     refine_steps: int = 1
+    solver: str = "ddim"
     attribute_scales: dict[str, float] = field(default_factory=dict)
     descendant_weight: float | None = None
     dcfg_anchor: str = "null"
@@ -157,6 +164,10 @@ class PipelineConfig:
         count("steps", self.steps, 1)
         count("chunk_size", self.chunk_size, 1)
         count("refine_steps", self.refine_steps, 0)
+        try:
+            check_solver(self.solver)
+        except ValueError as e:
+            raise ValueError(f"pipeline config {e}") from None
         if not isinstance(self.attribute_scales, Mapping):
             raise ValueError(f"pipeline config attribute_scales={self.attribute_scales!r} must be a dict "
                              f"attribute -> scale")
@@ -389,6 +400,7 @@ class CounterfactualPipeline:
         apg_eta: float | None = None,
         apg_threshold: float | None = None,
         apg_momentum: float | None = None,
+        solver: str | None = None,
     ) -> CounterfactualResult:
         """Answer "what would these images look like under ``do``?".
 
@@ -423,6 +435,9 @@ class CounterfactualPipeline:
                 the pipeline's ``config.interval``).
             apg_eta, apg_threshold, apg_momentum: APG's settings (``None``: the pipeline's; see
                 :func:`diffusion.guidance.apg_update`; a threshold of 0 turns it off).
+            solver: ``"ddim"``, ``"dpmpp_2m"`` or ``"unipc"`` for inversion and decoding (``None``: the
+                pipeline's ``config.solver``); ``steps`` is then that solver's step count. ``"cfgpp"`` needs
+                ``"ddim"``.
 
         Returns:
             A :class:`CounterfactualResult`.
@@ -441,6 +456,10 @@ class CounterfactualPipeline:
         anchor = check_anchor(cfg.dcfg_anchor if anchor is None else anchor)
         variant, interval, apg = self._variant_args(guidance, variant, interval, apg_eta, apg_threshold,
                                                     apg_momentum)
+        solver = check_solver(cfg.solver if solver is None else solver)
+        if solver != "ddim" and variant == "cfgpp":
+            raise ValueError(f"variant='cfgpp' needs solver='ddim' (CFG++ gives two eps per step, which only the "
+                             f"DDIM step takes); got solver={solver!r}")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
         if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -470,11 +489,11 @@ class CounterfactualPipeline:
             # 1. Abduction (image): DDIM inversion under the factual parents, no guidance (CFG++: its pair at
             #    weight 1, the inverse of decoding at weight 1).
             x_T = self.invert(x0, fact, steps=steps, progress=progress, variant=variant,
-                              anchor=anchor if guidance == "dcfg" else "null", interval=interval)
+                              anchor=anchor if guidance == "dcfg" else "null", interval=interval, solver=solver)
             # 3. Prediction (image): decode x_T under the counterfactual parents with guidance.
             x_cf = self.decode(x_T, cf, guidance=guidance, groups=group_lists,
                                weights=group_weights, steps=steps, progress=progress, anchor=anchor,
-                               variant=variant, interval=interval, **apg)
+                               variant=variant, interval=interval, solver=solver, **apg)
             out_images.append(x_cf)
             x_T_all.append(x_T)
         noise = {k: v for k, v in u.items()}
@@ -554,8 +573,11 @@ class CounterfactualPipeline:
     @torch.no_grad()
     def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int | None = None,
                refine_steps: int | None = None, progress: bool = False, variant: str | None = None,
-               anchor: str = "null", interval: Sequence[float] | None = None) -> Tensor:
-        """DDIM-invert images to their noise ``x_T`` under the given parents (no guidance).
+               anchor: str = "null", interval: Sequence[float] | None = None,
+               solver: str | None = None) -> Tensor:
+        """Invert images to their noise ``x_T`` under the given parents (no guidance), with ``solver``'s
+        inverter (default: ``config.solver``; DDIM with ``refine_steps`` fixed-point iterations, or DPM-Solver++'s
+        inverse scheduler; see :mod:`diffusion.solvers`).
 
         ``variant="cfgpp"`` inverts with CFG++'s pair at weight 1 instead: the clean image predicted with
         ``eps(c)``, re-noised with the anchor eps, ``eps(null)`` (``anchor="null"``: CFG and the paper's DCFG) or
@@ -571,8 +593,9 @@ class CounterfactualPipeline:
                                    interval=interval)
         else:
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
-        return ddim_invert(eps_fn, images, self._alphas(images.device), steps,
-                           refine_steps=refine, progress=progress)
+        return solver_invert(eps_fn, images, self._alphas(images.device), steps,
+                             solver=self.config.solver if solver is None else solver, refine_steps=refine,
+                             progress=progress)
 
     @torch.no_grad()
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str = "none",
@@ -580,8 +603,9 @@ class CounterfactualPipeline:
                scale: float = 1.0, steps: int | None = None, progress: bool = False,
                anchor: str | None = None, variant: str | None = None, interval: Sequence[float] | None = None,
                apg_eta: float | None = None, apg_threshold: float | None = None,
-               apg_momentum: float | None = None) -> Tensor:
-        """DDIM-decode ``x_T`` under ``parents`` with no guidance, CFG or DCFG.
+               apg_momentum: float | None = None, solver: str | None = None) -> Tensor:
+        """Decode ``x_T`` under ``parents`` with no guidance, CFG or DCFG, with ``solver`` (default:
+        ``config.solver``).
 
         ``anchor`` is DCFG's formulation (default: ``config.dcfg_anchor``); it is ignored otherwise.
         ``variant`` (``None``, ``"apg"``, ``"cfgpp"``) and ``interval`` are used as given (``None``: none; the
@@ -603,7 +627,8 @@ class CounterfactualPipeline:
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=w, **extra)
         else:
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none", **extra)
-        out = ddim_sample(eps_fn, x_T, self._alphas(x_T.device), steps, progress=progress)
+        out = solver_sample(eps_fn, x_T, self._alphas(x_T.device), steps,
+                            solver=self.config.solver if solver is None else solver, progress=progress)
         return out.clamp(-1.0, 1.0)
 
     @torch.no_grad()

@@ -1022,6 +1022,7 @@ def generate(
     shard_size: int = 256,
     variant: str | None = "config",
     interval: Any = "config",
+    solver: str | None = None,
     chunk_size: int | None = None,
     limit: int | None = None,
     image_dtype: str = "uint8",
@@ -1101,7 +1102,7 @@ def generate(
             _check_fits(rows, graph)
             rows = _limited(rows, limit)
         manifest, interventions = _plan_run(pipe, pipe_hash, rows, do, guidance, scale, steps, int(seed),
-                                            int(shard_size), chunk_size, image_dtype, variant, interval)
+                                            int(shard_size), chunk_size, image_dtype, variant, interval, solver)
         old = _check_out(out, manifest)  # every rank checks: a mismatch stops all of them
         identity_sha = hashlib.sha256(json.dumps(manifest.identity(), sort_keys=True).encode()).hexdigest()
         rlog = _Rank(log, {"rank": ctx.rank, "world": ctx.world_size})
@@ -1191,7 +1192,7 @@ def _bundled_dir() -> Path:
 
 def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: _Rows, do: Any, guidance: str | None,
               scale: float | None, steps: int | None, seed: int, shard_size: int, chunk_size: int | None,
-              image_dtype: str, variant: Any = "config", interval: Any = "config"
+              image_dtype: str, variant: Any = "config", interval: Any = "config", solver: str | None = None
               ) -> tuple[Manifest, dict[str, Any]]:
     """The planned manifest (every shard pending) and the checked interventions."""
     from .groups import resolve_guidance
@@ -1223,6 +1224,13 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: _Rows, do: Any, guidan
             query["apg"] = apg
     if interval is not None:
         query["interval"] = list(interval)
+    from diffusion.solvers import check_solver
+
+    solver = check_solver(cfg.solver if solver is None else solver)
+    if solver != "ddim":  # recorded only when not DDIM: a DDIM run's manifest stays as it was
+        if variant == "cfgpp":
+            raise ValueError(f"variant='cfgpp' needs solver='ddim'; got solver={solver!r}")
+        query["solver"] = solver
     manifest = Manifest(FORMAT_VERSION, pipe_hash, query, {**rows.spec, "length": len(rows)},
                         _plan(len(rows), shard_size), contents=_contents(graph, image_dtype))
     return manifest, interventions
@@ -1280,7 +1288,7 @@ def _write_shard(pipe: Any, rows: _Rows, rec: ShardRecord, do: Mapping[str, Any]
                               guidance=query["guidance"], scale=query["scale"], steps=query["steps"],
                               seed=_shard_seed(query["seed"], rec.index), chunk_size=query["chunk_size"],
                               variant=query.get("variant"), interval=query.get("interval"),
-                              **query.get("apg", {}))
+                              solver=query.get("solver", "ddim"), **query.get("apg", {}))
     meta = {"format_version": FORMAT_VERSION, "shard": rec.index, "start": rec.start, "stop": rec.stop,
             "identity": identity_sha}
     blob = _shard_bytes(res, index, graph, query["image_dtype"], meta)

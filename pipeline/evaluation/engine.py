@@ -114,7 +114,11 @@ class QueryEngine:
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
         self.bar = bar
         self.nfe = 0
-        self.refine_steps = int(getattr(pipe.config, "refine_steps", 0) or 0)
+        from diffusion.solvers import uses_refinement
+
+        self.solver = getattr(pipe.config, "solver", "ddim")
+        # refinement is a DDIM inversion's: DPM-Solver++'s inverse scheduler takes one evaluation per step
+        self.refine_steps = int(getattr(pipe.config, "refine_steps", 0) or 0) if uses_refinement(self.solver) else 0
         self.num_timesteps = num_timesteps(pipe)
         try:
             self.device = next(pipe.image_model.parameters()).device

@@ -425,6 +425,15 @@ def _decode_key(node: str, guidance: str, groups: Sequence[Sequence[str]], weigh
     return (node, guidance, tuple(map(tuple, groups)), tuple(weights), anchor, steps)
 
 
+def _refine_steps(pipe: Any) -> int:
+    """The fixed-point refinements of ``pipe``'s inversion (none where its solver does not invert with DDIM)."""
+    from diffusion.solvers import uses_refinement
+
+    if not uses_refinement(getattr(pipe.config, "solver", "ddim")):
+        return 0
+    return int(getattr(pipe.config, "refine_steps", 0) or 0)
+
+
 def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0,
                  pipeline_config: Any = None, num_timesteps: int = 1000) -> dict[str, int]:
     """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
@@ -897,7 +906,7 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
         raise ValueError(f"the ablation pipeline's image parents {ablation.graph.image_parents()} differ from "
                          f"{pipe.graph.image_parents()}; both must answer the same queries")
     pipelines = {"main": pipe} if ablation is None else {"main": pipe, "ablation": ablation}
-    plans = [estimate_nfe(c, p.graph, refine_steps=int(getattr(p.config, "refine_steps", 0) or 0),
+    plans = [estimate_nfe(c, p.graph, refine_steps=_refine_steps(p),
                           num_timesteps=num_timesteps(p),
                           pipeline_config=p.config) for p in pipelines.values()]
     plan = {k: sum(pl[k] for pl in plans) for k in plans[0]}
@@ -937,6 +946,7 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
         "factual": factual,
         "pipelines": results,
         "headline": _headline(pipe.graph, results, _targets_of(pipe)),
+        "solver": getattr(pipe.config, "solver", "ddim"),
         "timing": {"wall_s": wall, "prepare_s": prep_s, "nfe": nfe_total,
                    "ms_per_nfe": 1000.0 * max(diffusion_s, 0.0) / max(nfe_total, 1), "torch_threads": torch.get_num_threads(),
                    "precision": c.precision, "compile": compile_},

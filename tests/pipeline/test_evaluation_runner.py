@@ -107,7 +107,7 @@ def test_toy_oracles_read_back_the_labels(toy_data):
 
 def test_result_has_every_section_and_metric(result):
     m = result.metrics
-    assert set(m) == {"settings", "plan_nfe", "factual", "pipelines", "headline", "timing"}
+    assert set(m) == {"settings", "plan_nfe", "factual", "pipelines", "headline", "solver", "timing"}
     run = m["pipelines"]["main"]
     assert set(run["main"]) == {"thickness", "intensity", "digit"}
     methods = [r["method"] for r in run["main"]["thickness"]]
