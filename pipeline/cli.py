@@ -728,6 +728,66 @@ def bench_generate_command(n_images, steps, data_spec, do_text, shard_size, chun
     click.echo(f"wrote {out}")
 
 
+def _csv_ints(text: str, flag: str, low: int = 0) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"{flag} {text!r} must be comma-separated integers")
+    if not values or any(v < low for v in values):
+        _fail(f"{flag} {text!r} must list integers >= {low}")
+    return values
+
+
+@bench.command("solvers")
+@_PIPELINE_OPT
+@click.option("--solvers", "solvers_text", default="ddim,dpmpp_2m,unipc", show_default=True,
+              help="Comma-separated solvers.")
+@click.option("--steps", "steps_text", default="10,15,20,30,50", show_default=True, help="Step counts.")
+@click.option("--refine", "refine_text", default="0,1", show_default=True,
+              help="Fixed-point refinements of a DDIM inversion (ignored for dpmpp_2m's own inverse).")
+@click.option("--n", type=click.IntRange(1, 1000), default=100, show_default=True, help="Test rows per setting.")
+@click.option("--cycle-n", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="Rows of composition (1 and 10 cycles).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="bench_solvers.json", show_default=True,
+              help="JSON file for the results.")
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No log lines.")
+def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n, cycle_n, precision, out, threads,
+                          quiet):
+    """Quality and cost of each solver x steps x refinement (composition, ground-truth L1, effectiveness,
+    spurious change, image-NFEs and wall time per counterfactual), at the pipeline's DCFG defaults."""
+    from diffusion.solvers import SOLVERS
+
+    _check_out(out)
+    solvers = [v.strip() for v in solvers_text.split(",") if v.strip()]
+    bad = [v for v in solvers if v not in SOLVERS]
+    if bad or not solvers:
+        _fail(f"--solvers {solvers_text!r}: choose from {list(SOLVERS)}")
+    steps = _csv_ints(steps_text, "--steps", 1)
+    refines = _csv_ints(refine_text, "--refine", 0)
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir)
+    from pipeline.bench_solvers import bench_solvers, format_solver_table
+    from pipeline.bench_train import cpu_facts
+
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    try:
+        rows = bench_solvers(pipe, solvers=solvers, steps=steps, refines=refines, n=n, cycle_n=cycle_n,
+                             precision=precision, log=log)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    import torch
+
+    result = {"command": _command_line("dcfg bench solvers"), "cpu": cpu_facts(),
+              "torch_threads": torch.get_num_threads(), "rows": rows}
+    from diffusion._io import atomic_write_json
+
+    atomic_write_json(out, result)
+    click.echo(format_solver_table(rows))
+    click.echo(f"wrote {out}")
+
+
 @bench.command("pipeline")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--steps", "steps_text", default="10,20,50", show_default=True,
