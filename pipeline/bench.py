@@ -1,163 +1,204 @@
 """``dcfg bench pipeline``: the cost of a whole counterfactual query against its network evaluations.
 
-A query with S DDIM steps runs (1 + r) * S network calls of B rows for the inversion (r fixed-point
-refinements per step), then S calls of k*B rows for the decoding (k = 1 without guidance, 2 for CFG,
-M+1 for DCFG with M groups, or 1 + the groups not at weight 1 with DCFG anchored at the full
-condition). The *overhead ratio* divides the query's wall time by the time of those same network
-calls measured alone:
+For every guidance method (``none``, ``cfg``, ``dcfg`` and their variants ``BASE[+apg|+cfgpp][+interval]``) and
+step count, a query of ``batch`` images runs at the pipeline's defaults (its solver, inversion refinement, scales
+and anchors) while a thin wrapper around ``image_model.eps`` records every network call: its rows and its time.
+Then each distinct row count is timed alone (one batched forward, median of ``repeats``), and
 
-    ratio = wall / ((1 + r) * S * t_fwd(B) + S * t_fwd(k * B))
+    floor = sum over the query's calls of t_fwd(rows of that call)
+    ratio = wall / floor
 
-A ratio of 1.0 means the SCM, the guidance arithmetic and the DDIM updates cost nothing beside the
-network.
+A ratio of 1.0 means the SCM, the guidance arithmetic and the solver's updates cost nothing beside the network.
+The image-NFEs of a counterfactual are the rows of all calls divided by the batch.
 
-On a shared 2-core machine the stand-alone forward timings drift by 10-50 % between the moment they
-are taken and the moment the query runs, so the bench also times every network call *inside* the
-query (a thin wrapper around ``image_model.eps``) and reports
-
-    in_situ_ratio = wall / (sum of the query's own network-call times)
-
-which measures the same thing, the cost of everything that is not the network, without that drift.
-Each query is run ``repeats`` times and the median wall time is reported.
+The stand-alone forward time of a shared machine drifts between the moment it is taken and the moment the query
+runs, so the bench also reports ``in_situ_ratio = wall / (the query's own network-call time)``, which measures the
+same overhead without that drift. Each query runs ``repeats`` times; the median wall time is reported.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 from .core import CounterfactualPipeline
-from .evaluation.engine import nfe_per_step
-from .groups import resolve_guidance
+
+#: The methods timed by default: the three guidances and each variant on CFG and DCFG.
+DEFAULT_METHODS = ("none", "cfg", "dcfg", "cfg+apg", "dcfg+apg", "cfg+cfgpp", "dcfg+cfgpp", "cfg+interval",
+                   "dcfg+interval")
 
 
-class _NetworkTimer:
-    """Context manager that sums the wall time spent inside ``model.eps`` while it is active."""
+class _NetworkCalls:
+    """Context manager that records the rows and wall time of every ``model.eps`` call while it is active."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
+        self.rows: list[int] = []
         self.seconds = 0.0
 
-    def __enter__(self) -> "_NetworkTimer":
+    def __enter__(self) -> "_NetworkCalls":
         inner = self.model.eps
 
-        def timed(*args, **kwargs):
+        def recorded(x, *args, **kwargs):
             t0 = time.perf_counter()
             try:
-                return inner(*args, **kwargs)
+                return inner(x, *args, **kwargs)
             finally:
                 self.seconds += time.perf_counter() - t0
+                self.rows.append(int(x.shape[0]))
 
-        self.model.eps = timed  # an instance attribute shadows the method
+        self.model.eps = recorded  # an instance attribute shadows the method
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         del self.model.eps
 
 
 def _time_forward(pipe: CounterfactualPipeline, rows: int, repeats: int) -> float:
+    """Median seconds of one ``eps`` call of ``rows`` rows (after a warm-up)."""
     model = pipe.image_model
     shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
     x = torch.randn((rows, *shape))
-    attrs = {}
-    for a in model.config.attributes:
-        attrs[a.name] = (torch.zeros(rows, dtype=torch.int64) if a.kind == "categorical"
-                         else torch.full((rows,), float(a.mean)))
+    attrs = {a.name: (torch.zeros(rows, dtype=torch.int64) if a.kind == "categorical"
+                      else torch.full((rows,), float(a.mean))) for a in model.config.attributes}
     t = torch.full((rows,), 500, dtype=torch.int64)
     with torch.no_grad():
-        model.eps(x, t, attrs)  # warm-up
+        model.eps(x, t, attrs)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             model.eps(x, t, attrs)
             times.append(time.perf_counter() - t0)
-    return float(sorted(times)[len(times) // 2])  # the median, like the single timed query
+    return float(sorted(times)[len(times) // 2])
 
 
-def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequence[int] = (10, 20, 50),
-                   do: dict | None = None, repeats: int = 3, seed: int = 0,
+def _method_kwargs(pipe: CounterfactualPipeline, method: str, interval: Sequence[float] | None) -> dict[str, Any]:
+    """Query arguments of a method name (``none`` or ``BASE[+apg|+cfgpp][+interval]``)."""
+    if method == "none":
+        return {"guidance": "none"}
+    from .evaluation.runner import parse_method
+
+    base, variant, with_interval = parse_method(method)
+    if base not in ("cfg", "dcfg"):
+        raise ValueError(f"bench pipeline times 'none' and BASE[+apg|+cfgpp][+interval] with BASE 'cfg' or 'dcfg'; "
+                         f"got {method!r}")
+    if with_interval and interval is None:
+        raise ValueError(f"method {method!r} needs a guidance interval: give interval=(lo, hi) (--interval LO,HI) "
+                         f"or save one in the pipeline's config")
+    return {"guidance": base, "variant": variant, "interval": tuple(interval) if with_interval else None}
+
+
+def _bench_data(pipe: CounterfactualPipeline, batch: int, data: str | None, seed: int) -> tuple[torch.Tensor, dict]:
+    """``batch`` test images with their parents: the pipeline's evaluation data where it has some (the bundled
+    benchmarks' test digits, a CSV pipeline's test rows, or ``data``), else samples of the pipeline itself."""
+    from .evaluation.runner import load_evaluation_data
+
+    try:
+        ev = load_evaluation_data(pipe, data, max_sources=batch, max_rows=batch, progress=False)
+    except ValueError:
+        if data is not None:
+            raise
+        return pipe.sample(batch, steps=10, seed=seed)
+    return ev.images[:batch], {k: v[:batch] for k, v in ev.parents.items()}
+
+
+def _default_do(pipe: CounterfactualPipeline, parents: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """do(first image parent) = another row's factual value (a real change of every row)."""
+    first = pipe.graph.image_parents()[0]
+    return {first: parents[first].roll(1, 0).clone()}
+
+
+def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequence[int | None] = (None,),
+                   methods: Sequence[str] = DEFAULT_METHODS, do: dict | None = None, repeats: int = 3,
+                   seed: int = 0, interval: Sequence[float] | None = None, data: str | None = None,
                    out: str | os.PathLike | None = None, verbose: bool = True) -> dict:
-    """Time counterfactual queries (CFG and DCFG) and compare them with their network calls.
+    """Time counterfactual queries of every method against the floor of their network calls.
 
     Args:
-        pipe: the pipeline to time.
+        pipe: the pipeline to time, at its own defaults (solver, refinement, per-attribute scales, anchors).
         batch: images per query.
-        steps: DDIM step counts to time.
-        do: the intervention (default: ``{"<first image parent>": <its mean>}``).
-        repeats: forward timings take the median of this many runs.
-        seed: seed of the query.
+        steps: step counts to time (``None``: the pipeline's ``config.steps``).
+        methods: ``none``, ``cfg``, ``dcfg`` and variants ``BASE[+apg|+cfgpp][+interval]``.
+        do: the intervention (default: the first image parent set to another row's value).
+        repeats: timed runs of each forward and each query (medians are reported).
+        seed: seed of the queries.
+        interval: guidance interval of the ``+interval`` methods (default: the pipeline's ``config.interval``,
+            else ``(0, T / 2)``, guidance only in the less noisy half of the schedule).
+        data: data spec of the images (default: the pipeline's own test data, else its samples).
         out: optional JSON file for the results.
         verbose: print a table.
 
     Returns:
-        ``{"forward_ms": {rows: ms}, "rows": [...], "threads": n}``.
-    """
-    from .datasets import MorphoMNIST
+        ``{"rows": [...], "forward_ms": {rows: ms}, "machine": ..., "threads": n, "solver": ..., ...}``; each row
+        has ``method, steps, nfe_per_counterfactual, wall_s, ms_per_counterfactual, floor_s, ratio, in_situ_ratio``.
 
-    first = pipe.graph.image_parents()[0]
-    if do is None:
-        spec = pipe.image_model.config.attribute(first)
-        do = {first: float(spec.mean) if spec.kind == "continuous" else 0}
-    shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
-    if shape == (1, 28, 28) and set(pipe.graph.attribute_nodes()) == {"thickness", "intensity", "digit"}:
-        test = MorphoMNIST("test", samples_per_digit=1, seed=0, progress=False)
-        x = test.images[:batch]
-        parents = {k: v[:batch] for k, v in test.attributes.items()}
-    else:  # any other pipeline: parents from its SCM, images from the model itself
-        x, parents = pipe.sample(batch, steps=10, seed=seed)
+    Example:
+        >>> from pipeline.bench import bench_pipeline                         # doctest: +SKIP
+        >>> r = bench_pipeline(CounterfactualPipeline.pretrained(), methods=("cfg", "dcfg"))  # doctest: +SKIP
+    """
+    from .bench_train import cpu_facts
+
+    steps = [pipe.config.steps if s is None else int(s) for s in steps]
+    if interval is None:
+        interval = pipe.config.interval or (0.0, pipe.image_model.config.num_train_timesteps / 2)
+    kwargs = {m: _method_kwargs(pipe, m, interval) for m in methods}  # every name checked before any work
+    x, parents = _bench_data(pipe, batch, data, seed)
     batch = len(x)
+    do = _default_do(pipe, parents) if do is None else do
     fwd: dict[int, float] = {}
     rows = []
-    for guidance in ("cfg", "dcfg"):
-        groups, weights = resolve_guidance(pipe.graph, list(do), guidance, 3.0,  # the groups the query will use
-                                           invariant_weight=pipe.config.invariant_weight,
-                                           descendant_weight=pipe.config.descendant_weight)
-        k = nfe_per_step(guidance, groups, weights, pipe.config.dcfg_anchor)
-        for r in (batch, k * batch):
-            if r not in fwd:
-                fwd[r] = _time_forward(pipe, r, repeats)
+    for method in methods:
         for s in steps:
-            pipe.counterfactual(x[:2], {n: v[:2] for n, v in parents.items()}, do=do,
-                                guidance=guidance, scale=3.0, steps=2, seed=seed)  # warm-up
-            walls, in_net = [], []
+            pipe.counterfactual(x[:2], {n: v[:2] for n, v in parents.items()},
+                                do={k: (v[:2] if torch.is_tensor(v) and v.dim() else v) for k, v in do.items()},
+                                steps=2, seed=seed, **kwargs[method])  # warm-up
+            runs = []
             for _ in range(max(1, repeats)):
-                with _NetworkTimer(pipe.image_model) as timer:
+                with _NetworkCalls(pipe.image_model) as calls:
                     t0 = time.perf_counter()
-                    pipe.counterfactual(x, parents, do=do, guidance=guidance, scale=3.0, steps=s, seed=seed)
-                    walls.append(time.perf_counter() - t0)
-                in_net.append(timer.seconds)
-            order = sorted(range(len(walls)), key=walls.__getitem__)
-            mid = order[len(order) // 2]
-            wall, net = walls[mid], in_net[mid]
-            inv_calls = (1 + pipe.config.refine_steps) * s
-            ideal = inv_calls * fwd[batch] + s * fwd[k * batch]
-            rows.append({"guidance": guidance, "groups": len(groups), "steps": s, "batch": batch,
-                         "nfe_per_step": 1 + pipe.config.refine_steps + k, "wall_s": wall,
-                         "ms_per_counterfactual": 1000 * wall / batch,
-                         "network_s": ideal, "overhead_ratio": wall / ideal,
-                         "in_network_s": net, "in_situ_ratio": wall / net if net > 0 else float("nan"),
-                         "repeats": len(walls)})
-    result = {"forward_ms": {str(r): 1000 * v for r, v in sorted(fwd.items())}, "rows": rows,
-              "threads": torch.get_num_threads(), "do": {k: (v if not callable(v) else "callable")
-                                                          for k, v in do.items()}}
+                    pipe.counterfactual(x, parents, do=do, steps=s, seed=seed, **kwargs[method])
+                    wall = time.perf_counter() - t0
+                runs.append((wall, calls.seconds, calls.rows))
+            wall, net, call_rows = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+            for r in set(call_rows) - set(fwd):
+                fwd[r] = _time_forward(pipe, r, repeats)
+            floor = sum(fwd[r] for r in call_rows)
+            nfe = sum(call_rows) / batch
+            calls_by_rows = {str(r): call_rows.count(r) for r in sorted(set(call_rows))}
+            rows.append({"method": method, "steps": s, "batch": batch, "calls": calls_by_rows,
+                         "nfe_per_counterfactual": nfe, "wall_s": wall, "ms_per_counterfactual": 1000 * wall / batch,
+                         "floor_s": floor, "ratio": wall / floor, "in_network_s": net,
+                         "in_situ_ratio": wall / net if net > 0 else float("nan"), "repeats": len(runs)})
+    result = {"rows": rows, "forward_ms": {str(r): 1000 * v for r, v in sorted(fwd.items())},
+              "solver": pipe.config.solver, "refine_steps": pipe.config.refine_steps, "interval": list(interval),
+              "threads": torch.get_num_threads(), "machine": cpu_facts(),
+              **pipe.image_model.inference_settings,
+              "do": {k: ("per-row tensor" if torch.is_tensor(v) and v.dim() else "callable" if callable(v) else v)
+                     for k, v in do.items()}}
     if verbose:
-        print(f"torch threads: {result['threads']}; one forward: " +
-              ", ".join(f"{r} rows {ms:.1f} ms" for r, ms in result["forward_ms"].items()))
-        print(f"{'guidance':<9}{'steps':>6}{'batch':>6}{'NFE/step':>9}{'wall s':>9}"
-              f"{'ms/cf':>8}{'ratio':>7}{'in-situ':>9}")
-        for r in rows:
-            print(f"{r['guidance']:<9}{r['steps']:>6}{r['batch']:>6}{r['nfe_per_step']:>9}"
-                  f"{r['wall_s']:>9.2f}{r['ms_per_counterfactual']:>8.1f}{r['overhead_ratio']:>7.3f}"
-                  f"{r['in_situ_ratio']:>9.3f}")
-        dc = {r["steps"]: r["wall_s"] for r in rows if r["guidance"] == "dcfg"}
-        cf = {r["steps"]: r["wall_s"] for r in rows if r["guidance"] == "cfg"}
-        print("DCFG / CFG wall time: " + ", ".join(f"{s} steps {dc[s] / cf[s]:.2f}" for s in steps))
+        print(format_pipeline_table(result))
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
+        from diffusion._io import atomic_write_json
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, result)
     return result
+
+
+def format_pipeline_table(result: dict) -> str:
+    """A Markdown table of :func:`bench_pipeline`'s result, with the machine and the floor beside the wall time."""
+    m = result["machine"]
+    lines = [f"{m['cpu']} (avx512_bf16 {m['avx512_bf16']}, amx_bf16 {m['amx_bf16']}), {result['threads']} torch "
+             f"threads, solver {result['solver']}, refine {result['refine_steps']}; one forward: "
+             + ", ".join(f"{r} rows {ms:.1f} ms" for r, ms in result["forward_ms"].items()),
+             "",
+             "| method | steps | image-NFEs / cf | ms / cf | floor ms / cf | wall / floor | wall / in-query network |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['method']} | {r['steps']} | {r['nfe_per_counterfactual']:.1f} | "
+                     f"{r['ms_per_counterfactual']:.1f} | {1000 * r['floor_s'] / r['batch']:.1f} | {r['ratio']:.3f} | "
+                     f"{r['in_situ_ratio']:.3f} |")
+    return "\n".join(lines)

@@ -69,9 +69,11 @@ def _counted_nfe(pipe: Any, ev: Any, steps: int) -> float:
 def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "unipc"),
                   steps: Sequence[int] = (10, 15, 20, 30, 50), refines: Sequence[int] = (0, 1), n: int = 100,
                   cycle_n: int = 10, data: str | None = None, precision: str = "auto", seed: int = 0,
-                  log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """One row per (solver, steps, refine) with the figures of the module docstring. A refinement count is
-    measured only for the solvers whose inversion is DDIM's (the others get refine 0 once)."""
+                  log: Callable[[str], None] | None = None,
+                  on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """One row per (solver, steps, refine) with the figures of the module docstring, in the order the
+    arguments give them. A refinement count is measured only for the solvers whose inversion is DDIM's (the
+    others get refine 0 once). ``on_row(rows so far)`` is called after each setting (to save partial results)."""
     from pipeline.evaluation.runner import EvaluationConfig, evaluate, load_evaluation_data
 
     for s in solvers:
@@ -99,6 +101,8 @@ def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "u
                            "wall_s_per_counterfactual": per_cf * m["timing"]["ms_per_nfe"] / 1000.0,
                            "evaluation_wall_s": m["timing"]["wall_s"]}
                     rows.append(row)
+                    if on_row:
+                        on_row(rows)
                     if log:
                         log(f"{solver} steps={s} refine={refine}: {per_cf:.0f} NFE, composition "
                             f"{row['composition_1']:.3f} / {row['composition_10']:.3f}, gt_l1 {row['gt_l1_mean']}")

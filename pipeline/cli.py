@@ -771,52 +771,60 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n
     from pipeline.bench_solvers import bench_solvers, format_solver_table
     from pipeline.bench_train import cpu_facts
 
-    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    try:
-        rows = bench_solvers(pipe, solvers=solvers, steps=steps, refines=refines, n=n, cycle_n=cycle_n,
-                             precision=precision, log=log)
-    except (ValueError, TypeError) as e:
-        _fail(str(e))
     import torch
 
-    result = {"command": _command_line("dcfg bench solvers"), "cpu": cpu_facts(),
-              "torch_threads": torch.get_num_threads(), "rows": rows}
     from diffusion._io import atomic_write_json
 
-    atomic_write_json(out, result)
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    head = {"command": _command_line("dcfg bench solvers"), "cpu": cpu_facts(),
+            "torch_threads": torch.get_num_threads()}
+    try:
+        rows = bench_solvers(pipe, solvers=solvers, steps=steps, refines=refines, n=n, cycle_n=cycle_n,
+                             precision=precision, log=log,
+                             on_row=lambda done: atomic_write_json(out, {**head, "rows": done}))
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
     click.echo(format_solver_table(rows))
     click.echo(f"wrote {out}")
 
 
 @bench.command("pipeline")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--steps", "steps_text", default="10,20,50", show_default=True,
-              help="Comma-separated DDIM step counts.")
+@click.option("--steps", "steps_text", default=None,
+              help="Comma-separated step counts (default: the pipeline's).")
+@click.option("--methods", "methods_text", default="none,cfg,dcfg,cfg+apg,dcfg+apg,cfg+cfgpp,dcfg+cfgpp,cfg+interval,dcfg+interval",
+              show_default=True,
+              help="none, cfg, dcfg and variants BASE[+apg|+cfgpp][+interval].")
+@click.option("--interval", "interval_text", default=None,
+              help="LO,HI of the +interval methods (default: the pipeline's, else 0,T/2).")
+@click.option("--data", "data_spec", default=None, help="Images to query (default: the pipeline's test data).")
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
               help="Timed runs of each forward and each query (the median is reported).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="fp32", show_default=True)
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the image model first.")
 @click.option("--out", type=click.Path(dir_okay=False), default="bench/pipeline.json",
               show_default=True, help="JSON file for the figures.")
 @_PIPELINE_OPT
+@_SOLVER_OPT
 @_THREADS_OPT
-def bench_pipeline_command(batch, steps_text, repeats, out, pipeline_dir, threads):
-    """ms per counterfactual (CFG, DCFG) and wall time over (NFE x one batched forward)."""
-    from pipeline.parsing import check_writable
-
-    try:
-        steps = [int(s) for s in steps_text.split(",")]
-        if any(s < 1 for s in steps):
-            raise ValueError
-    except ValueError:
-        _fail(f"--steps {steps_text!r} must be comma-separated positive integers, e.g. 10,20,50")
-    try:
-        check_writable(out)
-    except ValueError as e:
-        _fail(str(e))
+def bench_pipeline_command(batch, steps_text, methods_text, interval_text, data_spec, repeats, precision,
+                           compile_model, out, pipeline_dir, solver, threads):
+    """ms per counterfactual of each guidance method at the pipeline's defaults, its image-NFEs, and the wall
+    time over the floor (its network calls, each timed alone)."""
+    steps = _csv_ints(steps_text, "--steps", 1) if steps_text else [None]
+    methods = [m.strip() for m in methods_text.split(",") if m.strip()]
+    interval = _interval(interval_text)
+    _check_out(out)
     _threads(threads)
-    pipe = _load_pipeline(pipeline_dir)
+    pipe = _load_pipeline(pipeline_dir, solver=solver)
+    pipe.set_inference(precision=precision, compile=compile_model)
     from pipeline.bench import bench_pipeline
 
-    bench_pipeline(pipe, batch=batch, steps=steps, repeats=repeats, out=out)
+    try:
+        bench_pipeline(pipe, batch=batch, steps=steps, methods=methods, repeats=repeats, data=data_spec,
+                       interval=None if interval in (None, "config") else interval, out=out)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
     click.echo(f"wrote {out}")
 
 

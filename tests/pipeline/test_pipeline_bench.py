@@ -1,34 +1,54 @@
-"""``pipeline.bench.bench_pipeline`` on the tiny pipeline: figures are consistent and nothing is left patched."""
+"""``pipeline.bench.bench_pipeline`` on the tiny pipeline: the counted image-NFEs follow the solver's and the
+guidance's arithmetic, the floor is the sum of the recorded calls' stand-alone times, and nothing is left patched."""
 import json
 
 import pytest
 
-from pipeline.bench import _NetworkTimer, bench_pipeline
+from pipeline.bench import _NetworkCalls, bench_pipeline
 
 
-def test_bench_rows_are_consistent(tiny_pipeline, tmp_path):
+def test_bench_rows_count_the_network_calls(tiny_pipeline, tmp_path):
     out = tmp_path / "bench.json"
-    result = bench_pipeline(tiny_pipeline, batch=4, steps=(1, 2), repeats=2, out=out, verbose=False)
+    result = bench_pipeline(tiny_pipeline, batch=4, steps=(1, 2), methods=("none", "cfg", "dcfg+interval"),
+                            interval=(0, 500), repeats=2, out=out, verbose=False)
     assert json.loads(out.read_text())["rows"] == result["rows"]
     rows = result["rows"]
-    assert [(r["guidance"], r["steps"]) for r in rows] == [("cfg", 1), ("cfg", 2), ("dcfg", 1), ("dcfg", 2)]
+    assert [(r["method"], r["steps"]) for r in rows] == [
+        ("none", 1), ("none", 2), ("cfg", 1), ("cfg", 2), ("dcfg+interval", 1), ("dcfg+interval", 2)]
+    r_inv = 1 + tiny_pipeline.config.refine_steps  # DDIM inversion: one call per step and refinement
+    nfe = {(r["method"], r["steps"]): r["nfe_per_counterfactual"] for r in rows}
+    assert nfe[("none", 2)] == 2 * r_inv + 2          # decoding: the plain conditional, one row per image
+    assert nfe[("cfg", 2)] == 2 * r_inv + 2 * 2       # decoding: null and full condition
+    assert nfe[("none", 2)] <= nfe[("dcfg+interval", 2)] <= nfe[("cfg", 2)] + 2  # guided only inside the interval
+    fwd = {int(k): v / 1000 for k, v in result["forward_ms"].items()}
     for r in rows:
+        assert sum(int(k) * n for k, n in r["calls"].items()) == pytest.approx(r["nfe_per_counterfactual"] * 4)
+        assert r["floor_s"] == pytest.approx(sum(fwd[int(k)] * n for k, n in r["calls"].items()))
+        assert r["ratio"] == pytest.approx(r["wall_s"] / r["floor_s"])
         # the network calls happen inside the query, so they can never take longer than it
         assert 0 < r["in_network_s"] <= r["wall_s"]
         assert r["in_situ_ratio"] == pytest.approx(r["wall_s"] / r["in_network_s"])
-        assert r["ms_per_counterfactual"] == pytest.approx(1000 * r["wall_s"] / 4)
         assert r["repeats"] == 2
-    # the timer is removed again: eps is the class's method, not the wrapper
+    assert set(result["machine"]) >= {"cpu", "avx512_bf16", "amx_bf16"}
+    # the recorder is removed again: eps is the class's method, not the wrapper
     assert "eps" not in vars(tiny_pipeline.image_model)
 
 
-def test_network_timer_counts_only_inside_calls(tiny_pipeline, tiny_batch):
+def test_bench_refuses_unknown_methods_before_any_work(tiny_pipeline):
+    with pytest.raises(ValueError, match="dcfg\\+foo"):
+        bench_pipeline(tiny_pipeline, batch=2, methods=("cfg", "dcfg+foo"), verbose=False)
+    with pytest.raises(ValueError, match="BASE 'cfg' or 'dcfg'"):
+        bench_pipeline(tiny_pipeline, batch=2, methods=("dcfg_paper",), verbose=False)
+
+
+def test_network_calls_record_only_inside_calls(tiny_pipeline, tiny_batch):
     model = tiny_pipeline.image_model
-    with _NetworkTimer(model) as timer:
+    with _NetworkCalls(model) as calls:
         pass
-    assert timer.seconds == 0.0
+    assert calls.seconds == 0.0 and calls.rows == []
     x, parents = tiny_batch
-    with _NetworkTimer(model) as timer:
-        tiny_pipeline.counterfactual(x[:2], {k: v[:2] for k, v in parents.items()}, do={}, steps=2)
-    assert timer.seconds > 0
+    with _NetworkCalls(model) as calls:
+        tiny_pipeline.counterfactual(x[:2], {k: v[:2] for k, v in parents.items()}, do={}, steps=2,
+                                     guidance="none")
+    assert calls.seconds > 0 and calls.rows == [2] * (2 * (1 + tiny_pipeline.config.refine_steps) + 2)
     assert "eps" not in vars(model)
