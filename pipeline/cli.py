@@ -349,15 +349,6 @@ def _load_pipeline(path: str | None, device: str | None = None, solver: str | No
     return pipe
 
 
-def _refuse_discrete_shifts(graph, do) -> None:
-    """``--do digit=+1``: a shift of a class index is not an intervention (as in ``dcfg generate``)."""
-    for name, value in do.items():
-        if callable(value) and name in graph and graph.spec(name).is_discrete:
-            spec = graph.spec(name)
-            _fail(f"--do: a shift of the {spec.kind} node {name!r} is not allowed; set a class instead "
-                  f"({name}=N with N in 0..{(spec.cardinality or 2) - 1})")
-
-
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -504,7 +495,9 @@ def _descendant_weight(text: str | None) -> float | str | None:
 @click.option("--parents", "parents_text", required=True,
               help="Factual attributes, e.g. thickness=2.1,intensity=180,digit=3")
 @click.option("--do", "do_text", required=True,
-              help="Intervention, e.g. thickness=4 (set), thickness=+1 or thickness+=1 (shift).")
+              help="Comma-separated, as in `dcfg generate`: thickness=4 (set), thickness=+1 or thickness-=0.5 (shift), "
+                   "thickness~uniform(1,4), thickness~normal(2,0.5), digit~choice(0,...,9) (drawn from --seed, as "
+                   "`dcfg generate --seed` draws its row 0).")
 @click.option("--guidance", type=click.Choice(["dcfg", "cfg", "none"]), default=None,
               help="Guidance (default: the pipeline's).")
 @click.option("--scale", type=float, default=None, help="Guidance scale (default: the pipeline's).")
@@ -523,12 +516,13 @@ def _descendant_weight(text: str | None) -> float | str | None:
 def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, descendant_weight_text,
                    anchor, variant, interval_text, apg_eta, solver, out_path, pipeline_dir, device, threads):
     """One counterfactual query on one image; writes the counterfactual PNG."""
+    from pipeline.generate import check_interventions, draw_interventions, parse_interventions
     from pipeline.images import read_image, save_image
-    from pipeline.parsing import check_writable, parse_assignments, parse_do
+    from pipeline.parsing import check_writable, parse_assignments
 
     try:
         parents = parse_assignments(parents_text, "--parents")
-        do = parse_do(do_text, "--do")
+        do = parse_interventions(do_text, "--do")
         check_writable(out_path, png=True)
     except ValueError as e:
         _fail(str(e))
@@ -541,7 +535,10 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
               f"or dcfg")
     _threads(threads)
     pipe = _load_pipeline(pipeline_dir, device, solver)
-    _refuse_discrete_shifts(pipe.graph, do)
+    try:  # one image: a per-image draw is drawn as dcfg generate draws row 0
+        do = draw_interventions(check_interventions(do, pipe.scm, 1, draws=True), pipe.graph, seed, [0])
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
     shape = tuple(pipe.graph.spec(pipe.graph.image_node).shape)
     import torch
 

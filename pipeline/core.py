@@ -17,7 +17,7 @@ import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -29,12 +29,12 @@ from diffusion.solvers import sample as solver_sample
 from diffusion._fs import SavedKind, check_entry, check_keys, find_saved_dir, read_json, save_dir
 from diffusion._io import atomic_write_bytes
 from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
-from scm import SCM, CausalGraph
+from scm import SCM, CausalGraph, DoValue
 from scm.support import as_values
 
+from .generate.interventions import check_interventions
 from .groups import resolve_guidance
 
-DoValue = float | int | Tensor | Callable[[Tensor], Tensor]
 
 #: what scores a pipeline's counterfactuals: see :meth:`CounterfactualPipeline.make_oracles`
 ORACLE_KINDS = ("morpho", "morpho-colour", "predictors")
@@ -353,30 +353,10 @@ class CounterfactualPipeline:
             out[k] = as_values(k, self.graph.spec(k), v, what="parents")
         return out
 
-    def _check_do(self, do: Mapping[str, Any] | None) -> dict[str, Any]:
-        if do is None:
-            return {}
-        if not isinstance(do, Mapping):
-            raise TypeError(f"do must be a dict of node name -> value, got {type(do).__name__}")
-        image = self.graph.image_node
-        for k in do:
-            if k == image:
-                raise ValueError(f"cannot intervene on the image node {k!r}: intervene on its "
-                                 f"parents {list(self.graph.image_parents())} instead")
-            if k not in self.graph.attribute_nodes():
-                raise ValueError(f"do names unknown node {k!r}; the attribute nodes are "
-                                 f"{list(self.graph.attribute_nodes())}")
-            value = do[k]
-            is_bool = isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool)
-            if is_bool and self.graph.spec(k).kind != "binary":  # True/False mean 1/0 only for a binary node
-                raise TypeError(f"do[{k!r}]={value!r}: pass a number, a (B,) tensor or a callable of the factual "
-                                f"value, not a bool (a class index is an integer, e.g. 1)")
-            if isinstance(value, (str, bytes)):
-                raise TypeError(f"do[{k!r}]={value!r:.80}: pass a number, a (B,) tensor or a callable of the "
-                                f"factual value, not a string")
-            if not callable(value) or isinstance(value, Tensor):
-                as_values(k, self.graph.spec(k), value, what="do", allow_scalar=True)
-        return dict(do)
+    def _check_do(self, do: Mapping[str, Any] | None, n: int | None = None) -> dict[str, Any]:
+        """``do`` checked by :func:`pipeline.generate.check_interventions` (nodes and values by the SCM's own check;
+        ``n``: the rows a tensor must have)."""
+        return check_interventions(do, self.scm, n)
 
     # ------------------------------------------------------------------ the query
     def counterfactual(
@@ -407,9 +387,11 @@ class CounterfactualPipeline:
         Args:
             images: factual images (B, C, H, W) in [-1, 1].
             parents: factual attributes, every attribute node -> (B,) tensor (or a scalar).
-            do: interventions, node -> number (broadcast), (B,) tensor, or a callable of the factual
-                value (a shift, e.g. ``lambda t: t + 1``). ``{}`` or ``None`` is the null query. A bool is
-                refused (a class index is an integer), and constants must lie in the node's support.
+            do: interventions, node -> number (broadcast), (B,) tensor, a shift of the factual value
+                (:class:`~pipeline.generate.ShiftDo`, e.g. ``ShiftDo(1.0)``) or any callable of it (e.g.
+                ``lambda t: t + 1``); per-image draws are drawn first (:func:`pipeline.generate.draw_interventions`).
+                ``{}`` or ``None`` is the null query. A bool is refused (a class index is an integer), constants
+                must lie in the node's support, and a shift needs a continuous node.
             guidance: ``"dcfg"`` (default), ``"cfg"`` (one global scale) or ``"none"``.
             scale: weight of the affected group (DCFG) or global weight (CFG), a finite number >= 0; by
                 default the pipeline's per-attribute default for the intervened nodes (``config.default_scale``).
@@ -467,7 +449,7 @@ class CounterfactualPipeline:
         images = self._check_images(images)
         batch = images.shape[0]
         parents = self._check_parents(parents, batch)
-        do = self._check_do(do)
+        do = self._check_do(do, batch)
         group_lists, group_weights = resolve_guidance(
             self.graph, list(do), guidance, scale, groups, weights, invariant_weight, descendant_weight,
             anchor_scales=cfg.anchor_scales if guidance == "dcfg" and groups in (None, "dag") else None)
@@ -650,7 +632,7 @@ class CounterfactualPipeline:
             ``(images, attributes)``.
         """
         steps = self.config.steps if steps is None else steps
-        do = self._check_do(parents or {})
+        do = self._check_do(parents or {}, n)
         attrs = self.scm.interventional_samples(do, n, seed=seed) if do else self.scm.sample(n, seed=seed)
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         shape = tuple(self.graph.spec(self.graph.image_node).shape)

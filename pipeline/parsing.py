@@ -1,7 +1,8 @@
 """Parsing of the CLI's ``--parents`` and ``--do`` texts, and safe output paths.
 
 ``--parents thickness=2.1,intensity=180,digit=3`` gives ``{"thickness": 2.1, ...}``.
-``--do`` accepts the same form, plus shifts of the factual value:
+``--do`` accepts the same form, plus shifts of the factual value (and, in the full grammar of
+:func:`pipeline.generate.parse_interventions`, per-image draws):
 
 * ``thickness=4``   set to 4 (a constant; ``-0.5`` is a negative constant);
 * ``thickness=+1``  or ``thickness+=1``: add 1 to the factual value;
@@ -10,6 +11,7 @@
 Example:
     >>> parse_assignments("thickness=2.1, digit=3")
     {'thickness': 2.1, 'digit': 3}
+    >>> import torch
     >>> do = parse_do("thickness+=1,intensity=200")
     >>> float(do["thickness"](torch.tensor(2.0))), do["intensity"]
     (3.0, 200)
@@ -20,15 +22,17 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    from pipeline.generate.interventions import ShiftDo
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _ASSIGN = re.compile(r"^\s*(?P<name>[^=+\-\s][^=]*?)\s*(?P<op>\+=|-=|=)\s*(?P<value>.*?)\s*$")
 
 
-def _number(text: str, name: str, source: str) -> float | int:
+def parse_number(text: str, name: str, source: str) -> float | int:
+    """The value ``text`` of ``name`` as an ``int`` (when it is one) or a finite ``float``; nothing is evaluated."""
     try:
         value: float | int = int(text)
     except ValueError:
@@ -49,18 +53,24 @@ def _items(text: str, source: str):
     for part in text.split(","):
         if not part.strip():
             raise ValueError(f"{source}: {text!r} has an empty item (a doubled or trailing comma)")
-        m = _ASSIGN.match(part)
-        if not m or not m.group("value"):
-            raise ValueError(
-                f"{source}: cannot parse {part.strip()!r}; write name=value pairs separated by commas, "
-                f"e.g. thickness=2.5,digit=3")
-        name = m.group("name")
-        if not _NAME.match(name):
-            raise ValueError(f"{source}: {name!r} is not a valid node name")
+        name, op, value = parse_assignment(part, source)
         if name in seen:
             raise ValueError(f"{source}: node {name!r} is given twice")
         seen.add(name)
-        yield name, m.group("op"), m.group("value")
+        yield name, op, value
+
+
+def parse_assignment(part: str, source: str) -> tuple[str, str, str]:
+    """Split one item ``name=value``, ``name+=value`` or ``name-=value`` into ``(name, op, value)`` (unparsed value)."""
+    m = _ASSIGN.match(part)
+    if not m or not m.group("value"):
+        raise ValueError(
+            f"{source}: cannot parse {part.strip()!r}; write name=value pairs separated by commas, "
+            f"e.g. thickness=2.5,digit=3")
+    name = m.group("name")
+    if not _NAME.match(name):
+        raise ValueError(f"{source}: {name!r} is not a valid node name")
+    return name, m.group("op"), m.group("value")
 
 
 def parse_assignments(text: str, source: str = "--parents") -> dict[str, float | int]:
@@ -69,29 +79,18 @@ def parse_assignments(text: str, source: str = "--parents") -> dict[str, float |
     for name, op, value in _items(text, source):
         if op != "=":
             raise ValueError(f"{source}: {name}{op}{value} is a shift; only name=value is allowed here")
-        out[name] = _number(value, name, source)
+        out[name] = parse_number(value, name, source)
     return out
 
 
-def _shift(delta: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    def shift(x: torch.Tensor) -> torch.Tensor:
-        return x + delta
-    shift.__doc__ = f"x -> x + {delta}"
-    return shift
+def parse_do(text: str, source: str = "--do") -> dict[str, float | int | ShiftDo]:
+    """Parse an intervention: constants ``name=v``, shifts ``name=+d``, ``name+=d``, ``name-=d``.
 
+    The ``--do`` grammar without per-image draws (:func:`pipeline.generate.parse_interventions`); a shift
+    is a :class:`~pipeline.generate.ShiftDo`, a callable ``x -> x + d``."""
+    from pipeline.generate.interventions import parse_interventions
 
-def parse_do(text: str, source: str = "--do") -> dict[str, float | int | Callable]:
-    """Parse an intervention: constants ``name=v``, shifts ``name=+d``, ``name+=d``, ``name-=d``."""
-    out: dict[str, float | int | Callable] = {}
-    for name, op, value in _items(text, source):
-        if op == "=" and value.startswith("+"):
-            op, value = "+=", value[1:]
-        number = _number(value, name, source)
-        if op == "=":
-            out[name] = number
-        else:
-            out[name] = _shift(float(number) if op == "+=" else -float(number))
-    return out
+    return parse_interventions(text, source, draws=False)  # type: ignore[return-value]
 
 
 def check_writable(path: str | os.PathLike, what: str = "--out", *, png: bool = False) -> Path:

@@ -16,13 +16,14 @@ from scm.effects import (EffectEstimate, FalsificationReport, IndependenceResult
 from scm.graph import CausalGraph, NodeSpec
 from scm.mechanisms import (AffineSigmoidMechanism, CategoricalMechanism, ConditionalAffine, FlowMechanism,
                             GammaMechanism, GumbelMaxMechanism, LinearGaussianMechanism, Mechanism)
-from scm.model import SCM, SCMConfig, noise_site
+from scm.model import SCM, DoValue, SCMConfig, noise_site
 
 __all__ = [
     "AffineSigmoidMechanism",
     "CausalGraph",
     "CategoricalMechanism",
     "ConditionalAffine",
+    "DoValue",
     "EffectEstimate",
     "FalsificationReport",
     "FlowMechanism",

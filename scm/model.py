@@ -52,6 +52,7 @@ from scm.mechanisms import (CategoricalMechanism, FlowMechanism, GumbelMaxMechan
                             registered_mechanism)
 from scm.support import as_values
 
+#: an intervention's value: a number, a ``(B,)`` tensor, or a callable of the values the node would take
 DoValue = Union[float, int, Tensor, Callable[[Tensor], Any]]
 Seed = Union[int, torch.Generator, None]
 
@@ -293,8 +294,9 @@ class SCM(nn.Module):
             raise ValueError(f"{what} has no rows; pass at least one row per node")
         return values, b
 
-    def _check_do(self, do: Mapping[str, DoValue] | None, n: int | None) -> dict[str, Tensor | Callable]:
-        """Validate interventions: known non-image nodes; numbers/tensors in support with n rows."""
+    def check_do(self, do: Mapping[str, DoValue] | None, n: int | None = None) -> dict[str, Tensor | Callable]:
+        """Check interventions: attribute nodes only; numbers and ``(n,)`` tensors in the support (callables are
+        checked when applied); returns node -> tensor (0-d for a number) or the callable."""
         if do is None:
             return {}
         if not isinstance(do, Mapping):
@@ -405,7 +407,7 @@ class SCM(nn.Module):
             {'x': tensor([2.]), 'y': tensor([4.])}
         """
         n = self._check_noise(noise)
-        interventions = self._check_do(do, n)
+        interventions = self.check_do(do, n)
         return self._predict(self._noise_to_model(noise), interventions, n)
 
     def _predict(self, noise: dict[str, Tensor], do: dict[str, Tensor | Callable], n: int) -> dict[str, Tensor]:
@@ -423,7 +425,7 @@ class SCM(nn.Module):
         return poutine.do(conditioned, data=fixed)(n) if do else conditioned(n)
 
     def _as_intervention(self, node: str, value: Any, n: int) -> Tensor:
-        t = self._check_do({node: value}, n)[node]
+        t = self.check_do({node: value}, n)[node]
         assert isinstance(t, Tensor)
         return t.expand(n) if t.dim() == 0 else t
 
@@ -470,7 +472,7 @@ class SCM(nn.Module):
         """
         particles = self._check_particles(num_particles)
         values, b = self._check_values(obs, "obs")
-        interventions = self._check_do(do, b)
+        interventions = self.check_do(do, b)
         gen = _make_generator(seed)
         # 1. Abduction.
         noise = self._abduct(values, particles, gen)
@@ -517,7 +519,7 @@ class SCM(nn.Module):
             3.0
         """
         n = self._check_n(n)
-        interventions = self._check_do(do, n)
+        interventions = self.check_do(do, n)
         return self._predict(self._prior_noise(n, _make_generator(seed)), interventions, n)
 
     @torch.no_grad()
@@ -550,7 +552,7 @@ class SCM(nn.Module):
         if target == self.graph.image_node or target not in self._order:
             raise ValueError(f"target {target!r} is not an attribute node; choose one of {self._order}")
         n = self._check_n(n)
-        arm_a, arm_b = self._check_do(do_a, n), self._check_do(do_b, n)
+        arm_a, arm_b = self.check_do(do_a, n), self.check_do(do_b, n)
         noise = self._prior_noise(n, _make_generator(seed))
         ya = self._predict(noise, arm_a, n)[target]
         yb = self._predict(noise, arm_b, n)[target]

@@ -130,6 +130,14 @@ COUNTERFACTUAL_CASES = {
     "do: class out of range": (dict(do="d=7"), "node 'd'"),
     "do: double comma": (dict(do="t=1,,d=2"), "empty item"),
     "do: value missing": (dict(do="t="), "cannot parse 't='"),
+    # --do: per-image draws (the grammar of dcfg generate)
+    "do: unknown distribution": (dict(do="t~gauss(1,2)"), "unknown distribution 'gauss' in 't~gauss(1,2)'"),
+    "do: draw outside the support": (dict(do="t~uniform(-1,2)"), "uniform(-1.0, 2.0) leaves the support"),
+    "do: normal draw of a class": (dict(do="d~normal(1,1)"), "normal draws need a continuous node"),
+    "do: choice out of range": (dict(do="d~choice(0,...,5)"), "node 'd'"),
+    "do: unclosed draw": (dict(do="t~uniform(1,2"), "has an unclosed '('"),
+    "do: draw with a negative seed": (dict(do="t~uniform(1,2)", seed="-1"),
+                                      "seed=-1 must be an integer >= 0 for the per-image draw of 't'"),
     # images
     "image: missing file": (dict(image="{F}/nope.png"), "does not exist"),
     "image: a directory": (dict(image="{F}/a_dir"), "is a directory"),

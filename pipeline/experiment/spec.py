@@ -250,17 +250,28 @@ class GuidanceSpec:
 
 @dataclass(frozen=True)
 class InterventionSpec:
-    """One ``[[interventions]]`` entry: ``do(node = value)`` or ``do(node = node + shift)``."""
+    """One ``[[interventions]]`` entry: ``do(node = value)`` or ``do(node = node + shift)`` (the ``shift`` of a
+    :class:`~pipeline.generate.ShiftDo`, checked like ``--do``'s: :func:`pipeline.generate.check_intervention`)."""
 
     node: str
     value: float | int | str = "marginal"
     shift: float | None = None
     categorical: bool = False
 
+    @property
+    def intervention(self) -> Any:
+        """The intervention as the ``--do`` grammar gives it: a number, a :class:`~pipeline.generate.ShiftDo`, or
+        None for ``"marginal"`` (drawn by the evaluation)."""
+        from pipeline.generate.interventions import ShiftDo
+
+        if self.shift is not None:
+            return ShiftDo(self.shift)
+        return None if self.value == "marginal" else self.value
+
     def describe(self) -> str:
         """``do(node = ...)`` in words."""
         if self.shift is not None:
-            return f"do({self.node} := {self.node} {'+' if self.shift >= 0 else '-'} {abs(self.shift):g})"
+            return self.intervention.describe(self.node)
         if self.value == "marginal":
             what = "another class, uniformly" if self.categorical else "a draw from its training marginal"
             return f"do({self.node} := {what})"
@@ -727,6 +738,18 @@ def _parse_equations(raw: Mapping[str, Any], graph: Any, render: Mapping[str, st
     return out
 
 
+def _check_do_value(node: str, key: str, raw: Any, spec: Any, where: str) -> Any:
+    """An entry's ``value`` (a number) or ``shift`` (a :class:`~pipeline.generate.ShiftDo`), checked like a ``--do``
+    value (:func:`pipeline.generate.check_intervention`)."""
+    from pipeline.generate.interventions import ShiftDo, check_intervention
+
+    number = _float(raw, f"{where} {key}")
+    try:
+        return check_intervention(node, ShiftDo(number) if key == "shift" else number, spec)
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"{where} {key}: {e}") from None
+
+
 def _parse_interventions(raw: Mapping[str, Any], graph: Any) -> tuple[InterventionSpec, ...]:
     parents = graph.image_parents()
     if "interventions" not in raw:
@@ -758,23 +781,13 @@ def _parse_interventions(raw: Mapping[str, Any], graph: Any) -> tuple[Interventi
         value: Any = "marginal"
         shift = None
         if "shift" in t:
-            if spec.is_discrete:
-                raise SpecError(f"{where} shift: {node!r} is {spec.kind}; a shift needs a continuous node, use value")
-            shift = _float(t["shift"], f"{where} shift")
+            shift = _check_do_value(node, "shift", t["shift"], spec, where).delta
         elif "value" in t:
             v = t["value"]
             if isinstance(v, str):
                 value = _str(v, f"{where} value", ("marginal",))
             else:
-                from scm.support import as_values
-
-                value = _float(v, f"{where} value")
-                try:
-                    as_values(node, spec, value, what="do", allow_scalar=True)
-                except (ValueError, TypeError) as e:
-                    raise SpecError(f"{where} value: {e}") from None
-                if spec.is_discrete:
-                    value = int(value)
+                value = _check_do_value(node, "value", v, spec, where)
         out.append(InterventionSpec(node, value, shift, spec.is_discrete))
     return tuple(out)
 

@@ -35,6 +35,30 @@ def test_counterfactual_command_writes_png(saved):
     assert img.shape == (1, 1, 8, 8) and torch.isfinite(img).all()
 
 
+@pytest.mark.parametrize("do, node", [("thickness~uniform(1,4)", "thickness"), ("digit~choice(0,...,3)", "digit"),
+                                      ("intensity~normal(150,30)", "intensity")])
+def test_counterfactual_command_takes_a_per_image_draw(saved, do, node):
+    """`--do name~dist(...)` draws one value from --seed, the draw `dcfg generate --seed` gives its row 0."""
+    from pipeline.core import CounterfactualPipeline
+    from pipeline.generate import check_interventions, draw_interventions, parse_interventions
+
+    root, parents = saved
+    pipe = CounterfactualPipeline.load(root / "pipe")
+    drawn = {}
+    for seed in (3, 4):
+        out = root / "draw" / f"cf-{seed}.png"
+        res = _run(["counterfactual", "--pipeline", str(root / "pipe"), "--image", str(root / "in.png"),
+                    "--parents", parents, "--do", do, "--seed", str(seed), "--steps", "2", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        assert out.is_file()
+        printed = dict(kv.split("=") for kv in res.output.splitlines()[0].split(": ", 1)[1].split(", "))
+        expected = draw_interventions(check_interventions(parse_interventions(do), pipe.scm, 1, draws=True),
+                                      pipe.graph, seed, [0])[node]
+        assert float(printed[node]) == pytest.approx(float(expected[0]), rel=5e-3)  # printed with 3 digits
+        drawn[seed] = float(printed[node])
+    assert node == "digit" or drawn[3] != drawn[4]  # another seed, another draw
+
+
 def test_sample_command(saved):
     root, _ = saved
     out = root / "grid.png"
