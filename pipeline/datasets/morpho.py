@@ -35,9 +35,9 @@ _SAMPLING = ("scm", "independent")
 
 
 def _render_unit(x: np.ndarray, t: np.ndarray, i: np.ndarray) -> np.ndarray:
-    from pipeline.morphometry.perturb import _set_intensity_unit, _set_thickness_unit
+    from pipeline.morphometry.perturb import set_intensity_unit, set_thickness_unit
 
-    return _set_intensity_unit(_set_thickness_unit(x, t), i)
+    return set_intensity_unit(set_thickness_unit(x, t), i)
 
 
 def render(source_images: Any, thickness: Any, intensity: Any, n_jobs: int | None = None,
@@ -64,7 +64,8 @@ def render(source_images: Any, thickness: Any, intensity: Any, n_jobs: int | Non
         >>> x.shape, bool(x.min() >= -1 and x.max() <= 1)
         (torch.Size([2, 1, 28, 28]), True)
     """
-    from pipeline.morphometry._images import as_unit_batch, map_chunks, per_image
+    from pipeline.morphometry.batch import as_unit_batch, per_image
+    from pipeline.morphometry.parallel import map_chunks
     from pipeline.morphometry.perturb import INTENSITY_RANGE, THICKNESS_RANGE
 
     if isinstance(source_images, torch.Tensor):

@@ -120,16 +120,16 @@ def true_scm(spec: Any) -> Any:
 # ================================================================================ rendering
 def _render_chunk(x: np.ndarray, slant: np.ndarray, thickness: np.ndarray, intensity: np.ndarray,
                   ops: tuple[str, ...] = ()) -> np.ndarray:
-    from pipeline.morphometry.perturb import _set_intensity_unit, _set_thickness_unit
-    from pipeline.morphometry.slant import _set_slant_unit
+    from pipeline.morphometry.perturb import set_intensity_unit, set_thickness_unit
+    from pipeline.morphometry.slant import set_slant_unit
 
     y = x
     if "slant" in ops:
-        y = _set_slant_unit(y, slant)
+        y = set_slant_unit(y, slant)
     if "thickness" in ops:
-        y = _set_thickness_unit(y, thickness)
+        y = set_thickness_unit(y, thickness)
     if "intensity" in ops:
-        y = _set_intensity_unit(y, intensity)
+        y = set_intensity_unit(y, intensity)
     return y
 
 
@@ -160,7 +160,7 @@ def render(sources: np.ndarray, values: Mapping[str, Any], n_jobs: int | None = 
         >>> x.shape, clipped
         (torch.Size([2, 1, 28, 28]), 1)
     """
-    from pipeline.morphometry._images import map_chunks
+    from pipeline.morphometry.parallel import map_chunks
 
     sources = np.asarray(sources)
     n = len(sources)
