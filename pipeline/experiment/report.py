@@ -189,7 +189,7 @@ def _groups_section(groups: Mapping[str, Any]) -> list[str]:
            "parents) and anchors the *invariant* rest; CFG uses one global weight for all parents.", "",
            "![groups](figures/groups.png)", ""]
     rows = []
-    for node, g in groups.items():
+    for g in groups.values():
         dcfg = "; ".join(f"{{{', '.join(grp)}}} w={w:g}" for grp, w in zip(g["dcfg"]["groups"], g["dcfg"]["weights"]))
         rows.append([g["intervention"], ", ".join(g["descendants"]) or "–", ", ".join(g["affected"]) or "–",
                      ", ".join(g["invariant"]) or "–", dcfg, f"w={g['cfg']['weights'][0]:g}"])

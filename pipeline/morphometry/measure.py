@@ -11,7 +11,7 @@ Definitions (docs/benchmark.md), on an image ``x`` on [0, 1]:
    positive leans right).
 
 :func:`reference_thickness` runs ``skimage.morphology.medial_axis`` image by image (the Morpho-MNIST
-code path, about 20-55 ms an image). :func:`measure_thickness` computes the same medial axis with the
+code path). :func:`measure_thickness` computes the same medial axis with the
 same rule (pixels removed in order of distance, then cornerness, with skimage's lookup table), but
 builds the tables once, crops each digit to its bounding box and runs many digits in one pass, in
 parallel processes. The only difference is the order among exact ties, which the reference breaks at
