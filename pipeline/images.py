@@ -106,12 +106,13 @@ def save_image(x: Tensor, path: str | os.PathLike, upscale: int = 1) -> None:
     atomic_save(lambda f: im.save(f, format="PNG"), path)
 
 
-def save_grid(x: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> None:
-    """Write a batch (B, C, H, W) in [-1, 1] as one PNG grid (torchvision ``make_grid``), atomically."""
-    from torchvision.utils import make_grid
+def save_grid(x: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:
+    """Write a batch (B, C, H, W) in [-1, 1] as one PNG grid at its own resolution, atomically: ``nrow`` images
+    per row, ``padding`` white pixels between them (:func:`diffusion.grid.save_grid` with ``scale=1``); ``path``
+    must end in ``.png`` (:func:`check_png_path`). Returns the path written."""
+    from diffusion.grid import save_grid as tile_png
 
-    grid = make_grid(x.detach().float().cpu().clamp(-1, 1), nrow=nrow, padding=padding, pad_value=1.0)
-    save_image(grid, path)
+    return tile_png(x, check_png_path(path), nrow=nrow, padding=padding, scale=1)
 
 
 def atomic_save(write, path: str | os.PathLike) -> None:

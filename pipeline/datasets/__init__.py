@@ -7,7 +7,9 @@ Example:
     >>> train_idx, test_idx = mnist5k_split()
 """
 from pipeline.datasets import colour_equations, morpho_equations
-from pipeline.datasets.folder import CelebAAttributes, DataNotFoundError, ImageAttributeFolder
+from pipeline.datasets.celeba import CelebAAttributes
+from pipeline.datasets.csv_folder import ImageAttributeFolder
+from pipeline.datasets.decoder import DataNotFoundError
 from pipeline.datasets.mnist import MNIST5K_SPLIT_SEED, load_mnist5k, load_mnist_folder, mnist5k_split, read_idx
 from pipeline.datasets.morpho import RENDER_VERSION, MorphoMNIST, default_cache_dir, render
 from pipeline.datasets.morpho_colour import MorphoColour, render_colour

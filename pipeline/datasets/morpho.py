@@ -26,7 +26,8 @@ import torch
 from pipeline.datasets import morpho_equations as eq
 from pipeline.datasets.mnist import load_mnist5k, load_mnist_folder, mnist5k_split
 
-__all__ = ["MorphoMNIST", "render", "default_cache_dir", "epoch_generator", "RENDER_VERSION"]
+__all__ = ["MorphoMNIST", "render", "render_digits", "RENDER_ORDER", "default_cache_dir", "epoch_generator",
+           "RENDER_VERSION"]
 
 #: Bumped whenever the renderer's output changes, so that old cache files are not reused.
 RENDER_VERSION = 1
@@ -34,15 +35,57 @@ _ATTRIBUTES = ("thickness", "intensity", "digit")
 _SAMPLING = ("scm", "independent")
 
 
-def _render_unit(x: np.ndarray, t: np.ndarray, i: np.ndarray) -> np.ndarray:
-    from pipeline.morphometry.perturb import _set_intensity_unit, _set_thickness_unit
+#: The order in which the render ops are applied to a source digit.
+RENDER_ORDER = ("slant", "thickness", "intensity")
 
-    return _set_intensity_unit(_set_thickness_unit(x, t), i)
+
+def _render_chunk(x: np.ndarray, slant: np.ndarray, thickness: np.ndarray, intensity: np.ndarray,
+                  ops: tuple[str, ...] = ()) -> np.ndarray:
+    """The ops of ``ops`` applied, in :data:`RENDER_ORDER`, to a chunk of [0, 1] digits ``(B, H, W)``."""
+    from pipeline.morphometry.perturb import set_intensity_unit, set_thickness_unit
+    from pipeline.morphometry.slant import set_slant_unit
+
+    y = x
+    if "slant" in ops:
+        y = set_slant_unit(y, slant)
+    if "thickness" in ops:
+        y = set_thickness_unit(y, thickness)
+    if "intensity" in ops:
+        y = set_intensity_unit(y, intensity)
+    return y
+
+
+def render_digits(x: np.ndarray, values: Mapping[str, np.ndarray], n_jobs: int | None = None,
+                  progress: bool = False, desc: str = "render") -> torch.Tensor:
+    """The one Morpho renderer: shear each digit to ``slant``, then set its ``thickness``, then its ``intensity``.
+
+    Deterministic: a row's image depends only on its digit and its values (not on the batch or on ``n_jobs``).
+
+    Args:
+        x: float64 source digits ``(B, H, W)`` on [0, 1].
+        values: op (``"slant"`` radians, ``"thickness"`` px, ``"intensity"`` 0..255) -> float64 ``(B,)`` targets
+            inside the perturbations' ranges; ops not given are not applied.
+        n_jobs: processes (``None``: all CPUs).
+        progress: a tqdm bar.
+        desc: the bar's label.
+
+    Returns:
+        float32 ``(B, 1, H, W)`` in [-1, 1].
+    """
+    from pipeline.morphometry.parallel import map_chunks
+
+    unused = np.zeros(len(x))
+    ops = tuple(op for op in RENDER_ORDER if op in values)
+    arrays = [x] + [np.asarray(values[op], dtype=np.float64) if op in values else unused for op in RENDER_ORDER]
+    parts = map_chunks(_render_chunk, arrays, n_jobs=n_jobs, chunk_size=32, min_parallel=64, progress=progress,
+                       desc=desc, ops=ops)
+    y = np.concatenate(parts) if parts else x
+    return torch.from_numpy((2.0 * y - 1.0).astype(np.float32)).unsqueeze(1)
 
 
 def render(source_images: Any, thickness: Any, intensity: Any, n_jobs: int | None = None,
            progress: bool = False) -> torch.Tensor:
-    """Render ``set_intensity(set_thickness(source, t), i)`` for every row.
+    """Render ``set_intensity(set_thickness(source, t), i)`` for every row (:func:`render_digits` on checked inputs).
 
     Deterministic: a row's image depends only on its source, ``t`` and ``i`` (not on the batch or
     on ``n_jobs``), so re-rendering reproduces it exactly.
@@ -64,7 +107,7 @@ def render(source_images: Any, thickness: Any, intensity: Any, n_jobs: int | Non
         >>> x.shape, bool(x.min() >= -1 and x.max() <= 1)
         (torch.Size([2, 1, 28, 28]), True)
     """
-    from pipeline.morphometry._images import as_unit_batch, map_chunks, per_image
+    from pipeline.morphometry.batch import as_unit_batch, per_image
     from pipeline.morphometry.perturb import INTENSITY_RANGE, THICKNESS_RANGE
 
     if isinstance(source_images, torch.Tensor):
@@ -75,10 +118,8 @@ def render(source_images: Any, thickness: Any, intensity: Any, n_jobs: int | Non
     x, _ = as_unit_batch(source_images, (0, 255), name="source_images")
     t = per_image(thickness, len(x), "thickness", *THICKNESS_RANGE)
     i = per_image(intensity, len(x), "intensity", *INTENSITY_RANGE)
-    parts = map_chunks(_render_unit, [x, t, i], n_jobs=n_jobs, chunk_size=32, min_parallel=64,
-                       progress=progress, desc="render Morpho-MNIST")
-    y = np.concatenate(parts) if parts else x
-    return torch.from_numpy((2.0 * y - 1.0).astype(np.float32)).unsqueeze(1)
+    return render_digits(x, {"thickness": t, "intensity": i}, n_jobs=n_jobs, progress=progress,
+                         desc="render Morpho-MNIST")
 
 
 def default_cache_dir() -> Path:
@@ -308,7 +349,7 @@ class MorphoMNIST(torch.utils.data.Dataset):
         """Ground-truth counterfactual attributes and images under ``do`` on thickness and/or intensity.
 
         Re-runs the SCM with the rows' own noise (docs/benchmark.md): ``do(t = t')`` gives
-        ``i' = 64 + 191 * sigmoid(0.5 * e_i + 2 * t' - 5)`` and ``x' = render(source, t', i')``;
+        ``i' = intensity_from(t', e_i)`` (:mod:`~pipeline.datasets.morpho_equations`) and ``x' = render(source, t', i')``;
         ``do(i = i')`` keeps ``t``. Both may be given at once. The digit never changes.
 
         Args:

@@ -5,7 +5,12 @@
 * :mod:`~pipeline.evaluation.scores`: effectiveness, spurious change, ground truth, realism, composition and
   reversibility on batches of counterfactuals;
 * :mod:`~pipeline.evaluation.oracles`: what a dataset provides to score them (:class:`MorphoOracles`);
-* :mod:`~pipeline.evaluation.runner`: :func:`evaluate` / :func:`run_evaluation` (``dcfg evaluate``);
+* :mod:`~pipeline.evaluation.config`: :class:`EvaluationConfig`, the compared methods and their validation;
+* :mod:`~pipeline.evaluation.plan`: each method's decoder query and the cost plan (:func:`estimate_nfe`);
+* :mod:`~pipeline.evaluation.run`: :func:`evaluate`, the run on given test images;
+* :mod:`~pipeline.evaluation.headline`: the benchmark's targets, the headline table and the sweep's summaries;
+* :mod:`~pipeline.evaluation.runner`: :func:`run_evaluation` (``dcfg evaluate``: load the test split, evaluate,
+  write);
 * :mod:`~pipeline.evaluation.report`: ``metrics.json``, ``report.md``, ``tradeoff.png``, ``grid.png``.
 
 Heavy modules are imported lazily.
@@ -26,11 +31,11 @@ _LAZY = {
     "realism": "pipeline.evaluation.scores",
     "composition": "pipeline.evaluation.scores",
     "reversibility": "pipeline.evaluation.scores",
-    "EvaluationConfig": "pipeline.evaluation.runner",
-    "EvaluationResult": "pipeline.evaluation.runner",
-    "evaluate": "pipeline.evaluation.runner",
+    "EvaluationConfig": "pipeline.evaluation.config",
+    "EvaluationResult": "pipeline.evaluation.run",
+    "evaluate": "pipeline.evaluation.run",
     "run_evaluation": "pipeline.evaluation.runner",
-    "estimate_nfe": "pipeline.evaluation.runner",
+    "estimate_nfe": "pipeline.evaluation.plan",
     "write_outputs": "pipeline.evaluation.report",
 }
 

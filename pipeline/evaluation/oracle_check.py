@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.markdown import markdown_table
+
 __all__ = ["check_oracles", "format_oracle_check"]
 
 
@@ -72,15 +74,15 @@ def check_oracles(pipe: Any, *, n: int = 1000, seed: int = 0, n_jobs: int | None
 
 def format_oracle_check(res: dict[str, Any]) -> str:
     """The check as a Markdown table."""
-    lines = [f"{res['benchmark']}: {res['n']} clean test renders", "",
-             "| attribute | measurement vs truth | predictor vs truth | predictor vs measurement |", "|---|---|---|---|"]
-
     def cell(d: dict[str, float] | None) -> str:
         if d is None:
             return "-"
         return f"accuracy {d['accuracy']:.3f}" if "accuracy" in d else f"MAE {d['mae']:.3g} (median {d['median']:.3g})"
 
+    rows = []
     for k, m in res["measurement"].items():
         p = res.get("predictors", {}).get(k)
-        lines.append(f"| {k} | {cell(m)} | {cell(p and p['vs_truth'])} | {cell(p and p['vs_measurement'])} |")
-    return "\n".join(lines)
+        rows.append([k, cell(m), cell(p and p["vs_truth"]), cell(p and p["vs_measurement"])])
+    table = markdown_table(["attribute", "measurement vs truth", "predictor vs truth", "predictor vs measurement"],
+                           rows)
+    return f"{res['benchmark']}: {res['n']} clean test renders\n\n{table}"

@@ -14,11 +14,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from diffusion._fs import SavedKind
+from pipeline.markdown import format_number, markdown_table
 
 __all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid", "to_json", "OUTPUT_FILES"]
 
@@ -110,28 +111,6 @@ def write_outputs(result: Any, out: str | os.PathLike) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- markdown
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "**no**"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    if not math.isfinite(v):
-        return str(v)
-    a = abs(v)
-    return f"{v:.1f}" if a >= 100 else f"{v:.2f}" if a >= 10 else f"{v:.3f}"
-
-
-def _table(header: list[str], rows: list[list[Any]], fmt: Callable[[Any], str] = _fmt) -> str:
-    """A markdown table; cells that are not text are written with ``fmt``."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in rows:
-        lines.append("| " + " | ".join(x if isinstance(x, str) else fmt(x) for x in r) + " |")
-    return "\n".join(lines)
-
-
 _SKIP = {"method", "scale", "guidance", "groups", "weights", "n", "steps"}
 
 
@@ -188,11 +167,11 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
         met = r.get("met") or {}
         # the verdict of DCFG (the method under test) where it has a value, else of what was measured
         shown = {k: v for k, v in met.items() if k.endswith("/dcfg")} or met
-        verdict = ", ".join((f"{_column(k, len(pipes))}: " if len(shown) > 1 else "") + _fmt(v)
+        verdict = ", ".join((f"{_column(k, len(pipes))}: " if len(shown) > 1 else "") + format_number(v)
                             for k, v in shown.items())
         rows.append([r["metric"], r.get("target") or ""] + [r["values"].get(c) for c in cols] + [verdict])
-    out += [_table(["metric", "target"] + [_column(c, len(pipes)) for c in cols] + ["target met (DCFG)"], rows),
-            ""]
+    header = ["metric", "target"] + [_column(c, len(pipes)) for c in cols] + ["target met (DCFG)"]
+    out += [markdown_table(header, rows), ""]
 
     # Trade-off ratios.
     out += ["## Spurious change at equal effectiveness", "",
@@ -208,19 +187,21 @@ def format_headline(metrics: Mapping[str, Any]) -> str:
     for name, res in pipes.items():
         for tr in res["tradeoff"]:
             rng = tr.get("range")
-            note = f"{tr['effectiveness']} in [{_fmt(rng[0])}, {_fmt(rng[1])}]" if rng else (tr.get("reason") or "")
+            note = (f"{tr['effectiveness']} in [{format_number(rng[0])}, {format_number(rng[1])}]" if rng
+                    else (tr.get("reason") or ""))
             near = tr.get("nearest")
             if near and near.get("ratio") is not None:
                 who = _label(tr["method"]) if near["method_more_effective"] else "CFG"
                 note += (f"; at the nearest ends (where {who} is more effective) the ratio is "
-                         f"{_fmt(near['ratio'])}, not an equal-effectiveness figure")
+                         f"{format_number(near['ratio'])}, not an equal-effectiveness figure")
             best = tr.get("at_baseline_best") or {}
-            at_best = (f"{_fmt(best['ratio'])} ({_fmt(best['method'])} vs {_fmt(best['baseline'])} at "
-                       f"{_fmt(best['effectiveness'])})" if best.get("ratio") is not None else "–")
+            at_best = (f"{format_number(best['ratio'])} ({format_number(best['method'])} vs "
+                       f"{format_number(best['baseline'])} at {format_number(best['effectiveness'])})"
+                       if best.get("ratio") is not None else "–")
             rows.append([name, f"do({tr['intervention']})", tr["spurious"], _label(tr["method"]),
                          tr["ratio"], at_best, note])
-    out += [_table(["pipeline", "intervention", "spurious metric", "method", "ratio vs CFG (mean)",
-                    "ratio at CFG's best (method vs CFG at effectiveness)", "common range"], rows), ""]
+    out += [markdown_table(["pipeline", "intervention", "spurious metric", "method", "ratio vs CFG (mean)",
+                            "ratio at CFG's best (method vs CFG at effectiveness)", "common range"], rows), ""]
 
     return "\n".join(out).rstrip() + "\n"
 
@@ -254,12 +235,12 @@ def format_report(metrics: Mapping[str, Any]) -> str:
             rows = [[_method_label(r), _scale(r["scale"]), r["n"], r["steps"]] + [r.get(k) for k in keys]
                     + [rev.get(r["method"])] for r in main]
             out += [f"Main table ({name}):", "",
-                    _table(["guidance", "scale", "n", "steps"] + keys + ["reversibility L1"], rows), ""]
+                    markdown_table(["guidance", "scale", "n", "steps"] + keys + ["reversibility L1"], rows), ""]
             sweep = res["sweep"][node]
             keys = _metric_keys(sweep)
             rows = [[_method_label(r), _scale(r["scale"])] + [r.get(k) for k in keys] for r in sweep]
             out += [f"Sweep ({name}, {sweep[0]['n']} rows, {sweep[0]['steps']} steps):", "",
-                    _table(["guidance", "scale"] + keys, rows), ""]
+                    markdown_table(["guidance", "scale"] + keys, rows), ""]
 
     # do(random parent).
     for name, res in pipes.items():
@@ -271,7 +252,8 @@ def format_report(metrics: Mapping[str, Any]) -> str:
                 "Each row intervenes on one parent drawn uniformly (" + ", ".join(
                     f"{k}: {v} rows" for k, v in rp["counts"].items()) + "), with that row's single-parent "
                 "target; metrics are over the rows of each parent.", "",
-                _table(["guidance"] + keys, [[_method_label(r)] + [r.get(k) for k in keys] for r in rp["methods"]]),
+                markdown_table(["guidance"] + keys,
+                               [[_method_label(r)] + [r.get(k) for k in keys] for r in rp["methods"]]),
                 ""]
 
     # Composition, realism floor.
@@ -280,10 +262,10 @@ def format_report(metrics: Mapping[str, Any]) -> str:
         comp = res.get("composition")
         if comp:
             out += [f"{name}: {comp['n']} rows, {comp['steps']} steps; L1 (0-255) after each cycle: "
-                    + ", ".join(f"{k + 1}: {_fmt(v)}" for k, v in enumerate(comp["l1_per_cycle"])), ""]
+                    + ", ".join(f"{k + 1}: {format_number(v)}" for k, v in enumerate(comp["l1_per_cycle"])), ""]
     f = metrics["factual"]
     out += ["## Oracle floor (factual test images)", "",
-            _table(["quantity", "value"], [[k, v] for k, v in f.items()]), "",
+            markdown_table(["quantity", "value"], [[k, v] for k, v in f.items()]), "",
             "`*_measurement_mae`: oracle measurement of the factual image against its label; `digit_accuracy`: "
             "the classifier on the factual images; `realism_fd`: the factual rows against the whole test set.", ""]
     out += ["## Definitions", "",

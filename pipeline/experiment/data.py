@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipeline.datasets.morpho import RENDER_ORDER, render_digits
 from pipeline.evaluation.oracles import Oracles
 
 __all__ = ["ExperimentData", "ExperimentOracles", "as_float_images", "build_data", "true_scm", "make_mechanism", "render",
@@ -61,8 +62,6 @@ DATA_VERSION = 3
 def as_float_images(x: Tensor) -> Tensor:
     """Images in [-1, 1] as float32: ``uint8`` storage (CSV data) is scaled by ``x / 127.5 - 1``."""
     return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x.float()
-#: The order in which the render ops are applied to a source digit.
-RENDER_ORDER = ("slant", "thickness", "intensity")
 
 
 # ================================================================================ equations -> SCM
@@ -118,21 +117,6 @@ def true_scm(spec: Any) -> Any:
 
 
 # ================================================================================ rendering
-def _render_chunk(x: np.ndarray, slant: np.ndarray, thickness: np.ndarray, intensity: np.ndarray,
-                  ops: tuple[str, ...] = ()) -> np.ndarray:
-    from pipeline.morphometry.perturb import _set_intensity_unit, _set_thickness_unit
-    from pipeline.morphometry.slant import _set_slant_unit
-
-    y = x
-    if "slant" in ops:
-        y = _set_slant_unit(y, slant)
-    if "thickness" in ops:
-        y = _set_thickness_unit(y, thickness)
-    if "intensity" in ops:
-        y = _set_intensity_unit(y, intensity)
-    return y
-
-
 def _ranges() -> dict[str, tuple[float, float]]:
     from pipeline.morphometry import INTENSITY_RANGE, SLANT_RANGE, THICKNESS_RANGE
 
@@ -141,12 +125,13 @@ def _ranges() -> dict[str, tuple[float, float]]:
 
 def render(sources: np.ndarray, values: Mapping[str, Any], n_jobs: int | None = None,
            progress: bool = False) -> tuple[Tensor, int]:
-    """Render source digits with the given ops' values: shear to ``slant``, then ``thickness``, ``intensity``.
+    """Render source digits with the given ops' values, clipped to the perturbations' ranges: shear to ``slant``,
+    then ``thickness``, ``intensity`` (:func:`~pipeline.datasets.morpho.render_digits`, in :data:`RENDER_ORDER`).
 
     Args:
         sources: ``uint8 (B, 28, 28)`` source digits.
         values: op -> ``(B,)`` target values (``thickness`` px, ``intensity`` 0..255, ``slant`` rad); ops not
-            given are not applied. Values are clipped to the perturbations' ranges.
+            given are not applied. Values outside the perturbations' ranges (or not finite) are clipped and counted.
         n_jobs: processes (``None``: all CPUs).
         progress: tqdm bar.
 
@@ -160,8 +145,6 @@ def render(sources: np.ndarray, values: Mapping[str, Any], n_jobs: int | None = 
         >>> x.shape, clipped
         (torch.Size([2, 1, 28, 28]), 1)
     """
-    from pipeline.morphometry._images import map_chunks
-
     sources = np.asarray(sources)
     n = len(sources)
     x = sources.astype(np.float64) / 255.0
@@ -173,13 +156,7 @@ def render(sources: np.ndarray, values: Mapping[str, Any], n_jobs: int | None = 
                 raise ValueError(f"render: {op} has {v.size} values for {n} digits")
             clipped |= (v < lo) | (v > hi) | ~np.isfinite(v)
             arrays[op] = np.clip(np.nan_to_num(v, nan=(lo + hi) / 2), lo, hi)
-        else:
-            arrays[op] = np.zeros(n)
-    ops = tuple(op for op in RENDER_ORDER if op in values)
-    parts = map_chunks(_render_chunk, [x, arrays["slant"], arrays["thickness"], arrays["intensity"]], n_jobs=n_jobs,
-                       chunk_size=32, min_parallel=64, progress=progress, desc="render", ops=ops)
-    y = np.concatenate(parts) if parts else x
-    return torch.from_numpy((2.0 * y - 1.0).astype(np.float32)).unsqueeze(1), int(clipped.sum())
+    return render_digits(x, arrays, n_jobs=n_jobs, progress=progress), int(clipped.sum())
 
 
 # ================================================================================ the data

@@ -29,8 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pipeline.evaluation.report import _fmt as _eval_fmt
-from pipeline.evaluation.report import _table as _eval_table
+from pipeline.markdown import format_number, markdown_table
 
 __all__ = ["write_report", "format_experiment_report", "plot_groups", "plot_effect_images", "plot_data"]
 
@@ -42,7 +41,7 @@ def _fmt(v: Any) -> str:
     """The evaluation report's number format, with small effects (|v| < 0.01) in scientific notation."""
     if isinstance(v, (float, np.floating)) and 0.0 < abs(v) < 0.01:
         return f"{float(v):.2e}"
-    return _eval_fmt(v)
+    return format_number(v)
 
 
 def _ci(c: Any) -> str:
@@ -50,7 +49,7 @@ def _ci(c: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    return _eval_table(header, rows, fmt=_fmt)
+    return markdown_table(header, rows, fmt=_fmt)
 
 
 # ================================================================================ figures
@@ -190,7 +189,7 @@ def _groups_section(groups: Mapping[str, Any]) -> list[str]:
            "parents) and anchors the *invariant* rest; CFG uses one global weight for all parents.", "",
            "![groups](figures/groups.png)", ""]
     rows = []
-    for node, g in groups.items():
+    for g in groups.values():
         dcfg = "; ".join(f"{{{', '.join(grp)}}} w={w:g}" for grp, w in zip(g["dcfg"]["groups"], g["dcfg"]["weights"]))
         rows.append([g["intervention"], ", ".join(g["descendants"]) or "–", ", ".join(g["affected"]) or "–",
                      ", ".join(g["invariant"]) or "–", dcfg, f"w={g['cfg']['weights'][0]:g}"])

@@ -59,7 +59,7 @@ import json
 import math
 import numbers
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -67,6 +67,8 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
+
+from diffusion.config import ImageModelConfig
 
 __all__ = ["SpecError", "ExperimentSpec", "EquationSpec", "DataSpec", "ModelSpec", "ScmSpec", "TrainingSpec",
            "EvaluationSpec", "GuidanceSpec", "InterventionSpec", "EffectSpec", "load_spec", "parse_spec", "FORMS",
@@ -168,18 +170,34 @@ class DataSpec:
     prepare_rows: int = 600
 
 
+#: The UNet sizes a spec's ``[model]`` may set: fields of :class:`diffusion.ImageModelConfig`, with its defaults.
+UNET_FIELDS: tuple[str, ...] = ("block_out_channels", "layers_per_block", "block_dim", "attention_levels",
+                                "mid_attention", "attention_head_dim", "norm_num_groups")
+_UNET_DEFAULTS = {f.name: f.default for f in fields(ImageModelConfig) if f.name in UNET_FIELDS}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """``[model]``: the pipeline to train or load, and the UNet's sizes."""
+    """``[model]``: the pipeline to train or load, and the UNet's sizes (defaulting to
+    :class:`diffusion.ImageModelConfig`'s).
+
+    Example:
+        >>> ModelSpec().unet_sizes() == {name: getattr(ImageModelConfig(), name) for name in UNET_FIELDS}
+        True
+    """
 
     pipeline: str = "train"
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
-    block_dim: int = 32
-    attention_levels: tuple[bool, ...] = (False, False, True)
-    mid_attention: bool = True
-    attention_head_dim: int = 8
-    norm_num_groups: int = 8
+    block_out_channels: tuple[int, ...] = _UNET_DEFAULTS["block_out_channels"]
+    layers_per_block: int = _UNET_DEFAULTS["layers_per_block"]
+    block_dim: int = _UNET_DEFAULTS["block_dim"]
+    attention_levels: tuple[bool, ...] = _UNET_DEFAULTS["attention_levels"]
+    mid_attention: bool = _UNET_DEFAULTS["mid_attention"]
+    attention_head_dim: int = _UNET_DEFAULTS["attention_head_dim"]
+    norm_num_groups: int = _UNET_DEFAULTS["norm_num_groups"]
+
+    def unet_sizes(self) -> dict[str, Any]:
+        """The UNet sizes, as keyword arguments of :class:`diffusion.ImageModelConfig`."""
+        return {name: getattr(self, name) for name in UNET_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -986,13 +1004,9 @@ def parse_spec(raw: Mapping[str, Any], *, name: str = "experiment", path: str | 
             raise SpecError(f"[[effects]] #{k + 1} image_outcome: morphometry measures 1x28x28 digits; the image "
                             f"node has shape {list(graph.spec(graph.image_node).shape)}")
     try:  # the image model's config, with dummy statistics: catches inconsistent sizes now
-        from diffusion import ImageModelConfig, TrainConfig
+        from diffusion import TrainConfig
 
-        ImageModelConfig(image_shape=tuple(graph.spec(graph.image_node).shape),
-                         block_out_channels=model.block_out_channels, layers_per_block=model.layers_per_block,
-                         block_dim=model.block_dim, attention_levels=model.attention_levels,
-                         mid_attention=model.mid_attention, attention_head_dim=model.attention_head_dim,
-                         norm_num_groups=model.norm_num_groups)
+        ImageModelConfig(image_shape=tuple(graph.spec(graph.image_node).shape), **model.unet_sizes())
         TrainConfig(**asdict(training), seed=seed)
     except ValueError as e:
         section = "[training]" if "TrainConfig" in str(e) else "[model]"

@@ -61,7 +61,7 @@ def bench_morphometry(n: int = 1000, n_jobs: int | None = None, out: str | os.Pa
         set_intensity,
         set_thickness,
     )
-    from pipeline.morphometry._images import resolve_jobs
+    from pipeline.morphometry.parallel import resolve_jobs
 
     if not 1 <= int(n) <= 1000:
         raise ValueError(f"n={n} is out of range: the benchmark has 1..1000 test digits")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.morphometry._images import mid_threshold
+from pipeline.morphometry.pyramid import mid_threshold
 
 __all__ = ["saturation", "measure_hue", "measure_background", "hsv_hue", "BACKGROUND_FRACTION"]
 

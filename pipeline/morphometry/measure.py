@@ -11,7 +11,7 @@ Definitions (docs/benchmark.md), on an image ``x`` on [0, 1]:
    positive leans right).
 
 :func:`reference_thickness` runs ``skimage.morphology.medial_axis`` image by image (the Morpho-MNIST
-code path, about 20-55 ms an image). :func:`measure_thickness` computes the same medial axis with the
+code path). :func:`measure_thickness` computes the same medial axis with the
 same rule (pixels removed in order of distance, then cornerness, with skimage's lookup table), but
 builds the tables once, crops each digit to its bounding box and runs many digits in one pass, in
 parallel processes. The only difference is the order among exact ties, which the reference breaks at
@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.morphometry._images import as_unit_batch, map_chunks, mid_threshold, upsample
+from pipeline.morphometry.batch import as_unit_batch
+from pipeline.morphometry.parallel import map_chunks
+from pipeline.morphometry.pyramid import mid_threshold, upsample
 
 __all__ = ["measure", "measure_thickness", "measure_intensity", "measure_slant", "reference_thickness",
-           "MEASURE_SCALE"]
+           "MEASURE_SCALE", "is_blank", "thickness_unit", "intensity_unit", "slant_of"]
 
 #: Upsampling factor of the thickness and slant measurements (Morpho-MNIST uses 4).
 MEASURE_SCALE = 4
@@ -146,25 +148,28 @@ def _thickness_of_binary(binary: np.ndarray, scale: int) -> np.ndarray:
     return out
 
 
-def _is_blank(x: np.ndarray) -> np.ndarray:
+def is_blank(x: np.ndarray) -> np.ndarray:
+    """Per image of a [0, 1] batch ``(B, H, W)``: whether it is constant (nothing to measure or perturb)."""
     return (x.max(axis=(1, 2)) - x.min(axis=(1, 2))) < 1e-6
 
 
-def _thickness_unit(x: np.ndarray, scale: int = MEASURE_SCALE) -> np.ndarray:
+def thickness_unit(x: np.ndarray, scale: int = MEASURE_SCALE) -> np.ndarray:
     """Thickness of a chunk of [0, 1] images ``(B, H, W)``; NaN for blank (constant) images."""
     out = _thickness_of_binary(mid_threshold(upsample(x, scale)), scale)
-    out[_is_blank(x)] = np.nan
+    out[is_blank(x)] = np.nan
     return out
 
 
-def _intensity_unit(x: np.ndarray) -> np.ndarray:
-    """Median on 0..255 of the pixels at or above the mid threshold, per image."""
+def intensity_unit(x: np.ndarray) -> np.ndarray:
+    """Intensity of a chunk of [0, 1] images ``(B, H, W)``: the median on 0..255 of the pixels at or above the
+    mid threshold, per image."""
     mask = mid_threshold(x)
     values = np.where(mask, x * 255.0, np.nan).reshape(len(x), -1)
     return np.nanmedian(values, axis=1) if len(x) else np.zeros(0)
 
 
-def _slant_of(y: np.ndarray) -> np.ndarray:
+def slant_of(y: np.ndarray) -> np.ndarray:
+    """Slant ``arctan(-mu11 / mu02)`` (radians) of each image of ``y (B, H, W)`` from its central moments."""
     b, h, w = y.shape
     cols = np.arange(w, dtype=np.float64)
     rows = np.arange(h, dtype=np.float64)
@@ -181,12 +186,12 @@ def _slant_of(y: np.ndarray) -> np.ndarray:
 
 def _all_unit(x: np.ndarray, scale: int = MEASURE_SCALE) -> np.ndarray:
     up = upsample(x, scale)
-    blank = _is_blank(x)
+    blank = is_blank(x)
     thickness = _thickness_of_binary(mid_threshold(up), scale)
-    slant = _slant_of(up)
+    slant = slant_of(up)
     thickness[blank] = np.nan
     slant[blank] = np.nan
-    return np.stack([thickness, _intensity_unit(x), slant], axis=1)
+    return np.stack([thickness, intensity_unit(x), slant], axis=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def measure_thickness(images: Any, n_jobs: int | None = None, *, value_range: tu
         ((8,), True)
     """
     x, _ = as_unit_batch(images, value_range)
-    parts = map_chunks(_thickness_unit, [x], n_jobs=n_jobs, chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL,
+    parts = map_chunks(thickness_unit, [x], n_jobs=n_jobs, chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL,
                        progress=progress, desc="thickness")
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -230,7 +235,7 @@ def measure_intensity(images: Any, *, value_range: tuple[float, float] | None = 
         [200.0]
     """
     x, _ = as_unit_batch(images, value_range)
-    return _intensity_unit(x)
+    return intensity_unit(x)
 
 
 def measure_slant(images: Any, *, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -245,8 +250,8 @@ def measure_slant(images: Any, *, value_range: tuple[float, float] | None = None
         True
     """
     x, _ = as_unit_batch(images, value_range)
-    out = _slant_of(upsample(x, MEASURE_SCALE)) if len(x) else np.zeros(0)
-    out[_is_blank(x)] = np.nan
+    out = slant_of(upsample(x, MEASURE_SCALE)) if len(x) else np.zeros(0)
+    out[is_blank(x)] = np.nan
     return out
 
 
@@ -293,7 +298,7 @@ def reference_thickness(images: Any, *, value_range: tuple[float, float] | None 
 
         iterator = tqdm(iterator, desc="reference thickness", unit="img")
     for k in iterator:
-        if _is_blank(x[k:k + 1])[0]:
+        if is_blank(x[k:k + 1])[0]:
             continue
         up = pyramid_expand(x[k], upscale=scale, order=3)
         binary = up >= up.min() + 0.5 * (up.max() - up.min())

@@ -25,17 +25,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.morphometry._images import (
-    apply_targets,
-    as_unit_batch,
-    mid_threshold,
-    per_image,
-    reduce_operator,
-    upsample,
-)
-from pipeline.morphometry.measure import _intensity_unit, _is_blank, _thickness_unit
+from pipeline.morphometry.batch import apply_targets, as_unit_batch, per_image
+from pipeline.morphometry.measure import intensity_unit, is_blank, thickness_unit
+from pipeline.morphometry.pyramid import mid_threshold, reduce_operator, upsample
 
-__all__ = ["set_thickness", "set_intensity", "THICKNESS_RANGE", "INTENSITY_RANGE", "PERTURB_SCALE"]
+__all__ = ["set_thickness", "set_intensity", "THICKNESS_RANGE", "INTENSITY_RANGE", "PERTURB_SCALE",
+           "set_thickness_unit", "set_intensity_unit"]
 
 #: Targets accepted by :func:`set_thickness`, in pixels.
 THICKNESS_RANGE = (0.5, 8.0)
@@ -100,8 +95,8 @@ class _Digit:
         return box[0], box[1], outside <= r
 
 
-def _set_thickness_unit(x: np.ndarray, target: np.ndarray, scale: int = PERTURB_SCALE, iterations: int = 4,
-                        tolerance: float = 0.02) -> np.ndarray:
+def set_thickness_unit(x: np.ndarray, target: np.ndarray, scale: int = PERTURB_SCALE, iterations: int = 4,
+                       tolerance: float = 0.02) -> np.ndarray:
     """set_thickness on a chunk of [0, 1] images ``(B, H, W)``; returns [0, 1] float64 images.
 
     Each image's result depends only on that image and its target (never on the rest of the chunk).
@@ -111,14 +106,14 @@ def _set_thickness_unit(x: np.ndarray, target: np.ndarray, scale: int = PERTURB_
     if b == 0:
         return out
     # 1. measure
-    t_source = _thickness_unit(x)
+    t_source = thickness_unit(x)
     # 2. upsample + binarise
     binary = mid_threshold(upsample(x, scale))
     rh = reduce_operator(height, scale)
     rw = rh if width == height else reduce_operator(width, scale)
     margin = int(np.ceil(_MARGIN_PX * scale))
     work = {k: _Digit(binary[k], margin) for k in range(b)
-            if np.isfinite(t_source[k]) and not _is_blank(x[k:k + 1])[0]}  # blank images: nothing to do
+            if np.isfinite(t_source[k]) and not is_blank(x[k:k + 1])[0]}  # blank images: nothing to do
     if not work:
         return out
     radius = {k: float(np.clip(scale * (target[k] - t_source[k]) / 2.0, d.r_min, d.r_max)) for k, d in work.items()}
@@ -132,7 +127,7 @@ def _set_thickness_unit(x: np.ndarray, target: np.ndarray, scale: int = PERTURB_
             y = rh[:, rows] @ digit.astype(np.float64) @ rw[:, cols].T
             images[n] = _clear_threshold(np.clip(y, 0.0, 1.0))
         # 5. measure and correct
-        achieved = _thickness_unit(images)
+        achieved = thickness_unit(images)
         still = []
         for n, k in enumerate(active):
             err = abs(achieved[n] - target[k]) if np.isfinite(achieved[n]) else np.inf
@@ -185,19 +180,19 @@ def set_thickness(images: Any, thickness: Any, *, scale: int = PERTURB_SCALE, it
         raise ValueError(f"scale={scale!r} is invalid: use an integer in 2..16 (default {PERTURB_SCALE})")
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or not 0 <= iterations <= 20:
         raise ValueError(f"iterations={iterations!r} is invalid: use an integer in 0..20 (default 4)")
-    return apply_targets(_set_thickness_unit, images, thickness, "thickness", THICKNESS_RANGE, value_range=value_range,
+    return apply_targets(set_thickness_unit, images, thickness, "thickness", THICKNESS_RANGE, value_range=value_range,
                          n_jobs=n_jobs, chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL, progress=progress,
                          scale=int(scale), iterations=int(iterations))
 
 
-def _set_intensity_unit(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+def set_intensity_unit(x: np.ndarray, target: np.ndarray) -> np.ndarray:
     """set_intensity on [0, 1] images; ``target`` on 0..255. Returns [0, 1] float64 images."""
-    current = _intensity_unit(x)
+    current = intensity_unit(x)
     ok = np.isfinite(current) & (current > 0)
     gain = np.where(ok, target / np.where(ok, current, 1.0), 1.0)
     y = np.clip(x * gain[:, None, None], 0.0, 1.0)
     # Where clipping at 1 changed the measurement (gain > 1), bisect the gain.
-    achieved = _intensity_unit(y)
+    achieved = intensity_unit(y)
     fix = ok & (np.abs(achieved - target) > 0.25)
     if fix.any():
         idx = np.flatnonzero(fix)
@@ -206,7 +201,7 @@ def _set_intensity_unit(x: np.ndarray, target: np.ndarray) -> np.ndarray:
         hi = np.maximum(lo, 1.0 / np.maximum(floor, 1e-6))  # every digit pixel saturated: intensity 255
         for _ in range(40):
             mid = 0.5 * (lo + hi)
-            value = _intensity_unit(np.clip(x[idx] * mid[:, None, None], 0.0, 1.0))
+            value = intensity_unit(np.clip(x[idx] * mid[:, None, None], 0.0, 1.0))
             below = value < target[idx]
             lo = np.where(below, mid, lo)
             hi = np.where(below, hi, mid)
@@ -235,4 +230,4 @@ def set_intensity(images: Any, intensity: Any, *, value_range: tuple[float, floa
     """
     x, layout = as_unit_batch(images, value_range)
     target = per_image(intensity, len(x), "intensity", *INTENSITY_RANGE)
-    return layout.restore(_set_intensity_unit(x, target))
+    return layout.restore(set_intensity_unit(x, target))

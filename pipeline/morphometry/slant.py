@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.morphometry._images import apply_targets, upsample
-from pipeline.morphometry.measure import MEASURE_SCALE, _is_blank, _slant_of
+from pipeline.morphometry.batch import apply_targets
+from pipeline.morphometry.measure import MEASURE_SCALE, is_blank, slant_of
+from pipeline.morphometry.pyramid import upsample
 
-__all__ = ["set_slant", "SLANT_RANGE"]
+__all__ = ["set_slant", "SLANT_RANGE", "set_slant_unit"]
 
 #: Targets accepted by :func:`set_slant`, in radians (positive leans right).
 SLANT_RANGE = (-0.785, 0.785)
@@ -48,13 +49,13 @@ def _shear(x: np.ndarray, s: float, row: float) -> np.ndarray:
 
 
 def _slant(x: np.ndarray) -> np.ndarray:
-    return _slant_of(upsample(x, MEASURE_SCALE))
+    return slant_of(upsample(x, MEASURE_SCALE))
 
 
-def _set_slant_unit(x: np.ndarray, target: np.ndarray, iterations: int = 2) -> np.ndarray:
+def set_slant_unit(x: np.ndarray, target: np.ndarray, iterations: int = 2) -> np.ndarray:
     """set_slant on a chunk of [0, 1] images ``(B, H, W)``; ``target`` in radians."""
     y = x.copy()
-    todo = ~_is_blank(x)
+    todo = ~is_blank(x)
     if not todo.any():
         return y
     idx = np.flatnonzero(todo)
@@ -101,5 +102,5 @@ def set_slant(images: Any, slant: Any, *, iterations: int = 2, n_jobs: int | Non
     """
     if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or not 0 <= iterations <= 10:
         raise ValueError(f"iterations={iterations!r} is invalid: use an integer in 0..10 (default 2)")
-    return apply_targets(_set_slant_unit, images, slant, "slant", SLANT_RANGE, value_range=value_range, n_jobs=n_jobs,
+    return apply_targets(set_slant_unit, images, slant, "slant", SLANT_RANGE, value_range=value_range, n_jobs=n_jobs,
                          chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL, progress=progress, iterations=int(iterations))

@@ -388,7 +388,7 @@ def test_descendant_weight_setting(tiny_pipeline, toy_data):
 def test_targets_do_not_depend_on_the_other_interventions_or_n(tiny_pipeline, toy_data):
     """Each intervention's targets come from its own (seed, node) stream: evaluating do(digit) alone, or
     fewer rows, gives the same digit targets (and counterfactuals) as the full run."""
-    from pipeline.evaluation.runner import _prepare
+    from pipeline.evaluation.run import prepare_rows
 
     images, parents, oracles = toy_data
     full = resolve_config(EvaluationConfig(n=8, steps=2, sweep_n=4, cycle_n=0, per_attribute_n=0,
@@ -396,14 +396,14 @@ def test_targets_do_not_depend_on_the_other_interventions_or_n(tiny_pipeline, to
     alone = resolve_config(EvaluationConfig(n=5, steps=2, sweep_n=4, cycle_n=0, per_attribute_n=0,
                                             interventions=("digit",)), tiny_pipeline, 40)
     g = tiny_pipeline.graph
-    d_full, _ = _prepare(images, parents, oracles, full, None, None, g)
-    d_alone, _ = _prepare(images, parents, oracles, alone, None, None, g)
+    d_full, _ = prepare_rows(images, parents, oracles, full, None, None, g)
+    d_alone, _ = prepare_rows(images, parents, oracles, alone, None, None, g)
     assert torch.equal(d_full.rows[:5], d_alone.rows)
     assert torch.equal(d_full.targets["digit"][:5], d_alone.targets["digit"])
     assert not torch.equal(d_full.targets["thickness"], d_full.targets["intensity"])
     other_seed = resolve_config(EvaluationConfig(n=8, steps=2, sweep_n=4, cycle_n=0, per_attribute_n=0,
                                                  interventions=("digit",), seed=1), tiny_pipeline, 40)
-    d_seed, _ = _prepare(images, parents, oracles, other_seed, None, None, g)
+    d_seed, _ = prepare_rows(images, parents, oracles, other_seed, None, None, g)
     assert not torch.equal(d_seed.rows, d_full.rows) or not torch.equal(d_seed.targets["digit"],
                                                                          d_full.targets["digit"])
 
@@ -463,15 +463,32 @@ def test_precision_auto_resolves_on_the_image_models_hardware(tiny_pipeline, mon
     assert resolve_config(EvaluationConfig(**base), bare, 40).precision == "fp32"
 
 
+def test_runner_still_exports_every_name_and_warns_for_its_former_private_ones():
+    """runner.py was split into config, plan, run and headline: its public names still import from it, and the
+    private names other code used resolve to their public successors with a DeprecationWarning."""
+    import pipeline.evaluation.runner as runner
+    from pipeline.evaluation import config, headline, plan, run
+
+    for module in (config, plan, run, headline):
+        for name in module.__all__:
+            assert getattr(runner, name) is getattr(module, name), name
+    for old, new in (("_groups_for", plan.groups_for), ("_prepare", run.prepare_rows),
+                     ("_total_spurious", run.total_spurious), ("_headline", headline.headline_rows)):
+        with pytest.warns(DeprecationWarning, match=old):
+            assert getattr(runner, old) is new
+    with pytest.raises(AttributeError):
+        runner._no_such_name
+
+
 def test_total_spurious_change_sums_invariants_in_sd_units():
     """Invariant continuous parents count in units of their test sd, invariant discrete ones by their flip rate;
     the intervened node and its descendants do not count."""
-    from pipeline.evaluation.runner import _total_spurious
+    from pipeline.evaluation.run import total_spurious
     from scm import CausalGraph
 
     g = CausalGraph.from_dict({"nodes": {"a": {"kind": "real"}, "b": {"kind": "real"}, "c": {"kind": "real"},
                                          "d": {"kind": "binary"}, "x": {"kind": "image", "shape": [1, 8, 8]}},
                                "edges": [["a", "b"], ["a", "x"], ["b", "x"], ["c", "x"], ["d", "x"]]})
     row = {"a_mae": 0.1, "b_excess_change": 9.0, "c_abs_change": 0.5, "d_flip_rate": 0.25}
-    assert _total_spurious(g, "a", row, {"a": 1.0, "b": 1.0, "c": 2.0}) == pytest.approx(0.5 / 2.0 + 0.25)
-    assert _total_spurious(g, "a", {"a_mae": 0.1}, {"c": 2.0}) is None
+    assert total_spurious(g, "a", row, {"a": 1.0, "b": 1.0, "c": 2.0}) == pytest.approx(0.5 / 2.0 + 0.25)
+    assert total_spurious(g, "a", {"a_mae": 0.1}, {"c": 2.0}) is None
