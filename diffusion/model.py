@@ -28,8 +28,10 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from diffusion._fs import SavedKind, check_weight_shapes, find_saved_dir, read_json, save_dir
-from diffusion._io import atomic_write_json, load_tensors, save_tensors
+from dcfg_io.atomic import atomic_write_json
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import read_json
+from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
 from diffusion.config import _CONFIG_FORMAT, ImageModelConfig
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.schedule import alphas_cumprod as _alphas_cumprod

@@ -43,11 +43,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dcfg_io.atomic import atomic_write_bytes, atomic_write_json
+from dcfg_io.rollback import restored_on_error
+from dcfg_io.tensors import save_tensors
 from diffusion import _checkpoint as ckpt
 from diffusion._distributed import DistContext, setup
-from diffusion._fs import restored_on_error
 from diffusion.config import RESUMABLE_CHANGES, ImageModelConfig, TrainConfig
-from diffusion._io import atomic_write_bytes, atomic_write_json, save_tensors
 from diffusion.model import CONFIG_NAME, WEIGHTS_NAME, ConditionalUNet, load_state_checked
 
 LOSS_CSV = "loss.csv"

@@ -150,7 +150,7 @@ def bench_train_data(data: str | None = None, graph: str | os.PathLike | None = 
            "runs": runs, "rss_ratio": runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"],
            "machine": cpu_facts(), "python": platform.python_version()}
     if out is not None:
-        from diffusion._io import atomic_write_json
+        from dcfg_io.atomic import atomic_write_json
 
         atomic_write_json(Path(out), res)
     return res

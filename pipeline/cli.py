@@ -781,7 +781,7 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n
 
     result = {"command": _command_line("dcfg bench solvers"), "cpu": cpu_facts(),
               "torch_threads": torch.get_num_threads(), "rows": rows}
-    from diffusion._io import atomic_write_json
+    from dcfg_io.atomic import atomic_write_json
 
     atomic_write_json(out, result)
     click.echo(format_solver_table(rows))
@@ -868,7 +868,7 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
     _check_out(out_dir)
     name, folder = resolve_pipeline_path(pipeline_dir)
     target = save_to if save_to is not None else (None if name is not None else folder)
-    from diffusion._fs import check_save_target
+    from dcfg_io.folders import check_save_target
     from pipeline.calibrate import check_report_dir
     from pipeline.core import SAVED_KIND
 

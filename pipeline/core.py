@@ -26,8 +26,9 @@ from diffusion import ConditionalUNet, check_anchor, ddim_sample, guided_eps_fn
 from diffusion.solvers import check_solver
 from diffusion.solvers import invert as solver_invert
 from diffusion.solvers import sample as solver_sample
-from diffusion._fs import SavedKind, check_entry, check_keys, find_saved_dir, read_json, save_dir
-from diffusion._io import atomic_write_bytes
+from dcfg_io.atomic import atomic_write_bytes
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import check_entry, check_keys, read_json
 from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
 from scm import SCM, CausalGraph
 from scm.support import as_values

@@ -39,9 +39,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffusion._fs import (SavedKind, check_entry, check_keys, check_weight_shapes, find_saved_dir, read_json,
-                           restored_on_error, save_dir)
-from diffusion._io import atomic_write_json, load_tensors, save_tensors
+from dcfg_io.atomic import atomic_write_json
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import check_entry, check_keys, read_json
+from dcfg_io.rollback import restored_on_error
+from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
 
 __all__ = ["PredictorConfig", "AttributePredictor", "PredictorSet", "train_predictors", "predictor_widths",
            "PREDICTOR_KINDS", "MAX_PREDICTOR_WIDTH"]

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from diffusion._fs import SavedKind
+from dcfg_io.folders import SavedKind
 
 __all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid", "to_json", "OUTPUT_FILES"]
 
@@ -45,7 +45,7 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     Raises:
         ValueError: ``out`` is a file, a folder holding anything but an evaluation, or not writable.
     """
-    from diffusion._fs import check_save_target
+    from dcfg_io.folders import check_save_target
     from pipeline.parsing import check_writable
 
     out = Path(out)
@@ -94,7 +94,7 @@ def write_outputs(result: Any, out: str | os.PathLike) -> Path:
     Everything goes into a temporary folder next to ``out``, renamed into place at the end; an earlier
     evaluation at ``out`` is replaced only once the new one is complete.
     """
-    from diffusion._fs import save_dir
+    from dcfg_io.folders import save_dir
 
     out = check_out_dir(out)
     metrics = to_json(result.metrics)
