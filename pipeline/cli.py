@@ -84,7 +84,7 @@ def bench_scm_command(n_rows, fit_rows, epochs, repeats, seed, threads, out, qui
     _check_out(out)
     import torch
 
-    from scm.bench import bench_scm
+    from pipeline.bench_scm import bench_scm
 
     torch.set_num_threads(threads)
     bench_scm(n_rows=n_rows, seed=seed, out=out, fit_rows=fit_rows, epochs=epochs, repeats=repeats,
@@ -126,7 +126,7 @@ def bench_diffusion_command(model_dir, preset, channels, batch_sizes, sample_bat
     _check_out(out)
     import torch
 
-    from diffusion.bench import bench_diffusion
+    from pipeline.bench_diffusion import bench_diffusion
 
     if threads:
         torch.set_num_threads(threads)

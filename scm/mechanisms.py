@@ -730,8 +730,8 @@ class AffineSigmoidMechanism(_StandardNormalNoise, Mechanism):
         return dist.Normal(self._loc(parents, value), self.noise_scale).log_prob(z) - log_jac
 
 
-def _gamma_sample(concentration: float, n: int, generator: torch.Generator) -> Tensor:
-    """Gamma(concentration, 1) draws from a generator (Marsaglia & Tsang 2000, vectorised)."""
+def gamma_sample(concentration: float, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` Gamma(concentration, 1) draws (float64) from ``generator`` (Marsaglia & Tsang 2000, vectorised)."""
     a = concentration
     boost = a < 1.0
     if boost:
@@ -782,7 +782,7 @@ class GammaMechanism(Mechanism):
         return {"concentration": self.concentration, "rate": self.rate, "shift": self.shift}
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return (_gamma_sample(self.concentration, n, _generator(generator)) / self.rate).to(torch.float32)
+        return (gamma_sample(self.concentration, n, _generator(generator)) / self.rate).to(torch.float32)
 
     def noise_distribution(self, n: int, device: torch.device | None = None,
                            dtype: torch.dtype = torch.float32) -> dist.Distribution:
