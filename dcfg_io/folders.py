@@ -26,10 +26,10 @@ Example:
     >>> json.loads((find_saved_dir(out, kind) / "summary.json").read_text())
     {'n': 2}
     >>> other = out.parent / "photos"; other.mkdir(); _ = (other / "cat.jpg").write_bytes(b"")
-    >>> check_save_target(other, kind)
+    >>> check_save_target(other, kind)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: cannot save the report to '...photos': the folder holds other content ('cat.jpg') and is not a saved report (no summary.json of one); refusing to overwrite it: remove the folder first, or give a new folder
+    ValueError: cannot save the report to '...photos': the folder holds other content ('cat.jpg') and is not ...
 """
 from __future__ import annotations
 

@@ -135,5 +135,5 @@ def check_keys(obj: Mapping[str, Any], known: Any, where: str, what: str = "conf
         return
     unknown = sorted(str(k) for k in obj if k not in known)
     if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} in the {what}{' (and ' + str(len(unknown) - 1) + ' more)' if len(unknown) > 1 else ''}; "
-                         f"the known keys are {sorted(known)}")
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} in the {what}{more}; the known keys are {sorted(known)}")

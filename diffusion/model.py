@@ -32,7 +32,7 @@ from dcfg_io.atomic import atomic_write_json
 from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
 from dcfg_io.reads import read_json
 from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
-from diffusion.config import _CONFIG_FORMAT, ImageModelConfig
+from diffusion.config import CONFIG_FORMAT, ImageModelConfig
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.schedule import alphas_cumprod as _alphas_cumprod
 
@@ -40,7 +40,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 #: a saved image model folder: its config.json (written last) holds the ImageModelConfig format tag
-SAVED_KIND = SavedKind("image model", CONFIG_NAME, lambda c: isinstance(c, dict) and c.get("format") == _CONFIG_FORMAT)
+SAVED_KIND = SavedKind("image model", CONFIG_NAME, lambda c: isinstance(c, dict) and c.get("format") == CONFIG_FORMAT)
 
 #: inference precisions :meth:`ConditionalUNet.set_inference` takes (``"auto"`` resolves by :func:`resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16")

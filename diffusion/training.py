@@ -47,7 +47,7 @@ from dcfg_io.atomic import atomic_write_bytes, atomic_write_json
 from dcfg_io.rollback import restored_on_error
 from dcfg_io.tensors import save_tensors
 from diffusion import _checkpoint as ckpt
-from diffusion._distributed import DistContext, setup
+from diffusion.distributed import DistContext, setup
 from diffusion.config import RESUMABLE_CHANGES, ImageModelConfig, TrainConfig
 from diffusion.model import CONFIG_NAME, WEIGHTS_NAME, ConditionalUNet, load_state_checked
 

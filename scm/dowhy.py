@@ -28,8 +28,10 @@ Example:
     >>> from scm import CausalGraph
     >>> g = CausalGraph.from_edges([("t", "y")], {"t": {"kind": "binary"}, "y": {"kind": "real"}})
     >>> h = attribute_digraph(g)
-    >>> sorted(h.nodes(data="kind")), graph_from_dowhy(h) == g
-    ([('t', 'binary'), ('y', 'real')], True)
+    >>> sorted(h.nodes(data="kind"))
+    [('t', 'binary'), ('y', 'real')]
+    >>> graph_from_dowhy(h) == g
+    True
 """
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ def load_scm(cls: type["SCM"], path: str | os.PathLike[str], mechanisms: Mapping
                              f"{WEIGHTS_NAME}, as written by SCM.save)")
     cfg = read_json(cfg_file, path, what="SCM config")
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ValueError(f"{cfg_file} is not an SCM config (format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
+        found = cfg.get("format") if isinstance(cfg, dict) else None
+        raise ValueError(f"{cfg_file} is not an SCM config (format {found!r}, "
                          f"expected {FORMAT!r})")
     check_keys(cfg, ("format", "format_version", "graph", "scm", "mechanisms"), str(cfg_file), "SCM config")
     version = cfg.get("format_version", 0)
@@ -183,8 +184,8 @@ def _same(v: Any) -> Any:
 
 def _check_builtin_entry(cfg_file: Path, node: str, entry: Mapping[str, Any], settings: Mapping[str, Any],
                          config: SCMConfig) -> None:
-    """A built-in mechanism's sizes are within :data:`~scm.model.SCM_LIMITS`, and equal the SCM's settings unless the entry is
-    marked ``custom`` (otherwise an edited ``scm.hidden`` would be silently ignored)."""
+    """A built-in mechanism's sizes are within :data:`~scm.model.SCM_LIMITS`, and equal the SCM's settings unless
+    the entry is marked ``custom`` (otherwise an edited ``scm.hidden`` would be silently ignored)."""
     keys = _BUILTIN.get(entry["type"])
     if keys is None:
         return
