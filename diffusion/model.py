@@ -294,7 +294,7 @@ class ConditionalUNet(nn.Module):
 
         ``directory`` must be new, empty or an earlier saved image model (anything else is refused with a
         ``ValueError`` before anything is touched); the folder is replaced as a whole, so that a crash at any
-        point leaves the old or the new model loadable (:func:`diffusion._fs.save_dir`).
+        point leaves the old or the new model loadable (:func:`dcfg_io.folders.save_dir`).
 
         Example:
             >>> import tempfile
@@ -319,7 +319,7 @@ class ConditionalUNet(nn.Module):
         Before any module is built, every file must be a regular file inside ``directory`` (no named pipe,
         device or symbolic link out of it), the config within :data:`diffusion.config.LIMITS`, and the weight
         shapes in the safetensors header must match the config. After an interrupted save the complete copy
-        beside ``directory`` is loaded (:func:`diffusion._fs.find_saved_dir`).
+        beside ``directory`` is loaded (:func:`dcfg_io.folders.find_saved_dir`).
 
         Raises:
             FileNotFoundError: if ``config.json`` or ``model.safetensors`` is missing.
