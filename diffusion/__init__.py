@@ -8,8 +8,8 @@
   the variants APG (:func:`apg_update`), CFG++ (:class:`GuidedEps`) and a guidance interval compose with both.
 * :func:`native_bf16`, :func:`resolve_precision`: whether bf16 inference is native here (``precision="auto"``).
 * :func:`train`: DDPM training with per-group condition dropout, EMA, atomic resumable checkpoints, DDP.
-* :mod:`diffusion.grid` (``sample_images``, ``save_grid``) and :mod:`diffusion.bench` (``bench_diffusion``, behind
-  ``dcfg bench diffusion``).
+* :mod:`diffusion.grid` (``sample_images``, ``save_grid``). The benchmark ``dcfg bench diffusion`` lives in
+  :mod:`pipeline.bench_diffusion`.
 
 This package never imports ``scm`` or ``pipeline``.
 """

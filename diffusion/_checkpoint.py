@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusion._io import atomic_write_json, load_tensors, save_tensors
+from dcfg_io.atomic import atomic_write_json
+from dcfg_io.tensors import load_tensors, save_tensors
 
 FORMAT = "dcfg.diffusion.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.safetensors"

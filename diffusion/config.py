@@ -29,7 +29,8 @@ DROPOUT_MODES = ("per_group", "whole")
 TRAIN_PRECISIONS = ("fp32", "bf16", "fp16")
 #: TrainConfig fields that may differ between a run and its resumption (they leave the loss sequence unchanged).
 RESUMABLE_CHANGES = ("steps", "ckpt_every", "log_every")
-_CONFIG_FORMAT = "dcfg.diffusion.ImageModelConfig/1"
+#: The ``format`` tag of a saved :class:`ImageModelConfig` (its ``config.json``).
+CONFIG_FORMAT = "dcfg.diffusion.ImageModelConfig/1"
 #: Bounds of an :class:`ImageModelConfig`, checked on creation (so also before a saved model is built): generous
 #: for any model this project trains, small enough that a damaged or hostile ``config.json`` cannot make a loader
 #: allocate gigabytes before its weights are compared with the config.
@@ -237,16 +238,16 @@ class ImageModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
         out = asdict(self)
-        out["format"] = _CONFIG_FORMAT
+        out["format"] = CONFIG_FORMAT
         return json.loads(json.dumps(out))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ImageModelConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
         data = dict(data)
-        fmt = data.pop("format", _CONFIG_FORMAT)
-        if fmt != _CONFIG_FORMAT:
-            raise ValueError(f"config format {fmt!r} is not {_CONFIG_FORMAT!r}; this is not an ImageModelConfig")
+        fmt = data.pop("format", CONFIG_FORMAT)
+        if fmt != CONFIG_FORMAT:
+            raise ValueError(f"config format {fmt!r} is not {CONFIG_FORMAT!r}; this is not an ImageModelConfig")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

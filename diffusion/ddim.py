@@ -109,7 +109,9 @@ def _roles(out: "Tensor | GuidedEps") -> tuple[Tensor, Tensor]:
     return e, e
 
 
-def _check(x: Tensor, alphas_cumprod: Tensor, name: str) -> Tensor:
+def check_sampler_inputs(x: Tensor, alphas_cumprod: Tensor, name: str) -> Tensor:
+    """The schedule ``alphas_cumprod`` as float64 on ``x``'s device, after checking that ``x`` (called ``name`` in
+    errors) is a floating-point ``(B, ...)`` tensor and the schedule 1-D in (0, 1]."""
     if not isinstance(x, Tensor) or not x.dtype.is_floating_point or x.dim() < 2:
         raise TypeError(f"{name} must be a floating-point tensor (B, ...), got "
                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
@@ -156,7 +158,7 @@ def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, 
         >>> ddim_sample(lambda x, t: torch.zeros_like(x), torch.randn(1, 1, 2, 2), abar, 10).shape
         torch.Size([1, 1, 2, 2])
     """
-    abar = _check(x_T, alphas_cumprod, "x_T")
+    abar = check_sampler_inputs(x_T, alphas_cumprod, "x_T")
     ts = ddim_timesteps(len(abar), steps, spacing).flip(0).tolist()  # tau_S, ..., tau_1
     x = x_T.to(torch.float64)
     traj = [x_T.clone()] if return_trajectory else []
@@ -204,7 +206,7 @@ def ddim_invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, 
         >>> ddim_invert(lambda x, t: torch.zeros_like(x), torch.zeros(1, 1, 2, 2), abar, 10).abs().max().item()
         0.0
     """
-    abar = _check(x_0, alphas_cumprod, "x_0")
+    abar = check_sampler_inputs(x_0, alphas_cumprod, "x_0")
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
         raise ValueError(f"refine_steps={refine_steps!r} must be a non-negative integer (0 = plain inversion)")
     ts = ddim_timesteps(len(abar), steps, spacing).tolist()  # tau_1, ..., tau_S

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffusion._io import atomic_write_bytes
+from dcfg_io.atomic import atomic_write_bytes
 from diffusion.ddim import ddim_sample
 from diffusion.guidance import guided_eps_fn
 

@@ -28,9 +28,11 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
-from diffusion._fs import SavedKind, check_weight_shapes, find_saved_dir, read_json, save_dir
-from diffusion._io import atomic_write_json, load_tensors, save_tensors
-from diffusion.config import _CONFIG_FORMAT, ImageModelConfig
+from dcfg_io.atomic import atomic_write_json
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import read_json
+from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
+from diffusion.config import CONFIG_FORMAT, ImageModelConfig
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.schedule import alphas_cumprod as _alphas_cumprod
 
@@ -38,7 +40,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 #: a saved image model folder: its config.json (written last) holds the ImageModelConfig format tag
-SAVED_KIND = SavedKind("image model", CONFIG_NAME, lambda c: isinstance(c, dict) and c.get("format") == _CONFIG_FORMAT)
+SAVED_KIND = SavedKind("image model", CONFIG_NAME, lambda c: isinstance(c, dict) and c.get("format") == CONFIG_FORMAT)
 
 #: inference precisions :meth:`ConditionalUNet.set_inference` takes (``"auto"`` resolves by :func:`resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -292,7 +294,7 @@ class ConditionalUNet(nn.Module):
 
         ``directory`` must be new, empty or an earlier saved image model (anything else is refused with a
         ``ValueError`` before anything is touched); the folder is replaced as a whole, so that a crash at any
-        point leaves the old or the new model loadable (:func:`diffusion._fs.save_dir`).
+        point leaves the old or the new model loadable (:func:`dcfg_io.folders.save_dir`).
 
         Example:
             >>> import tempfile
@@ -317,7 +319,7 @@ class ConditionalUNet(nn.Module):
         Before any module is built, every file must be a regular file inside ``directory`` (no named pipe,
         device or symbolic link out of it), the config within :data:`diffusion.config.LIMITS`, and the weight
         shapes in the safetensors header must match the config. After an interrupted save the complete copy
-        beside ``directory`` is loaded (:func:`diffusion._fs.find_saved_dir`).
+        beside ``directory`` is loaded (:func:`dcfg_io.folders.find_saved_dir`).
 
         Raises:
             FileNotFoundError: if ``config.json`` or ``model.safetensors`` is missing.

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from diffusion.ddim import EpsFn, _check, ddim_invert, ddim_sample
+from diffusion.ddim import EpsFn, check_sampler_inputs, ddim_invert, ddim_sample
 from diffusion.guidance import GuidedEps
 
 #: The solvers of :func:`sample` and :func:`invert`.
@@ -108,7 +108,7 @@ def sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, *, so
     check_solver(solver)
     if solver == "ddim":
         return ddim_sample(eps_fn, x_T, alphas_cumprod, steps, progress=progress)
-    abar = _check(x_T, alphas_cumprod, "x_T")
+    abar = check_sampler_inputs(x_T, alphas_cumprod, "x_T")
     _check_steps(steps)
     sched = _scheduler(solver, abar, steps)
     return _run(sched, eps_fn, x_T.to(torch.float64), x_T.dtype, solver, progress, f"{solver} sample").to(x_T.dtype)
@@ -121,7 +121,7 @@ def invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, *, so
     check_solver(solver)
     if INVERTERS[solver] == "ddim":
         return ddim_invert(eps_fn, x_0, alphas_cumprod, steps, refine_steps=refine_steps, progress=progress)
-    abar = _check(x_0, alphas_cumprod, "x_0")
+    abar = check_sampler_inputs(x_0, alphas_cumprod, "x_0")
     _check_steps(steps)
     sched = _scheduler(solver, abar, steps, inverse=True)
     return _run(sched, eps_fn, x_0.to(torch.float64), x_0.dtype, solver, progress, f"{solver} invert").to(x_0.dtype)

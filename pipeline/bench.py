@@ -181,7 +181,7 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
     if verbose:
         print(format_pipeline_table(result))
     if out is not None:
-        from diffusion._io import atomic_write_json
+        from dcfg_io.atomic import atomic_write_json
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, result)

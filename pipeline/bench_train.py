@@ -3,7 +3,7 @@
 Images are read from disk as the model needs them (never held all in float32), so a training run's peak memory
 should not depend on how many images the split has. The bench measures it: for each size N in ``sizes`` a fresh
 Python process opens the first N rows of the data and streams ``steps`` training batches through the same code the
-image model's training uses (:func:`diffusion.training._batch_stream`: the seeded batch order, DataLoader workers,
+image model's training uses (:func:`diffusion.training.training_batches`: the seeded batch order, DataLoader workers,
 collation), then reports its peak resident memory (``ru_maxrss`` of the process and its workers) and the images/s
 it read. ``steps`` is raised to at least one full pass over the largest N, so every image is decoded once.
 
@@ -78,7 +78,7 @@ def _child(spec: str, graph_file: str, n: int, steps: int, batch_size: int, num_
     """Runs in a fresh process: stream ``steps`` training batches of the first ``n`` rows."""
     import torch
 
-    from diffusion.training import _batch_stream, _DataOrder, _Loader, _StepBatches
+    from diffusion.training import training_batches
     from pipeline.generate import open_dataset
     from pipeline.train import image_model_config_for, image_model_preset, read_graph
 
@@ -87,10 +87,9 @@ def _child(spec: str, graph_file: str, n: int, steps: int, batch_size: int, num_
     data = open_dataset(spec, limit=n, graph=graph, image_size=image_size)
     attrs = {k: data.factual(k) for k in graph.attribute_nodes()}
     config = image_model_config_for(graph, attrs, **image_model_preset(graph.spec(graph.image_node).shape)[1])
-    batches = _StepBatches(_DataOrder(len(data), 0), _Loader(data), batch_size, 0, batch_size, config)
     t0 = time.perf_counter()
     seen = 0
-    for x, _ in _batch_stream(batches, 0, steps, num_workers):
+    for x, _ in training_batches(data, config, batch_size, steps, num_workers=num_workers):
         seen += len(x)
     wall = time.perf_counter() - t0
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -150,7 +149,7 @@ def bench_train_data(data: str | None = None, graph: str | os.PathLike | None = 
            "runs": runs, "rss_ratio": runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"],
            "machine": cpu_facts(), "python": platform.python_version()}
     if out is not None:
-        from diffusion._io import atomic_write_json
+        from dcfg_io.atomic import atomic_write_json
 
         atomic_write_json(Path(out), res)
     return res

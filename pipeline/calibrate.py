@@ -46,7 +46,7 @@ DEFAULT_N = 48
 
 
 def _calibration_kind() -> Any:
-    from diffusion._fs import SavedKind
+    from dcfg_io.folders import SavedKind
 
     return SavedKind("calibration report", "calibration.json", lambda c: isinstance(c, dict))
 
@@ -376,8 +376,8 @@ def _ms_per_nfe(pipe: Any, x: Tensor, parents: Mapping[str, Tensor], steps: int)
 def write_report(cal: Calibration, out: str | os.PathLike, *, command: str | None = None) -> Path:
     """Write ``report.md``, ``curves.png`` and ``calibration.json`` (last) into ``out``: a new, empty or earlier
     calibration folder (anything else is refused before anything is touched), swapped in crash-safely
-    (:func:`diffusion._fs.save_dir`)."""
-    from diffusion._fs import save_dir
+    (:func:`dcfg_io.folders.save_dir`)."""
+    from dcfg_io.folders import save_dir
 
     def write(tmp: Path) -> None:
         _plot(cal, tmp / "curves.png")
@@ -389,7 +389,7 @@ def write_report(cal: Calibration, out: str | os.PathLike, *, command: str | Non
 
 def check_report_dir(out: str | os.PathLike) -> Path:
     """``ValueError`` unless :func:`write_report` may write ``out`` (checked before a calibration starts)."""
-    from diffusion._fs import check_save_target
+    from dcfg_io.folders import check_save_target
 
     return check_save_target(out, _calibration_kind())
 

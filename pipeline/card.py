@@ -119,7 +119,7 @@ def record_evaluation(pipeline_dir: Any, metrics: dict[str, Any], command: str |
     """Write an evaluation's headline into a saved pipeline's card (``config.json`` and ``README.md``), atomically."""
     from pathlib import Path
 
-    from diffusion._io import atomic_write_json
+    from dcfg_io.atomic import atomic_write_json
 
     from .core import CounterfactualPipeline
     from .images import atomic_save

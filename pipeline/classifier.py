@@ -22,8 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffusion._fs import SavedKind, check_weight_shapes, find_saved_dir, read_json_object, restored_on_error, save_dir
-from diffusion._io import atomic_write_json, load_tensors, save_tensors
+from dcfg_io.atomic import atomic_write_json
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import read_json_object
+from dcfg_io.rollback import restored_on_error
+from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
 
 
 #: Bounds of a :class:`ClassifierConfig` (checked on creation, so before a saved classifier is built).
@@ -106,7 +109,7 @@ class DigitClassifier(nn.Module):
         """Write ``model.safetensors`` and ``config.json`` into the folder ``path``, crash-safely.
 
         ``path`` must be new, empty or an earlier saved classifier (anything else is refused with a ``ValueError``
-        before anything is touched); it is replaced as a whole (:func:`diffusion._fs.save_dir`).
+        before anything is touched); it is replaced as a whole (:func:`dcfg_io.folders.save_dir`).
         """
         def write(folder: Path) -> None:
             save_tensors(folder / "model.safetensors", self.state_dict())  # with a sha256 of the data

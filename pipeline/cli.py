@@ -84,7 +84,7 @@ def bench_scm_command(n_rows, fit_rows, epochs, repeats, seed, threads, out, qui
     _check_out(out)
     import torch
 
-    from scm.bench import bench_scm
+    from pipeline.bench_scm import bench_scm
 
     torch.set_num_threads(threads)
     bench_scm(n_rows=n_rows, seed=seed, out=out, fit_rows=fit_rows, epochs=epochs, repeats=repeats,
@@ -126,7 +126,7 @@ def bench_diffusion_command(model_dir, preset, channels, batch_sizes, sample_bat
     _check_out(out)
     import torch
 
-    from diffusion.bench import bench_diffusion
+    from pipeline.bench_diffusion import bench_diffusion
 
     if threads:
         torch.set_num_threads(threads)
@@ -770,7 +770,7 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n
 
     import torch
 
-    from diffusion._io import atomic_write_json
+    from dcfg_io.atomic import atomic_write_json
 
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     head = {"command": _command_line("dcfg bench solvers"), "cpu": cpu_facts(),
@@ -873,7 +873,7 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
     _check_out(out_dir)
     name, folder = resolve_pipeline_path(pipeline_dir)
     target = save_to if save_to is not None else (None if name is not None else folder)
-    from diffusion._fs import check_save_target
+    from dcfg_io.folders import check_save_target
     from pipeline.calibrate import check_report_dir
     from pipeline.core import SAVED_KIND
 

@@ -26,8 +26,9 @@ from diffusion import ConditionalUNet, check_anchor, ddim_sample, guided_eps_fn
 from diffusion.solvers import check_solver
 from diffusion.solvers import invert as solver_invert
 from diffusion.solvers import sample as solver_sample
-from diffusion._fs import SavedKind, check_entry, check_keys, find_saved_dir, read_json, save_dir
-from diffusion._io import atomic_write_bytes
+from dcfg_io.atomic import atomic_write_bytes
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import check_entry, check_keys, read_json
 from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
 from scm import SCM, CausalGraph, DoValue
 from scm.support import as_values
@@ -696,7 +697,7 @@ class CounterfactualPipeline:
         ``..``, ``/``, a symbolic link, a path below a file) is refused with a ``ValueError`` before anything is
         touched: remove it first, or give a new folder.
 
-        The swap is crash-safe (:func:`diffusion._fs.save_dir`): the new pipeline is written to the hidden
+        The swap is crash-safe (:func:`dcfg_io.folders.save_dir`): the new pipeline is written to the hidden
         sibling ``.NAME.tmp-XXXX`` and fsynced, the old one renamed aside to ``.NAME.old-XXXX``, the new one
         renamed into place, the old one removed. A process killed at any point leaves the old or the new
         pipeline loadable from ``path`` (:meth:`load` finds it beside ``path`` after an interrupted swap; the next

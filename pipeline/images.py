@@ -134,7 +134,7 @@ def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move the finished directory ``tmp`` to ``path``, replacing an existing one.
 
     The old directory is renamed aside (to ``.NAME.old-XXXX``) first and removed only after the new one is in
-    place. The project's saves go through :func:`diffusion._fs.save_dir` instead, which also checks the target,
+    place. The project's saves go through :func:`dcfg_io.folders.save_dir` instead, which also checks the target,
     fsyncs and lets loaders recover an interrupted swap.
     """
     import secrets

@@ -39,9 +39,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from diffusion._fs import (SavedKind, check_entry, check_keys, check_weight_shapes, find_saved_dir, read_json,
-                           restored_on_error, save_dir)
-from diffusion._io import atomic_write_json, load_tensors, save_tensors
+from dcfg_io.atomic import atomic_write_json
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import check_entry, check_keys, read_json
+from dcfg_io.rollback import restored_on_error
+from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
 
 __all__ = ["PredictorConfig", "AttributePredictor", "PredictorSet", "train_predictors", "predictor_widths",
            "PREDICTOR_KINDS", "MAX_PREDICTOR_WIDTH"]
@@ -221,7 +223,7 @@ class AttributePredictor(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """``model.safetensors`` + ``config.json`` in the folder ``path``, crash-safely: a new, empty or earlier
-        predictor folder, replaced as a whole (anything else is refused; :func:`diffusion._fs.save_dir`)."""
+        predictor folder, replaced as a whole (anything else is refused; :func:`dcfg_io.folders.save_dir`)."""
         return save_dir(path, self._write, PREDICTOR_KIND)
 
     def _write(self, folder: Path) -> None:
@@ -292,7 +294,7 @@ class PredictorSet:
     def save(self, path: str | os.PathLike) -> Path:
         """``path/<node>/`` per predictor and ``path/metrics.json`` (written last), crash-safely: ``path`` is new,
         empty or an earlier predictor set, replaced as a whole (anything else is refused before anything is
-        touched; :func:`diffusion._fs.save_dir`)."""
+        touched; :func:`dcfg_io.folders.save_dir`)."""
         def write(folder: Path) -> None:
             for node, p in self.predictors.items():
                 (folder / _safe_dirname(node)).mkdir()

@@ -467,7 +467,7 @@ def train_from_data(
     """
     import time
 
-    from diffusion._distributed import setup
+    from diffusion.distributed import setup
 
     from .generate import open_dataset
     from .predictors import PredictorSet, train_predictors

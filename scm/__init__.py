@@ -11,8 +11,9 @@ Example:
     >>> scm.counterfactual(obs, do={"t": 3.0})["t"]
     tensor([3., 3.])
 """
-from scm.effects import (EffectEstimate, FalsificationReport, IndependenceResult, Refutation, estimate_effect,
-                         falsify_graph, gcm_frame, graph_from_dowhy, graph_from_gcm, to_dowhy, to_gcm)
+from scm.dowhy import gcm_frame, graph_from_dowhy, graph_from_gcm, to_dowhy, to_gcm
+from scm.effects import EffectEstimate, Refutation, estimate_effect
+from scm.falsify import FalsificationReport, IndependenceResult, falsify_graph
 from scm.graph import CausalGraph, NodeSpec
 from scm.mechanisms import (AffineSigmoidMechanism, CategoricalMechanism, ConditionalAffine, FlowMechanism,
                             GammaMechanism, GumbelMaxMechanism, LinearGaussianMechanism, Mechanism)

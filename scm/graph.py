@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import networkx as nx
+
+from dcfg_io.atomic import atomic_write
 
 KINDS: tuple[str, ...] = ("real", "positive", "interval", "binary", "categorical", "image")
 CONTINUOUS_KINDS: frozenset[str] = frozenset({"real", "positive", "interval"})
@@ -407,16 +408,10 @@ class CausalGraph:
         if title:
             ax.set_title(title)
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-        os.close(fd)
         try:
-            fig.savefig(tmp, format="png", dpi=100)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
         finally:
             plt.close(fig)
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     # ------------------------------------------------------------------------------- internals

@@ -268,7 +268,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _softmax(x: Tensor) -> Tensor:
-    """``softmax(x, -1)`` in elementwise ops (several times faster than ``F.softmax`` on rows of 8)."""
+    """``softmax(x, -1)`` in elementwise ops (cheaper than ``F.softmax`` on the short rows of a mechanism)."""
     e = torch.exp(x - x.detach().amax(dim=-1, keepdim=True))
     return e / e.sum(dim=-1, keepdim=True)
 
@@ -415,8 +415,8 @@ class FlowMechanism(_StandardNormalNoise, Mechanism):
         """``log p(value | parents)``: the density of the same flow as ``forward``/``abduct``, computed directly.
 
         Equal (to float round-off) to ``TransformedDistribution(N(0, 1), transforms).log_prob``, but without
-        building the transform objects and with one gather for the spline's bins, which makes it about 1.5x
-        faster: it is the inner loop of :meth:`SCM.fit`.
+        building the transform objects and with one gather for the spline's bins: it is the inner loop of
+        :meth:`SCM.fit`.
         """
         y = self._clamp(value)
         support = support_transform(self.spec)
@@ -730,8 +730,8 @@ class AffineSigmoidMechanism(_StandardNormalNoise, Mechanism):
         return dist.Normal(self._loc(parents, value), self.noise_scale).log_prob(z) - log_jac
 
 
-def _gamma_sample(concentration: float, n: int, generator: torch.Generator) -> Tensor:
-    """Gamma(concentration, 1) draws from a generator (Marsaglia & Tsang 2000, vectorised)."""
+def gamma_sample(concentration: float, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` Gamma(concentration, 1) draws (float64) from ``generator`` (Marsaglia & Tsang 2000, vectorised)."""
     a = concentration
     boost = a < 1.0
     if boost:
@@ -782,7 +782,7 @@ class GammaMechanism(Mechanism):
         return {"concentration": self.concentration, "rate": self.rate, "shift": self.shift}
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return (_gamma_sample(self.concentration, n, _generator(generator)) / self.rate).to(torch.float32)
+        return (gamma_sample(self.concentration, n, _generator(generator)) / self.rate).to(torch.float32)
 
     def noise_distribution(self, n: int, device: torch.device | None = None,
                            dtype: torch.dtype = torch.float32) -> dist.Distribution:

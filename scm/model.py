@@ -28,37 +28,28 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import numbers
 import os
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Union
 
 import pyro
 import pyro.poutine as poutine
-from pyro.poutine.messenger import Messenger
 import torch
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
+from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from scm.graph import CausalGraph, NodeSpec
-from scm.mechanisms import (CategoricalMechanism, FlowMechanism, GumbelMaxMechanism, Mechanism, mechanism_key,
-                            registered_mechanism)
+from scm.mechanisms import CategoricalMechanism, FlowMechanism, GumbelMaxMechanism, Mechanism
 from scm.support import as_values
 
 #: an intervention's value: a number, a ``(B,)`` tensor, or a callable of the values the node would take
 DoValue = Union[float, int, Tensor, Callable[[Tensor], Any]]
 Seed = Union[int, torch.Generator, None]
 
-_FORMAT = "dcfg.scm"
-_FORMAT_VERSION = 1
-_WEIGHTS = "scm.safetensors"
 #: L-BFGS iterations per round of SCM.fit (between the stopping checks).
 _LBFGS_CHUNK = 10
 
@@ -847,7 +838,7 @@ class SCM(nn.Module):
         """Save to a directory: ``scm.safetensors`` and ``config.json`` (graph + mechanisms, written last).
 
         ``path`` must be new, empty or an earlier saved SCM (anything else is refused with a ``ValueError``
-        before anything is touched); it is replaced as a whole, crash-safely (:func:`diffusion._fs.save_dir`).
+        before anything is touched); it is replaced as a whole, crash-safely (:func:`dcfg_io.folders.save_dir`).
         A built-in mechanism whose settings differ from the SCM's (``hidden``, ``count_bins``, ``bound``) is
         saved with ``"custom": true``, so that loading can tell it from an edited config.
 
@@ -859,26 +850,9 @@ class SCM(nn.Module):
             >>> sorted(p.name for p in d.iterdir())
             ['config.json', 'scm.safetensors']
         """
-        from diffusion._fs import save_dir
+        from scm.io import save_scm  # scm.io imports this module
 
-        settings = {**asdict(self.config), "hidden": list(self.config.hidden)}
-        mechanisms = {}
-        for n in self._order:
-            entry = {"type": mechanism_key(type(self.mechanisms[n])), "config": self.mechanisms[n].get_config()}
-            if _builtin_mismatch(entry, settings):
-                entry["custom"] = True
-            mechanisms[n] = entry
-        config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
-                  "scm": settings, "mechanisms": mechanisms}
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
-        blob = _weights_blob(state)
-
-        def write(folder: Path) -> None:
-            _atomic_write(folder / _WEIGHTS, lambda tmp: Path(tmp).write_bytes(blob))
-            _atomic_write(folder / "config.json",  # the marker of a complete save: last
-                          lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n"))
-
-        return save_dir(path, write, _saved_kind())
+        return save_scm(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], mechanisms: Mapping[str, Mechanism] | None = None,
@@ -892,7 +866,7 @@ class SCM(nn.Module):
         or symbolic link out of it), every key of ``config.json`` known, the settings within
         :data:`SCM_LIMITS` and equal to those of the built-in mechanisms, and each mechanism's weights in the
         safetensors header at least as large as its config implies. After an interrupted save the complete copy
-        beside ``path`` is loaded (:func:`diffusion._fs.find_saved_dir`).
+        beside ``path`` is loaded (:func:`dcfg_io.folders.find_saved_dir`).
 
         Raises:
             ValueError: missing or special files, a foreign or newer format, an unknown key, an out-of-bounds or
@@ -907,88 +881,9 @@ class SCM(nn.Module):
             >>> SCM.load(d).graph == scm.graph
             True
         """
-        from diffusion._fs import check_keys, find_saved_dir, read_json, read_safetensors_header
+        from scm.io import load_scm  # scm.io imports this module
 
-        path = find_saved_dir(path, _saved_kind())
-        cfg_file, weights_file = path / "config.json", path / _WEIGHTS
-        for f in (cfg_file, weights_file):
-            if not os.path.lexists(f):
-                raise ValueError(f"{path} is not a saved SCM: {f.name} is missing (expected config.json and "
-                                 f"{_WEIGHTS}, as written by SCM.save)")
-        cfg = read_json(cfg_file, path, what="SCM config")
-        if not isinstance(cfg, dict) or cfg.get("format") != _FORMAT:
-            raise ValueError(f"{cfg_file} is not an SCM config (format {cfg.get('format') if isinstance(cfg, dict) else None!r}, "
-                             f"expected {_FORMAT!r})")
-        check_keys(cfg, ("format", "format_version", "graph", "scm", "mechanisms"), str(cfg_file), "SCM config")
-        version = cfg.get("format_version", 0)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise ValueError(f"{cfg_file}: format_version={version!r:.80} must be an integer (this dcfg writes "
-                             f"{_FORMAT_VERSION})")
-        if version > _FORMAT_VERSION:
-            raise ValueError(f"{cfg_file} has format_version {version}, newer than this dcfg "
-                             f"({_FORMAT_VERSION}); upgrade dcfg")
-        graph = CausalGraph.from_dict(cfg.get("graph"))
-        overrides = dict(mechanisms or {})
-        settings = cfg.get("scm", {})
-        entries = cfg.get("mechanisms", {})
-        if not isinstance(settings, Mapping) or not isinstance(entries, Mapping):
-            raise ValueError(f"{cfg_file}: 'scm' and 'mechanisms' must be JSON objects (got {type(settings).__name__} "
-                             f"and {type(entries).__name__}); the file is not one written by SCM.save")
-        check_keys(settings, SCMConfig.__dataclass_fields__, f"{cfg_file}: 'scm'", "SCM settings")
-        try:
-            config = SCMConfig(**{"hidden": (32, 32), "count_bins": 8, "bound": 4.0, "seed": 0, **settings})
-        except ValueError as e:
-            raise ValueError(f"{cfg_file}: scm.{e}") from None
-        for node, entry in entries.items():
-            if (not isinstance(entry, Mapping) or not isinstance(entry.get("type"), str)
-                    or not isinstance(entry.get("config", {}), Mapping)):
-                raise ValueError(f"{cfg_file}: the mechanism entry of node {node!r} must be "
-                                 f"{{'type': 'module:Class', 'config': {{...}}}}, got {entry!r:.120}")
-            check_keys(entry, ("type", "config", "custom"), f"{cfg_file}: mechanism of node {node!r}",
-                       "mechanism entry")
-            _check_builtin_entry(cfg_file, node, entry, settings, config)
-        header = read_safetensors_header(weights_file, path)
-        # built-in mechanisms always save weights; a custom one may have none (a parameter-free mechanism)
-        absent = sorted(f"mechanisms.{n}.*" for n, e in entries.items() if n not in overrides and n in graph
-                        and e["type"] in _BUILTIN and not any(k.startswith(f"mechanisms.{n}.") for k in header))
-        if absent:
-            raise ValueError(f"{weights_file} does not match {cfg_file}: missing weights {absent[:8]}; the directory "
-                             f"mixes files of different SCMs")
-        mechs: dict[str, Mechanism] = {}
-        with torch.random.fork_rng(devices=[]):  # constructors may draw initial weights; they are replaced
-            for node, entry in entries.items():
-                if node in overrides:
-                    mechs[node] = overrides.pop(node)
-                    continue
-                klass = registered_mechanism(entry["type"])
-                _check_weights_suffice(weights_file, cfg_file, node, entry, header)
-                try:
-                    mechs[node] = klass(**entry.get("config", {}))
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"{cfg_file}: config of node {node!r} does not fit {entry['type']}: {e}") from e
-        if overrides:
-            raise ValueError(f"mechanisms has node(s) {sorted(overrides)} that the saved SCM does not have")
-        missing_nodes = [n for n in graph.attribute_nodes() if n not in mechs]
-        if missing_nodes:
-            raise ValueError(f"{cfg_file} has no mechanism for node(s) {missing_nodes}")
-        try:
-            scm = cls(graph, mechanisms=mechs, hidden=config.hidden, count_bins=config.count_bins,
-                      bound=config.bound, seed=config.seed)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{cfg_file}: {e}") from None
-        state = {k: v.to(map_location) for k, v in _read_weights(weights_file, path).items()}
-        expected = scm.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{weights_file} does not match {cfg_file}: missing weights {missing[:8]}, unexpected "
-                             f"weights {unexpected[:8]}; the directory mixes files of different SCMs")
-        for k, v in expected.items():
-            if tuple(state[k].shape) != tuple(v.shape):
-                raise ValueError(f"{weights_file} does not match {cfg_file}: weight {k!r} has shape "
-                                 f"{tuple(state[k].shape)}, the config implies {tuple(v.shape)}")
-        scm.load_state_dict(state, strict=True)
-        return scm.to(map_location)
+        return load_scm(cls, path, mechanisms, map_location)
 
     # ------------------------------------------------------------------------------- helpers
     @staticmethod
@@ -1219,137 +1114,3 @@ def _check_mechanism_fits(name: str, mech: Mechanism, graph: CausalGraph, parent
                              f"{ {p: s.to_dict() for p, s in built_for.items()} }, but the graph gives it "
                              f"{ {p: s.to_dict() for p, s in want.items()} }; the graph and the mechanism disagree "
                              f"(an edited config.json?): rebuild the mechanism for this graph")
-
-
-def _is_scm_config(c: Any) -> bool:
-    return isinstance(c, dict) and c.get("format") == _FORMAT
-
-
-def _saved_kind() -> Any:
-    """A saved SCM folder: its config.json (written last) holds the SCM format tag (built on use: ``import scm``
-    does not import the ``diffusion`` package)."""
-    from diffusion._fs import SavedKind
-
-    return SavedKind("SCM", "config.json", _is_scm_config)
-
-
-_BUILTIN = {mechanism_key(FlowMechanism): ("hidden", "count_bins", "bound"),
-            mechanism_key(CategoricalMechanism): ("hidden",)}
-
-
-def _builtin_mismatch(entry: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
-    """The SCM settings a built-in mechanism's config differs in (it was built with its own: a custom one)."""
-    keys = _BUILTIN.get(entry.get("type"), ())
-    conf = entry.get("config") or {}
-    return [k for k in keys if k in conf and k in settings and _same(conf[k]) != _same(settings[k])]
-
-
-def _same(v: Any) -> Any:
-    return [_same(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-
-def _check_builtin_entry(cfg_file: Path, node: str, entry: Mapping[str, Any], settings: Mapping[str, Any],
-                         config: SCMConfig) -> None:
-    """A built-in mechanism's sizes are within :data:`SCM_LIMITS`, and equal the SCM's settings unless the entry is
-    marked ``custom`` (otherwise an edited ``scm.hidden`` would be silently ignored)."""
-    keys = _BUILTIN.get(entry["type"])
-    if keys is None:
-        return
-    conf = dict(entry.get("config") or {})
-    try:
-        SCMConfig(**{k: conf[k] for k in keys if k in conf})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{cfg_file}: mechanisms.{node}.config.{e}") from None
-    if entry.get("custom") is True:
-        return
-    if entry.get("custom") not in (None, False):
-        raise ValueError(f"{cfg_file}: mechanisms.{node}.custom={entry['custom']!r:.40} must be true or false")
-    given = {**asdict(config), "hidden": list(config.hidden)}
-    for k in _builtin_mismatch(entry, given):
-        raise ValueError(f"{cfg_file}: scm.{k}={settings.get(k, given[k])!r} does not match the {k}="
-                         f"{conf[k]!r} of node {node!r}'s built-in mechanism; the SCM's settings describe its "
-                         f"built-in mechanisms (a value there that no mechanism uses would be ignored): make them "
-                         f"agree, or mark the entry \"custom\": true")
-
-
-def _dense_weights(n_in: int, hidden: Any, n_out: int) -> int:
-    dims = [int(n_in), *[int(h) for h in hidden], int(n_out)]
-    return sum(a * b for a, b in zip(dims, dims[1:]))
-
-
-def _check_weights_suffice(weights_file: Path, cfg_file: Path, node: str, entry: Mapping[str, Any],
-                           header: Mapping[str, tuple[int, ...]]) -> None:
-    """Before a built-in mechanism is built: the weights saved for ``node`` hold at least as many numbers as its
-    config implies (a lower bound: its networks' weight matrices), so that an edited config cannot make the
-    loader allocate more than the file backs."""
-    if entry["type"] not in _BUILTIN:
-        return
-    conf = entry.get("config") or {}
-    try:
-        parents = {p: NodeSpec.from_dict(p, s) for p, s in dict(conf.get("parents") or {}).items()}
-        dim = sum(1 if s.is_continuous or s.kind == "binary" else int(s.cardinality or 0) for s in parents.values())
-        hidden = conf.get("hidden", (32, 32))
-        if entry["type"] == mechanism_key(FlowMechanism):
-            k = int(conf.get("count_bins", 8))
-            need = _dense_weights(dim, hidden, 3 * k - 1) if parents else 3 * k - 1
-        else:
-            card = int(conf["cardinality"])
-            if isinstance(conf["cardinality"], bool) or not 2 <= card <= 100_000:
-                raise ValueError(f"cardinality={conf['cardinality']!r} must be an integer in 2..100000")
-            need = _dense_weights(dim, hidden, card) if parents else card
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{cfg_file}: config of node {node!r} does not fit {entry['type']}: {e}") from None
-    prefix = f"mechanisms.{node}."
-    have = 0
-    for name, shape in header.items():
-        if name.startswith(prefix):
-            n = 1
-            for d in shape:
-                n *= d
-            have += n
-    if have < need:
-        raise ValueError(f"{weights_file} does not match {cfg_file}: the config of node {node!r} implies at least "
-                         f"{need:,} weights, the file holds {have:,} for it; the directory mixes files of different "
-                         f"SCMs (or config.json was edited)")
-
-
-def _weights_blob(state: Mapping[str, Tensor]) -> bytes:
-    """safetensors bytes of ``state`` whose metadata holds the sha256 of the tensor data (checked on load)."""
-    from diffusion._io import _canonical_header
-
-    blob = _st_save(dict(state), metadata={"format": _FORMAT})
-    return _canonical_header(_st_save(dict(state), metadata={"format": _FORMAT, "sha256": _data_digest(blob)}))
-
-
-def _data_digest(blob: bytes) -> str:
-    header = int.from_bytes(blob[:8], "little")
-    return hashlib.sha256(memoryview(blob)[8 + header:]).hexdigest()
-
-
-def _read_weights(path: Path, root: Path | None = None) -> dict[str, Tensor]:
-    """Load safetensors weights (never unpickles); ``ValueError`` when truncated, corrupted or tampered with, or
-    not a regular file inside ``root``."""
-    from diffusion._fs import read_checked
-
-    data = read_checked(path, root, what="safetensors file")
-    try:
-        state = _st_load(data)
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-    except Exception as e:  # safetensors raises its own (Rust) error types
-        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {e}") from None
-    digest = (header.get("__metadata__") or {}).get("sha256")
-    if digest is not None and digest != _data_digest(data):
-        raise ValueError(f"{path} is corrupted: the sha256 of its tensor data does not match the one recorded when "
-                         f"it was saved; restore the file or save the model again")
-    return state
-
-
-def _atomic_write(target: Path, write: Callable[[str], Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

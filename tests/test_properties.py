@@ -93,7 +93,7 @@ def mentions(message: str, key) -> bool:
     return repr(key) in message or (isinstance(key, str) and key in ARGUMENTS and key in message)
 
 
-PACKAGES = [Path(__file__).resolve().parents[1] / p for p in ("scm", "diffusion", "pipeline")]
+PACKAGES = [Path(__file__).resolve().parents[1] / p for p in ("dcfg_io", "scm", "diffusion", "pipeline")]
 
 
 def assert_refused(call, key) -> str:

@@ -1,9 +1,10 @@
 """Untrusted files: nothing in the project can execute code hidden in a file it loads.
 
-* A scan of the sources (``scm/``, ``diffusion/``, ``pipeline/``, ``examples/``) with :mod:`ast` finds no pickle
-  (``import pickle``, ``pickle.*``, ``read_pickle``), no ``torch.load`` without ``weights_only=True``, no
-  ``np.load(..., allow_pickle=True)``, no ``yaml.load`` without a safe loader, and no ``eval(`` / ``exec(`` builtin
-  (``model.eval()`` is a method call and is not flagged). The scanner itself is tested on snippets.
+* A scan of the sources (``dcfg_io/``, ``scm/``, ``diffusion/``, ``pipeline/``, ``examples/``) with :mod:`ast`
+  finds no pickle (``import pickle``, ``pickle.*``, ``read_pickle``), no ``torch.load`` without
+  ``weights_only=True``, no ``np.load(..., allow_pickle=True)``, no ``yaml.load`` without a safe loader, and no
+  ``eval(`` / ``exec(`` builtin (``model.eval()`` is a method call and is not flagged). The scanner itself is
+  tested on snippets.
 * Saved models hold JSON and safetensors only, and load with every unpickler disabled.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pipeline.core import CounterfactualPipeline
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("scm", "diffusion", "pipeline", "examples")
+SCANNED = ("dcfg_io", "scm", "diffusion", "pipeline", "examples")
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
 
 

@@ -66,7 +66,7 @@ def check_oracles(pipe: Any, *, n: int = 1000, seed: int = 0, n_jobs: int | None
                                  "vs_measurement": _cmp(v, measured[k], graph.spec(k).is_discrete)}
                              for k, v in learned.items()}
     if out is not None:
-        from diffusion._io import atomic_write_json
+        from dcfg_io.atomic import atomic_write_json
 
         atomic_write_json(Path(out), res)
     return res

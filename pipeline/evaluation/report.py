@@ -1,7 +1,7 @@
 """The outputs of ``dcfg evaluate``: ``metrics.json``, ``report.md``, ``tradeoff.png`` and ``grid.png``.
 
 :func:`write_outputs` writes all four into a temporary folder beside the destination and swaps it into place
-crash-safely (:func:`diffusion._fs.save_dir`), so a failed or interrupted run leaves nothing partial; the
+crash-safely (:func:`dcfg_io.folders.save_dir`), so a failed or interrupted run leaves nothing partial; the
 destination must be new, empty or an earlier evaluation (:func:`check_out_dir`).
 
 Example:
@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from diffusion._fs import SavedKind
+from dcfg_io.folders import SavedKind
 from pipeline.markdown import format_number, markdown_table
 
 __all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid", "to_json", "OUTPUT_FILES"]
@@ -46,7 +46,7 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     Raises:
         ValueError: ``out`` is a file, a folder holding anything but an evaluation, or not writable.
     """
-    from diffusion._fs import check_save_target
+    from dcfg_io.folders import check_save_target
     from pipeline.parsing import check_writable
 
     out = Path(out)
@@ -95,7 +95,7 @@ def write_outputs(result: Any, out: str | os.PathLike) -> Path:
     Everything goes into a temporary folder next to ``out``, renamed into place at the end; an earlier
     evaluation at ``out`` is replaced only once the new one is complete.
     """
-    from diffusion._fs import save_dir
+    from dcfg_io.folders import save_dir
 
     out = check_out_dir(out)
     metrics = to_json(result.metrics)

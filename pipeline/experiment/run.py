@@ -92,7 +92,7 @@ def check_experiment_dir(out: str | os.PathLike) -> Path:
         ValueError: ``out`` is a file, a folder with other content, ``.``, ``..``, ``/``, a symbolic link, below a
             file, or not writable.
     """
-    from diffusion._fs import SavedKind, check_save_target
+    from dcfg_io.folders import SavedKind, check_save_target
     from pipeline.parsing import check_writable
 
     out = Path(out)

@@ -136,7 +136,7 @@ def generate(
         >>> m.complete, len(m.shards), m.data["length"]                     # doctest: +SKIP
         (True, 4, 1000)
     """
-    from diffusion._distributed import setup
+    from diffusion.distributed import setup
 
     # 1. Validate everything before touching the disk.
     for name, value, low in (("shard_size", shard_size, 1), ("seed", seed, 0)):

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from diffusion import ConditionalUNet
-from diffusion.bench import bench_diffusion
+from pipeline.bench_diffusion import bench_diffusion
 from pipeline.cli import main
 
 from diffusion_helpers import tiny_config

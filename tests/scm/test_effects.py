@@ -26,7 +26,9 @@ import pytest
 import torch
 from scm_helpers import MORPHO_GRAPH, morpho_rows
 
+import scm.dowhy as scm_dowhy
 import scm.effects as effects
+import scm.falsify as falsify
 from scm import SCM, CausalGraph, NodeSpec
 from scm.effects import (EffectEstimate, FalsificationReport, estimate_effect, falsify_graph, gcm_frame,
                          graph_from_dowhy, graph_from_gcm, to_dowhy, to_gcm)
@@ -217,9 +219,9 @@ def test_round_trip_keeps_nodes_edges_and_kinds(via: str) -> None:
     elif via == "gcm":
         back = graph_from_gcm(to_gcm(RICH))
     elif via == "networkx":
-        back = graph_from_dowhy(effects._attribute_digraph(RICH))
+        back = graph_from_dowhy(scm_dowhy.attribute_digraph(RICH))
     else:
-        back = graph_from_dowhy("\n".join(nx.generate_gml(effects._attribute_digraph(RICH))))
+        back = graph_from_dowhy("\n".join(nx.generate_gml(scm_dowhy.attribute_digraph(RICH))))
     assert back == want
     assert set(back.nodes) == set(want.nodes) and back.to_dict()["nodes"] == want.to_dict()["nodes"]
     assert sorted(back.to_dict()["edges"]) == sorted(want.to_dict()["edges"])
@@ -241,7 +243,7 @@ def test_kind_inference_rule(column, kind, cardinality) -> None:
 
 
 def test_specs_override_attributes_and_data() -> None:
-    h = effects._attribute_digraph(CONFOUNDED)
+    h = scm_dowhy.attribute_digraph(CONFOUNDED)
     g = graph_from_dowhy(h, specs={"t": NodeSpec("positive"), "y": {"kind": "interval", "low": 0, "high": 1}})
     assert [g.spec(n).kind for n in g.nodes] == ["real", "positive", "interval"]
 
@@ -516,5 +518,11 @@ def test_falsify_graph_errors(kwargs, match) -> None:
 
 
 def test_docstring_examples_run() -> None:
-    failures, tried = doctest.testmod(effects, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert failures == 0 and tried > 20
+    """The examples of the three modules of the dowhy bridge (conversion, estimation, falsification)."""
+    tried = 0
+    for module in (scm_dowhy, effects, falsify):
+        failures, n = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert failures == 0, module.__name__
+        assert n > 0, module.__name__
+        tried += n
+    assert tried > 20

@@ -9,7 +9,7 @@ All figures come from one run on the same model and the same random batch:
 * training throughput of the model's config (images / s), from a few steps of :func:`diffusion.train`.
 
 Example:
-    >>> from diffusion.bench import bench_diffusion
+    >>> from pipeline.bench_diffusion import bench_diffusion
     >>> from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig
     >>> net = ConditionalUNet(ImageModelConfig(image_shape=(1, 8, 8), block_out_channels=(8, 8),
     ...     attention_levels=(False, False), mid_attention=False, norm_num_groups=4, block_dim=4,
@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from diffusion._io import atomic_write_json
+from dcfg_io.atomic import atomic_write_json
 from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
 from diffusion.ddim import ddim_sample
 from diffusion.guidance import guided_eps_fn

@@ -26,22 +26,20 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from scm.graph import CausalGraph
-from scm.mechanisms import _gamma_sample
-from scm.model import SCM
+from dcfg_io.atomic import atomic_write_json
+from pipeline.bench_train import cpu_facts
+from scm import SCM, CausalGraph
+from scm.mechanisms import gamma_sample
 
 MORPHO_ATTRIBUTES: dict[str, Any] = {
     "nodes": {"thickness": {"kind": "positive"},
@@ -56,7 +54,7 @@ FIT_TARGET_S, FIT_TARGET_RATIO = 10.0, 10.0
 def _morpho_rows(n: int, seed: int) -> tuple[dict[str, Tensor], Tensor]:
     """``n`` rows of the deepscm attribute equations and their intensity noise ``e``."""
     g = torch.Generator().manual_seed(seed)
-    t = 0.5 + _gamma_sample(10.0, n, g).to(torch.float32) / 5.0
+    t = 0.5 + gamma_sample(10.0, n, g).to(torch.float32) / 5.0
     e = torch.randn(n, generator=g)
     i = 64.0 + 191.0 * torch.sigmoid(0.5 * e + 2.0 * t - 5.0)
     y = torch.randint(0, 10, (n,), generator=g)
@@ -84,12 +82,7 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 
 def _system() -> dict[str, Any]:
-    try:
-        from pipeline.bench_train import cpu_facts
-
-        facts = cpu_facts()
-    except ImportError:  # the scm package alone
-        facts = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    facts = cpu_facts()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {**facts, "torch_threads": torch.get_num_threads(), "load_avg_1min": None if load is None else load[0],
             "torch": torch.__version__, "python": platform.python_version()}
@@ -151,7 +144,7 @@ def bench_scm(n_rows: int = 10000, seed: int = 0, out: str | os.PathLike[str] | 
     history = scm.fit(train, **fit_kwargs)
     ours_fit = time.perf_counter() - t0
     with torch.no_grad():
-        nll_nodes = {n: float(-scm.mechanisms[n].log_prob(test[n], {p: test[p] for p in scm._parents[n]}).mean())
+        nll_nodes = {n: float(-scm.mechanisms[n].log_prob(test[n], {p: test[p] for p in graph.parents(n)}).mean())
                      for n in scm.nodes}
     ours_time, ours_cf = _median_time(
         lambda: scm.counterfactual(test, do={"thickness": lambda t: t + shift}, seed=seed), repeats)
@@ -222,12 +215,7 @@ def bench_scm(n_rows: int = 10000, seed: int = 0, out: str | os.PathLike[str] | 
     if verbose:
         print(_table(result))
     if out is not None:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, path)
+        atomic_write_json(out, result)
     return result
 
 
@@ -251,7 +239,8 @@ def _table(res: dict[str, Any]) -> str:
     rows = [("fit", "s", "held-out NLL", "cf intensity MedAE", "MAE")]
     rows.append((f"dcfg scm.SCM, {f['ours_method']}", f"{f['ours_s']:.2f}", f"{f['heldout_nll']:.4f}",
                  f"{res['ours']['intensity_median_abs_error']:.3f}", f"{res['ours']['intensity_mean_abs_error']:.3f}"))
-    rows.append(("dowhy.gcm, assign + fit", f"{f['dowhy_s']:.2f} ({f['dowhy_assign_s']:.2f} + {f['dowhy_fit_only_s']:.2f})",
+    rows.append(("dowhy.gcm, assign + fit",
+                 f"{f['dowhy_s']:.2f} ({f['dowhy_assign_s']:.2f} + {f['dowhy_fit_only_s']:.2f})",
                  "-", f"{res['dowhy']['intensity_median_abs_error']:.3f}",
                  f"{res['dowhy']['intensity_mean_abs_error']:.3f}"))
     rows.append(("true equations", "-", f"{f['true_heldout_nll']:.4f}", "0", "0"))
