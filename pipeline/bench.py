@@ -139,7 +139,7 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
         >>> from pipeline.bench import bench_pipeline                         # doctest: +SKIP
         >>> r = bench_pipeline(CounterfactualPipeline.pretrained(), methods=("cfg", "dcfg"))  # doctest: +SKIP
     """
-    from .bench_train import cpu_facts
+    from .machine import cpu_facts
 
     steps = [pipe.config.steps if s is None else int(s) for s in steps]
     if interval is None:

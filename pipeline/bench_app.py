@@ -175,7 +175,7 @@ def bench_app(pipeline: str | None, out: str | os.PathLike | None = None, *, exa
     (``pipe.counterfactual``, the model already loaded) and through ``dcfg counterfactual`` (whole process)."""
     import torch
 
-    from pipeline.bench_train import cpu_facts
+    from pipeline.machine import cpu_facts
     from pipeline.core import CounterfactualPipeline, resolve_pipeline_path
     from pipeline.images import save_image
     from pipeline.app import CounterfactualApp, load_examples

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from dcfg_io.atomic import atomic_write_json
-from pipeline.bench_train import cpu_facts
+from pipeline.machine import cpu_facts
 from scm import SCM, CausalGraph
 from scm.mechanisms import gamma_sample
 

@@ -29,24 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.machine import cpu_facts  # noqa: F401  (re-exported: its former home)
+
 __all__ = ["bench_train_data", "cpu_facts"]
-
-
-def cpu_facts() -> dict[str, Any]:
-    """The CPU's model name (``lscpu``'s) and whether it has the AMX / AVX512-BF16 units that make bf16 fast."""
-    name = platform.processor() or "unknown"
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and name in ("unknown", "x86_64", ""):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": name, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-            "cores": os.cpu_count()}
 
 
 def _write_synthetic(folder: Path, n: int, size: int, seed: int = 0) -> tuple[str, Path]:

@@ -766,7 +766,7 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n
     _threads(threads)
     pipe = _load_pipeline(pipeline_dir)
     from pipeline.bench_solvers import bench_solvers, format_solver_table
-    from pipeline.bench_train import cpu_facts
+    from pipeline.machine import cpu_facts
 
     import torch
 

@@ -72,6 +72,7 @@ from pipeline.evaluation.engine import QueryEngine, num_timesteps
 from pipeline.evaluation.headline import headline_rows, primary_metric, recommend_scales, targets_of, tradeoff_ratios
 from pipeline.evaluation.metrics import frechet_distance
 from pipeline.evaluation.oracles import Oracles
+from pipeline.machine import cpu_facts
 from pipeline.evaluation.plan import estimate_nfe, groups_for, query_for, query_key, refine_steps_of
 from pipeline.evaluation.scores import effectiveness, ground_truth_error, roles, spurious_change
 
@@ -488,7 +489,7 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
         "solver": getattr(pipe.config, "solver", "ddim"),
         "timing": {"wall_s": wall, "prepare_s": prep_s, "nfe": nfe_total,
                    "ms_per_nfe": 1000.0 * max(diffusion_s, 0.0) / max(nfe_total, 1), "torch_threads": torch.get_num_threads(),
-                   "precision": c.precision, "compile": compile_},
+                   "precision": c.precision, "compile": compile_, "machine": cpu_facts()},
     }
     return EvaluationResult(metrics=metrics, grid=_grid(runs["main"], results["main"]["scales"]))
 
