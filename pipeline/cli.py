@@ -785,6 +785,42 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n
     click.echo(f"wrote {out}")
 
 
+@bench.command("inference")
+@_PIPELINE_OPT
+@click.option("--rows", type=click.IntRange(1, 4096), default=256, show_default=True,
+              help="Images per timed forward.")
+@click.option("--repeats", type=click.IntRange(1, 100), default=5, show_default=True,
+              help="Interleaved timed rounds (the median is reported).")
+@click.option("--settings", "settings_text", default=None,
+              help="Comma-separated names of the settings to time (default: all; see the module's SETTINGS).")
+@click.option("--out", type=click.Path(dir_okay=False), default="bench/inference.json", show_default=True,
+              help="JSON file for the figures.")
+@_THREADS_OPT
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def bench_inference_command(pipeline_dir, rows, repeats, settings_text, out, threads, quiet):
+    """ms per image of one forward of the image model under each speed setting (threads, micro-batch,
+    channels-last, torch.compile with and without freezing, bf16), beside eager fp32 on this CPU."""
+    _check_out(out)
+    _threads(threads)
+    pipe = _load_pipeline(pipeline_dir)
+    from dcfg_io.atomic import atomic_write_json
+    from pipeline.bench_inference import bench_inference, format_inference_table
+
+    settings = [s.strip() for s in settings_text.split(",") if s.strip()] if settings_text else None
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    try:
+        result = bench_inference(pipe.image_model, rows=rows, repeats=repeats, settings=settings, log=log)
+    except (ValueError, TypeError) as e:
+        _fail(str(e))
+    from pathlib import Path
+
+    result["command"] = _command_line("dcfg bench inference")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    click.echo(format_inference_table(result))
+    click.echo(f"wrote {out}")
+
+
 @bench.command("pipeline")
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--steps", "steps_text", default=None,
