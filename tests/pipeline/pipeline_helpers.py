@@ -26,7 +26,6 @@ def draw_attributes(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 def render(attrs: dict[str, torch.Tensor]) -> torch.Tensor:
     t, i, y = attrs["thickness"], attrs["intensity"], attrs["digit"]
-    n = len(t)
     yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
     cy = 2.5 + 3.0 * ((y % 4) // 2).float()
     cx = 2.5 + 3.0 * ((y % 4) % 2).float()
