@@ -5,8 +5,14 @@ import copy
 
 import torch
 
+from diffusion import AttributeSpec
 from pipeline.presets import MORPHOMNIST_GRAPH
 from scm import CausalGraph
+
+#: the image model's attributes of the tiny Morpho-like pipeline (means and stds of :func:`draw_attributes`)
+TINY_ATTRIBUTES = (AttributeSpec("thickness", "continuous", mean=2.5, std=0.7),
+                   AttributeSpec("intensity", "continuous", mean=160.0, std=55.0),
+                   AttributeSpec("digit", "categorical", cardinality=10))
 
 
 def tiny_graph() -> CausalGraph:
