@@ -14,7 +14,7 @@ import torch
 from diffusion import TrainConfig
 from diffusion import train as train_diffusion
 from pipeline.core import CounterfactualPipeline
-from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, tiny_graph
+from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, square_toy_data, tiny_graph
 from scm import SCM
 from tiny_unet import tiny_unet_config
 
@@ -43,3 +43,10 @@ def tiny_pipeline(tmp_path_factory) -> CounterfactualPipeline:
 def tiny_batch(tiny_pipeline):
     attrs = draw_attributes(6, seed=5)
     return render(attrs), attrs
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    """40 square images with digits 0..3, their attributes and their exact oracles (new ones per test module: the
+    oracles record the true counterfactuals asked of them)."""
+    return square_toy_data()

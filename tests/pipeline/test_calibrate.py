@@ -9,13 +9,12 @@ import pytest
 from pipeline.calibrate import calibrate_guidance, plan_cost, validation_spec, write_report
 from pipeline.core import CounterfactualPipeline
 from pipeline.evaluation.runner import EvaluationConfig, _groups_for, resolve_config
-from test_evaluation_runner import toy_data  # noqa: F401  (the square images and their oracles)
 
 WEIGHTS, ANCHORS = (1.0, 2.0, 4.0), (1.0, 3.0)
 
 
 @pytest.fixture(scope="module")
-def calibration(tiny_pipeline, toy_data):  # noqa: F811
+def calibration(tiny_pipeline, toy_data):
     images, parents, oracles = toy_data
     return calibrate_guidance(tiny_pipeline, images, parents, oracles, n=8, weights=WEIGHTS,
                               anchor_weights=ANCHORS, steps=3, progress=False)
@@ -45,7 +44,7 @@ def test_cost_is_announced_up_front_and_bounds_the_spend(calibration, tiny_pipel
     assert 0 < calibration.nfe <= planned
 
 
-def test_the_pipeline_stores_and_uses_the_weights(tiny_pipeline, toy_data, tmp_path):  # noqa: F811
+def test_the_pipeline_stores_and_uses_the_weights(tiny_pipeline, toy_data, tmp_path):
     images, parents, oracles = toy_data
     pipe = CounterfactualPipeline(tiny_pipeline.graph, tiny_pipeline.scm, tiny_pipeline.image_model,
                                   dataclasses.replace(tiny_pipeline.config))
@@ -82,7 +81,7 @@ def test_report_shows_the_curves(calibration, tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
 
 
-def test_bad_calibration_input_is_a_clear_error(tiny_pipeline, toy_data):  # noqa: F811
+def test_bad_calibration_input_is_a_clear_error(tiny_pipeline, toy_data):
     images, parents, oracles = toy_data
     lacking = {k: v for k, v in parents.items() if k != "intensity"}
     with pytest.raises(ValueError, match=r"lack attribute\(s\) \['intensity'\]"):

@@ -1,6 +1,6 @@
 """Bulk counterfactual generation (pipeline.generate, `dcfg generate`) on the tiny pipeline.
 
-Data: 12 rows of the tiny 8x8 squares (conftest.py) written as PNGs plus a CSV, read through the
+Data: 12 rows of the tiny 8x8 squares (pipeline_helpers.render) written as PNGs plus a CSV, read through the
 ``csv:`` data spec. Shards of 4 rows: [0, 4), [4, 8), [8, 12).
 
 Every comparison of files is byte for byte; every run uses one torch thread, in this process and in
