@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.calibrate import calibrate_guidance, plan_cost, validation_spec, write_report
 from pipeline.core import CounterfactualPipeline
-from pipeline.evaluation.runner import EvaluationConfig, _groups_for, resolve_config
+from pipeline.evaluation.runner import EvaluationConfig, groups_for, resolve_config
 
 WEIGHTS, ANCHORS = (1.0, 2.0, 4.0), (1.0, 3.0)
 
@@ -62,11 +62,11 @@ def test_the_pipeline_stores_and_uses_the_weights(tiny_pipeline, toy_data, tmp_p
     # the evaluation's dcfg method follows the pipeline's anchor weights, the paper's variant does not
     c = resolve_config(EvaluationConfig(n=4, steps=2), pipe, 40)
     assert c.anchor_scales == {"digit": 2.5}
-    _, g, w, _ = _groups_for(pipe.graph, "thickness", "dcfg", 2.0, 1.0, c.descendant_weight, c.anchor,
-                             c.anchor_scales)
+    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg", 2.0, 1.0, c.descendant_weight, c.anchor,
+                            c.anchor_scales)
     assert w[g.index(["digit"])] == 2.5
-    _, g, w, _ = _groups_for(pipe.graph, "thickness", "dcfg_paper", 2.0, 1.0, c.descendant_weight, c.anchor,
-                             c.anchor_scales)
+    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg_paper", 2.0, 1.0, c.descendant_weight, c.anchor,
+                            c.anchor_scales)
     assert ["digit"] in g and w[g.index(["digit"])] == 1.0
     saved = pipe.save(tmp_path / "calibrated")
     assert CounterfactualPipeline.load(saved).config.anchor_scales == {"digit": 2.5}
