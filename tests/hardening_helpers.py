@@ -1,5 +1,4 @@
-"""A tiny untrained pipeline shared by the hardening tests (test_faults, test_untrusted, test_cli_errors), and
-the tiny UNet config they and test_properties build on.
+"""A tiny untrained pipeline shared by the hardening tests (test_faults, test_untrusted, test_cli_errors).
 
     t (positive) --> i (interval [0, 255]) --+
          \\---------------------------------+--> image (1x8x8)
@@ -11,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig
+from diffusion import AttributeSpec, ConditionalUNet
 from pipeline.classifier import ClassifierConfig, DigitClassifier
 from pipeline.core import CounterfactualPipeline, PipelineConfig
 from scm import SCM, CausalGraph
+from tiny_unet import tiny_unet_config
 
 GRAPH = {
     "nodes": {"t": {"kind": "positive"}, "i": {"kind": "interval", "low": 0, "high": 255},
@@ -23,18 +23,12 @@ GRAPH = {
 }
 
 
-def tiny_unet_config(*attributes: AttributeSpec) -> ImageModelConfig:
-    """The smallest UNet of 1x8x8 images conditioned on ``attributes`` (two levels of 8 channels, no attention)."""
-    return ImageModelConfig(image_shape=(1, 8, 8), attributes=attributes, block_dim=4, block_out_channels=(8, 8),
-                            attention_levels=(False, False), mid_attention=False, norm_num_groups=4)
-
-
 def small_pipeline(classifier: bool = True) -> CounterfactualPipeline:
     """The toy pipeline, with seeded weights (and a 3-class digit classifier of 28x28 inputs)."""
     graph = CausalGraph.from_dict(GRAPH)
     cfg = tiny_unet_config(AttributeSpec("t", "continuous", mean=1.0, std=0.5),
                            AttributeSpec("i", "continuous", mean=150.0, std=50.0),
-                           AttributeSpec("d", "categorical", cardinality=3))
+                           AttributeSpec("d", "categorical", cardinality=3), block_out_channels=(8, 8))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = ConditionalUNet(cfg).eval()

@@ -29,14 +29,15 @@ import torch
 
 from diffusion import AttributeSpec, ConditionalUNet, TrainConfig, train
 from diffusion._checkpoint import CHECKPOINT_NAME, load_checkpoint
-from hardening_helpers import query_batch, small_pipeline, tiny_unet_config
+from hardening_helpers import query_batch, small_pipeline
 from pipeline.classifier import DigitClassifier
 from pipeline.core import CounterfactualPipeline
 from scm import SCM
+from tiny_unet import tiny_unet_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = tiny_unet_config(AttributeSpec("y", "categorical", cardinality=2),
-                          AttributeSpec("s", "continuous", mean=0.0, std=1.0))
+                          AttributeSpec("s", "continuous", mean=0.0, std=1.0), block_out_channels=(8, 8))
 TRAIN = dict(steps=6, batch_size=8, lr=2e-3, warmup=2, ckpt_every=2, log_every=1)
 
 

@@ -27,10 +27,10 @@ from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
 from diffusion import AttributeSpec, ConditionalUNet
-from hardening_helpers import tiny_unet_config
 from pipeline.core import CounterfactualPipeline, PipelineConfig
 from pipeline.parsing import parse_assignments, parse_do
 from scm import SCM, CausalGraph, NodeSpec
+from tiny_unet import tiny_unet_config
 
 torch.set_num_threads(1)
 
@@ -80,7 +80,7 @@ def pipe(graph, scm) -> CounterfactualPipeline:
     cfg = tiny_unet_config(AttributeSpec("p", "continuous", mean=1.0, std=0.5),
                            AttributeSpec("i", "continuous", mean=150.0, std=50.0),
                            AttributeSpec("b", "categorical", cardinality=2),
-                           AttributeSpec("c", "categorical", cardinality=5))
+                           AttributeSpec("c", "categorical", cardinality=5), block_out_channels=(8, 8))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = ConditionalUNet(cfg).eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from diffusion import AttributeSpec, ImageModelConfig
+from tiny_unet import tiny_unet_config
 
 torch.set_num_threads(1)
 
@@ -19,12 +20,9 @@ ATTRS = (
 
 
 def tiny_config(**overrides) -> ImageModelConfig:
-    """A ~20k-parameter 8x8 UNet with the three toy attributes."""
-    kw = dict(image_shape=(1, 8, 8), attributes=ATTRS, block_dim=4, block_out_channels=(8, 16),
-              attention_levels=(False, True), mid_attention=False, attention_head_dim=8, norm_num_groups=4,
-              time_embedding_dim=16)
-    kw.update(overrides)
-    return ImageModelConfig(**kw)
+    """The tiny UNet (tests/tiny_unet.py) on the three toy attributes, with attention at its second level."""
+    attributes = overrides.pop("attributes", ATTRS)
+    return tiny_unet_config(*attributes, **{"attention_levels": (False, True), "time_embedding_dim": 16, **overrides})
 
 
 def random_attrs(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,10 @@ SCRIPT = textwrap.dedent('''
     import os
     import sys
     import torch
-    from diffusion import AttributeSpec, ImageModelConfig, TrainConfig, train
+    from diffusion import AttributeSpec, TrainConfig, train
+
+    sys.path.append(TESTS)  # the tiny UNet of the tests
+    from tiny_unet import tiny_unet_config
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -35,17 +39,14 @@ SCRIPT = textwrap.dedent('''
             return images[i], {k: v[i] for k, v in attrs.items()}
 
     data = Data()
-    cfg = ImageModelConfig(image_shape=(1, 8, 8), block_dim=4, block_out_channels=(8, 16),
-                           attention_levels=(False, False), mid_attention=False, norm_num_groups=4,
-                           time_embedding_dim=16,
-                           attributes=(AttributeSpec("thickness", "continuous", mean=2.5),
-                                       AttributeSpec("digit", "categorical", cardinality=10)))
+    cfg = tiny_unet_config(AttributeSpec("thickness", "continuous", mean=2.5),
+                           AttributeSpec("digit", "categorical", cardinality=10), time_embedding_dim=16)
     res = train(cfg, TrainConfig(steps=int(sys.argv[2]), batch_size=8, lr=2e-3, warmup=1, ckpt_every=2),
                 data, sys.argv[1], resume=True, progress=False)
     rank = os.environ.get("RANK", "0")
     with open(f"{sys.argv[1]}.rank{rank}.txt", "w") as fh:
         fh.write(f"world_size {res.world_size} step {res.step} fetched {Data.fetched}")
-''')
+''').replace("TESTS", repr(str(Path(__file__).resolve().parents[1])))
 
 
 def run(cmd, tmp_path):

@@ -11,11 +11,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion import AttributeSpec, ImageModelConfig, TrainConfig
+from diffusion import TrainConfig
 from diffusion import train as train_diffusion
 from pipeline.core import CounterfactualPipeline
-from pipeline_helpers import draw_attributes, render, tiny_graph
+from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, square_toy_data, tiny_graph
 from scm import SCM
+from tiny_unet import tiny_unet_config
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +31,8 @@ def tiny_pipeline(tmp_path_factory) -> CounterfactualPipeline:
     wide["intensity"] = 64 + 191 * torch.rand(1024, generator=torch.Generator().manual_seed(2))
     images = render(wide)
     data = [(images[k], {n: wide[n][k] for n in wide}) for k in range(len(images))]
-    cfg = ImageModelConfig(
-        image_shape=(1, 8, 8),
-        attributes=(AttributeSpec("thickness", "continuous", mean=2.5, std=0.7),
-                    AttributeSpec("intensity", "continuous", mean=160.0, std=55.0),
-                    AttributeSpec("digit", "categorical", cardinality=10)),
-        block_dim=8, block_out_channels=(16, 32), attention_levels=(False, False),
-        mid_attention=False, norm_num_groups=8)
+    # the tiny UNet twice as wide: it is trained, and DDIM inversion must reconstruct
+    cfg = tiny_unet_config(*TINY_ATTRIBUTES, block_dim=8, block_out_channels=(16, 32), norm_num_groups=8)
     res = train_diffusion(cfg, TrainConfig(steps=400, batch_size=32, lr=2e-3, warmup=20,
                                            ema_decay=0.99, p_attr=0.3, p_all=0.1, ckpt_every=400),
                           data, tmp_path_factory.mktemp("tiny_run"), progress=False)
@@ -47,3 +43,10 @@ def tiny_pipeline(tmp_path_factory) -> CounterfactualPipeline:
 def tiny_batch(tiny_pipeline):
     attrs = draw_attributes(6, seed=5)
     return render(attrs), attrs
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    """40 square images with digits 0..3, their attributes and their exact oracles (new ones per test module: the
+    oracles record the true counterfactuals asked of them)."""
+    return square_toy_data()

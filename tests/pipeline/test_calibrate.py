@@ -8,14 +8,13 @@ import pytest
 
 from pipeline.calibrate import calibrate_guidance, plan_cost, validation_spec, write_report
 from pipeline.core import CounterfactualPipeline
-from pipeline.evaluation.runner import EvaluationConfig, _groups_for, resolve_config
-from test_evaluation_runner import toy_data  # noqa: F401  (the square images and their oracles)
+from pipeline.evaluation.runner import EvaluationConfig, groups_for, resolve_config
 
 WEIGHTS, ANCHORS = (1.0, 2.0, 4.0), (1.0, 3.0)
 
 
 @pytest.fixture(scope="module")
-def calibration(tiny_pipeline, toy_data):  # noqa: F811
+def calibration(tiny_pipeline, toy_data):
     images, parents, oracles = toy_data
     return calibrate_guidance(tiny_pipeline, images, parents, oracles, n=8, weights=WEIGHTS,
                               anchor_weights=ANCHORS, steps=3, progress=False)
@@ -45,7 +44,7 @@ def test_cost_is_announced_up_front_and_bounds_the_spend(calibration, tiny_pipel
     assert 0 < calibration.nfe <= planned
 
 
-def test_the_pipeline_stores_and_uses_the_weights(tiny_pipeline, toy_data, tmp_path):  # noqa: F811
+def test_the_pipeline_stores_and_uses_the_weights(tiny_pipeline, toy_data, tmp_path):
     images, parents, oracles = toy_data
     pipe = CounterfactualPipeline(tiny_pipeline.graph, tiny_pipeline.scm, tiny_pipeline.image_model,
                                   dataclasses.replace(tiny_pipeline.config))
@@ -63,11 +62,11 @@ def test_the_pipeline_stores_and_uses_the_weights(tiny_pipeline, toy_data, tmp_p
     # the evaluation's dcfg method follows the pipeline's anchor weights, the paper's variant does not
     c = resolve_config(EvaluationConfig(n=4, steps=2), pipe, 40)
     assert c.anchor_scales == {"digit": 2.5}
-    _, g, w, _ = _groups_for(pipe.graph, "thickness", "dcfg", 2.0, 1.0, c.descendant_weight, c.anchor,
-                             c.anchor_scales)
+    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg", 2.0, 1.0, c.descendant_weight, c.anchor,
+                            c.anchor_scales)
     assert w[g.index(["digit"])] == 2.5
-    _, g, w, _ = _groups_for(pipe.graph, "thickness", "dcfg_paper", 2.0, 1.0, c.descendant_weight, c.anchor,
-                             c.anchor_scales)
+    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg_paper", 2.0, 1.0, c.descendant_weight, c.anchor,
+                            c.anchor_scales)
     assert ["digit"] in g and w[g.index(["digit"])] == 1.0
     saved = pipe.save(tmp_path / "calibrated")
     assert CounterfactualPipeline.load(saved).config.anchor_scales == {"digit": 2.5}
@@ -82,7 +81,7 @@ def test_report_shows_the_curves(calibration, tmp_path):
     assert (out / "curves.png").stat().st_size > 1000
 
 
-def test_bad_calibration_input_is_a_clear_error(tiny_pipeline, toy_data):  # noqa: F811
+def test_bad_calibration_input_is_a_clear_error(tiny_pipeline, toy_data):
     images, parents, oracles = toy_data
     lacking = {k: v for k, v in parents.items() if k != "intensity"}
     with pytest.raises(ValueError, match=r"lack attribute\(s\) \['intensity'\]"):

@@ -1,6 +1,7 @@
 """The CUDA paths: a pipeline on a GPU follows its model's device, and ``dcfg train`` trains there in bf16.
 
-These run only where CUDA exists and are reported as skipped elsewhere (CI has no GPU)."""
+``@pytest.mark.cuda`` (tests/conftest.py): they run only where CUDA exists and are reported as skipped elsewhere
+(CI has no GPU); ``DCFG_REQUIRE_CUDA=1`` makes a missing GPU a failure."""
 from __future__ import annotations
 
 import subprocess
@@ -12,7 +13,7 @@ import torch
 
 from hardening_helpers import query_batch, small_pipeline
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = pytest.mark.cuda
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own_data"
 
 

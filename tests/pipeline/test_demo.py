@@ -12,6 +12,7 @@ from pipeline.datasets import morpho_equations as eq
 from pipeline.presets import morphomnist_graph
 from pipeline.train import image_model_config_for
 from scm import SCM
+from tiny_unet import tiny_unet
 
 
 def test_demo_writes_grid_and_table(tmp_path, monkeypatch):
@@ -24,9 +25,7 @@ def test_demo_writes_grid_and_table(tmp_path, monkeypatch):
              "digit": torch.arange(256) % 10}
     scm = SCM(graph)
     scm.fit(attrs, epochs=2, progress=False, seed=0)
-    cfg = image_model_config_for(graph, attrs, block_dim=4, block_out_channels=(8, 16),
-                                 attention_levels=(False, False), mid_attention=False,
-                                 norm_num_groups=4)
+    cfg = image_model_config_for(graph, attrs, **tiny_unet())
     CounterfactualPipeline(graph, scm, ConditionalUNet(cfg).eval(),
                            classifier=DigitClassifier().eval()).save(tmp_path / "pipe")
     res = CliRunner().invoke(main, ["demo", "--pipeline", str(tmp_path / "pipe"), "--out",

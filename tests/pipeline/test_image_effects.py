@@ -207,12 +207,3 @@ def test_unit_level_comparison_needs_the_same_units():
     assert compare_effects(a, a).unit_mae == 0.0
     with pytest.raises(ValueError, match="same units"):
         compare_effects(a, b)
-
-
-@pytest.mark.parametrize("name", ["pipeline.effects", "pipeline.morphometry.slant"])
-def test_docstring_examples(name):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0

@@ -54,13 +54,28 @@ def test_dcfg_with_one_group_equals_cfg(tiny_pipeline, tiny_batch):
 
 
 def test_guidance_changes_the_answer_and_shift_do(tiny_pipeline, tiny_batch):
+    """Seeded queries are deterministic (test_same_seed_gives_identical_counterfactual): every difference below is
+    the shift's or the guidance's."""
     x, a = tiny_batch
-    shift = tiny_pipeline.counterfactual(x, a, do={"thickness": lambda t: t + 1.0}, steps=STEPS, seed=0)
+
+    def query(do, **kwargs):
+        return tiny_pipeline.counterfactual(x, a, do=do, steps=10, seed=0, **kwargs)
+
+    # a shift moves each image's own factual value: the same query as the per-image values a + 1 ...
+    shift = query({"thickness": lambda t: t + 1.0})
     assert torch.allclose(shift.parents["thickness"], a["thickness"] + 1.0, atol=1e-4)
-    none = tiny_pipeline.counterfactual(x, a, do={"thickness": 4.0}, guidance="none", steps=STEPS)
-    dcfg = tiny_pipeline.counterfactual(x, a, do={"thickness": 4.0}, guidance="dcfg", scale=3.0,
-                                        steps=STEPS)
-    assert not torch.allclose(none.image, dcfg.image)
+    assert torch.allclose(shift.image, query({"thickness": a["thickness"] + 1.0}).image, atol=1e-5)
+    # ... and the image follows it, away from the factual image (which the null query reconstructs)
+    assert (shift.image - x).abs().max() > 0.5
+    # CFG at weight 1 is the plain conditional: no guidance
+    none = query({"thickness": 4.0}, guidance="none")
+    assert torch.allclose(query({"thickness": 4.0}, guidance="cfg", scale=1.0).image, none.image, atol=1e-5)
+    # a larger DCFG weight pushes the image further in the intervention's direction: the square of do(thickness=4)
+    # grows larger and brighter (the mean pixel rises), that of do(thickness=1) smaller and darker
+    brightness = {(t, w): query({"thickness": t}, guidance="dcfg", scale=w).image.mean((1, 2, 3))
+                  for t in (1.0, 4.0) for w in (1.0, 3.0)}
+    assert (brightness[4.0, 3.0] > brightness[4.0, 1.0] + 0.1).all()
+    assert (brightness[1.0, 3.0] < brightness[1.0, 1.0] - 0.02).all()
 
 
 def test_chunking_does_not_change_the_result(tiny_pipeline, tiny_batch):

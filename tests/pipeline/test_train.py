@@ -3,19 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from diffusion import AttributeSpec, ImageModelConfig, TrainConfig
+from diffusion import TrainConfig
 from pipeline.core import CounterfactualPipeline
 from pipeline.train import plot_training_curve, train_pipeline
 
-from pipeline_helpers import draw_attributes, render, tiny_graph
+from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, tiny_graph
+from tiny_unet import tiny_unet_config
 
-CFG = ImageModelConfig(
-    image_shape=(1, 8, 8),
-    attributes=(AttributeSpec("thickness", "continuous", mean=2.5, std=0.7),
-                AttributeSpec("intensity", "continuous", mean=160.0, std=55.0),
-                AttributeSpec("digit", "categorical", cardinality=10)),
-    block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False), mid_attention=False,
-    norm_num_groups=4)
+CFG = tiny_unet_config(*TINY_ATTRIBUTES, block_out_channels=(8, 8))
 
 
 def _data(n=64):

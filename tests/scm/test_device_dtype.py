@@ -35,7 +35,7 @@ def test_float64_model_gives_float64_values() -> None:
     torch.testing.assert_close(back["y"], obs["y"], rtol=0, atol=1e-10)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_matches_cpu() -> None:
     cpu = SCM(GRAPH, seed=0)
     rows = cpu.sample(64, seed=0)

@@ -16,9 +16,6 @@ c ⊥ a, c ⊥ b.
 """
 from __future__ import annotations
 
-import doctest
-import warnings
-
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -27,8 +24,6 @@ import torch
 from scm_helpers import MORPHO_GRAPH, morpho_rows
 
 import scm.dowhy as scm_dowhy
-import scm.effects as effects
-import scm.falsify as falsify
 from scm import SCM, CausalGraph, NodeSpec
 from scm.effects import (EffectEstimate, FalsificationReport, estimate_effect, falsify_graph, gcm_frame,
                          graph_from_dowhy, graph_from_gcm, to_dowhy, to_gcm)
@@ -515,14 +510,3 @@ def test_graph_from_dowhy_errors() -> None:
 def test_falsify_graph_errors(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         falsify_graph(abc([("a", "b"), ("b", "c")]), chain_rows(50, seed=0), **kwargs)
-
-
-def test_docstring_examples_run() -> None:
-    """The examples of the three modules of the dowhy bridge (conversion, estimation, falsification)."""
-    tried = 0
-    for module in (scm_dowhy, effects, falsify):
-        failures, n = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-        assert failures == 0, module.__name__
-        assert n > 0, module.__name__
-        tried += n
-    assert tried > 20

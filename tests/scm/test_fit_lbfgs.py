@@ -4,13 +4,10 @@
 """
 from __future__ import annotations
 
-import json
-import math
 
 import pyro
 import pytest
 import torch
-from click.testing import CliRunner
 from scm_helpers import morpho_rows
 
 from scm import SCM, CausalGraph, LinearGaussianMechanism, Mechanism
@@ -170,30 +167,6 @@ def test_any_failure_restores_parameters_buffers_and_the_param_store(how, method
         assert scm.training
     finally:
         pyro.clear_param_store()
-
-
-# ------------------------------------------------------------------------------------- dcfg bench scm
-def test_bench_scm_cli_times_both_fits(tmp_path) -> None:
-    from pipeline.cli import main
-
-    out = tmp_path / "b.json"
-    result = CliRunner().invoke(main, ["bench", "scm", "--rows", "200", "--fit-rows", "400", "--repeats", "1",
-                                       "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert "fit time ratio" in result.output and "held-out NLL" in result.output
-    res = json.loads(out.read_text())
-    fit = res["fit"]
-    for key in ("ours_s", "dowhy_s", "dowhy_assign_s", "dowhy_fit_only_s", "ratio", "heldout_nll",
-                "true_heldout_nll", "meets_targets", "ours_warmup_s", "dowhy_warmup_s"):
-        assert key in fit, key
-    assert fit["rows"] == 400 and fit["ours_method"] == "default (lbfgs)"
-    assert fit["ratio"] == pytest.approx(fit["ours_s"] / fit["dowhy_s"])
-    assert math.isfinite(fit["heldout_nll"]) and sorted(fit["heldout_nll_per_node"]) == ["digit", "intensity",
-                                                                                         "thickness"]
-    for key in ("cpu", "avx512_bf16", "amx_bf16", "cores", "torch_threads", "load_avg_1min"):
-        assert key in res["system"], key
-    assert res["system"]["torch_threads"] == 1
-    assert res["ours"]["intensity_median_abs_error"] >= 0 and res["dowhy"]["counterfactual_s"] > 0
 
 
 @pytest.mark.parametrize("spec,parents", [({"kind": "real"}, {}), ({"kind": "positive"}, {}),

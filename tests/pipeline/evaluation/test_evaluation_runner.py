@@ -1,10 +1,11 @@
-"""The evaluation runner's plumbing on the tiny 8x8 pipeline of conftest.py, with exact toy oracles.
+"""The evaluation runner's plumbing on the tiny 8x8 pipeline of tests/pipeline/conftest.py, with exact toy oracles.
 
 Graph:  thickness -> intensity;  (thickness, intensity, digit) -> image (1x8x8)
 
-The toy image is a bright square (conftest.render): its side follows thickness, its grey level intensity,
-its quadrant ``digit % 4``. The toy oracles read those back exactly, so the factual images measure as
-their labels; digits are kept in 0..3 so that the quadrant *is* the digit.
+The toy image is a bright square (pipeline_helpers.render): its side follows thickness, its grey level intensity,
+its quadrant ``digit % 4``. The toy oracles (pipeline_helpers.SquareOracles, the ``toy_data`` fixture) read those
+back exactly, so the factual images measure as their labels; digits are kept in 0..3 so that the quadrant *is*
+the digit.
 """
 from __future__ import annotations
 
@@ -15,74 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets import morpho_equations as eq
 from pipeline.evaluation.engine import QueryEngine
-from pipeline.evaluation.oracles import Oracles
 from pipeline.evaluation.report import OUTPUT_FILES, check_out_dir, write_outputs
 from pipeline.evaluation.runner import EvaluationConfig, estimate_nfe, evaluate, resolve_config
 from pipeline.evaluation.scores import composition, reversibility
-
-
-def square(t: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """conftest.render: a square of half-side t/2 (clamped), grey level i/255, at quadrant y % 4."""
-    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
-    cy = 2.5 + 3.0 * ((y % 4) // 2).float()
-    cx = 2.5 + 3.0 * ((y % 4) % 2).float()
-    half = (t.float() / 2).clamp(0.5, 2.5)
-    inside = ((yy[None] - cy[:, None, None]).abs() <= half[:, None, None]) & (
-        (xx[None] - cx[:, None, None]).abs() <= half[:, None, None])
-    return (-1 + inside.float() * (1 + i.float()[:, None, None] / 255.0))[:, None].clamp(-1, 1)
-
-
-class SquareOracles(Oracles):
-    def __init__(self, noise_e: torch.Tensor, digits: torch.Tensor, thickness: torch.Tensor):
-        gen = torch.Generator().manual_seed(7)
-        pool = eq.sample_noise(4000, gen)
-        t = eq.thickness_from_noise(pool["u_t"])
-        super().__init__(marginals={"thickness": t.clamp(1.0, 5.0), "intensity": eq.intensity_from(t, pool["e_i"])},
-                         cardinality={"digit": 4})
-        self.e, self.digits, self.thickness = noise_e, digits, thickness
-        self.truth_calls = []
-
-    def measure(self, images):
-        x = images[:, 0]
-        bright = x > -0.9
-        count = bright.flatten(1).sum(1).clamp(min=1).double()
-        level = torch.where(bright, x, torch.zeros_like(x)).flatten(1).sum(1).double() / count
-        yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
-        cy = (bright * yy).flatten(1).sum(1) / count
-        cx = (bright * xx).flatten(1).sum(1) / count
-        quadrant = 2 * (cy > 4).long() + (cx > 4).long()
-        return {"thickness": count.sqrt().numpy(), "intensity": (255 * level).numpy(), "digit": quadrant.numpy()}
-
-    def embed(self, images):
-        m = self.measure(images)
-        return np.stack([m["thickness"], m["intensity"] / 50, m["digit"].astype(float),
-                         images.flatten(1).std(1).double().numpy()], 1)
-
-    def true_counterfactual(self, rows, do):
-        self.truth_calls.append(sorted(do))
-        rows = torch.as_tensor(rows).long()
-        t = self.thickness[rows].double()
-        if "thickness" in do:
-            t = torch.as_tensor(do["thickness"]).double()
-            i = eq.intensity_from(t, self.e[rows])
-        elif "intensity" in do:
-            i = torch.as_tensor(do["intensity"]).double()
-        else:
-            return None
-        return square(t, i, self.digits[rows])
-
-
-@pytest.fixture(scope="module")
-def toy_data():
-    gen = torch.Generator().manual_seed(11)
-    noise = eq.sample_noise(40, gen)
-    t = eq.thickness_from_noise(noise["u_t"]).float()
-    i = eq.intensity_from(t, noise["e_i"]).float()
-    y = torch.randint(0, 4, (40,), generator=gen)
-    images = square(t, i, y)
-    return images, {"thickness": t, "intensity": i, "digit": y}, SquareOracles(noise["e_i"], y, t)
 
 
 SMALL = EvaluationConfig(n=12, steps=3, scales=(1.0, 2.0, 4.0), scale=2.0, sweep_n=6, cycle_n=3, cycles=2,

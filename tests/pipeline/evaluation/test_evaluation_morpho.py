@@ -26,6 +26,7 @@ from pipeline.evaluation.report import OUTPUT_FILES
 from pipeline.presets import morphomnist_graph
 from pipeline.train import image_model_config_for
 from scm import SCM, AffineSigmoidMechanism, GammaMechanism
+from tiny_unet import tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,7 @@ def _pipeline(with_classifier: bool) -> CounterfactualPipeline:
              "digit": torch.randint(0, 10, (512,), generator=torch.Generator().manual_seed(1))}
     scm = SCM(graph)
     scm.fit(attrs, epochs=3, progress=False, seed=0)
-    cfg = image_model_config_for(graph, attrs, block_dim=4, block_out_channels=(8, 16),
-                                 attention_levels=(False, False), mid_attention=False, norm_num_groups=4)
+    cfg = image_model_config_for(graph, attrs, **tiny_unet())
     return CounterfactualPipeline(graph, scm, ConditionalUNet(cfg).eval(),
                                   classifier=DigitClassifier().eval() if with_classifier else None)
 
@@ -122,8 +122,7 @@ def test_an_ideal_pipeline_scores_at_the_renderer_floor(test_digits):
                       "intensity": AffineSigmoidMechanism({"thickness": 2.0}, bias=-5.0, noise_scale=0.5, low=64.0,
                                                           high=255.0)})
     attrs = dict(test_digits.attributes)
-    cfg = image_model_config_for(graph, attrs, block_dim=4, block_out_channels=(8, 16),
-                                 attention_levels=(False, False), mid_attention=False, norm_num_groups=4)
+    cfg = image_model_config_for(graph, attrs, **tiny_unet())
     pipe = IdealPipeline(graph, scm, ConditionalUNet(cfg).eval())
     oracles = MorphoOracles(test_digits, DigitClassifier().eval(), n_jobs=1)
     res = evaluate(pipe, test_digits.images, attrs, oracles,

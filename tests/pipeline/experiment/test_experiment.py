@@ -377,16 +377,6 @@ def test_summary_line():
         "pipeline train (4 steps); interventions do(slant), do(thickness); 1 effect(s)")
 
 
-@pytest.mark.parametrize("name", ["pipeline.experiment", "pipeline.experiment.spec", "pipeline.experiment.data",
-                                  "pipeline.experiment.run"])
-def test_docstring_examples(name):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_logistic_glm_uses_the_equation_range_and_scm_bootstrap(tiny_data):
     from pipeline.experiment.run import _dowhy_inputs, _scm_bootstrap
 

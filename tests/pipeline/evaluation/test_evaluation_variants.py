@@ -4,24 +4,10 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from pipeline.evaluation.engine import QueryEngine, decode_nfe, invert_nfe
 from pipeline.evaluation.runner import EvaluationConfig, estimate_nfe, evaluate, parse_method, resolve_config
-from test_evaluation_runner import SquareOracles, square  # noqa: F401  (the runner tests' toy data)
-
-
-@pytest.fixture(scope="module")
-def toy_data():
-    from pipeline.datasets import morpho_equations as eq
-
-    gen = torch.Generator().manual_seed(11)
-    noise = eq.sample_noise(40, gen)
-    t = eq.thickness_from_noise(noise["u_t"]).float()
-    i = eq.intensity_from(t, noise["e_i"]).float()
-    y = torch.randint(0, 4, (40,), generator=gen)
-    return square(t, i, y), {"thickness": t, "intensity": i, "digit": y}, SquareOracles(noise["e_i"], y, t)
 
 
 @pytest.mark.parametrize("name, parsed", [

@@ -1,4 +1,5 @@
-"""``dcfg bench morphometry`` on a few digits: it runs, reports and writes valid JSON."""
+"""``dcfg bench morphometry`` on a few digits: it runs, reports, writes valid JSON, and its measurements and
+perturbations are right (its timings are not compared)."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ def test_bench_morphometry_command_writes_json(tmp_path):
     res = json.loads(out.read_text())
     assert res["n_images"] == 20
     t = res["thickness"]
-    assert t["reference_ms_per_image"] > t["fast_serial_ms_per_image"] > 0
-    assert t["agreement"]["median"] <= 0.05
+    # timings are reported, not compared: their order on a shared machine is not the code's to guarantee
+    assert t["reference_ms_per_image"] > 0 and t["fast_serial_ms_per_image"] > 0
+    assert t["agreement"]["median"] <= 0.05  # the fast thickness agrees with the reference measurement
     assert set(res["set_thickness"]["targets"]) == {"1.5", "2.5", "3.5", "4.5"}
     assert res["set_thickness"]["median_abs_error_worst_target"] <= 0.15
     assert res["set_intensity"]["max_abs_error"] <= 1.0

@@ -1,6 +1,6 @@
 """Bulk counterfactual generation (pipeline.generate, `dcfg generate`) on the tiny pipeline.
 
-Data: 12 rows of the tiny 8x8 squares (conftest.py) written as PNGs plus a CSV, read through the
+Data: 12 rows of the tiny 8x8 squares (pipeline_helpers.render) written as PNGs plus a CSV, read through the
 ``csv:`` data spec. Shards of 4 rows: [0, 4), [4, 8), [8, 12).
 
 Every comparison of files is byte for byte; every run uses one torch thread, in this process and in
@@ -482,14 +482,3 @@ def test_bench_generate_command(setup, tmp_path):
     assert r["n"] == 6 and r["images_per_s"] > 0 and len(r["rss_after_shard_mib"]) == 2
     assert r["peak_rss_mib"] >= max(r["rss_after_shard_mib"]) > 0
     assert "img/s" in res.output and "peak RSS" in res.output
-
-
-@pytest.mark.parametrize("name", ["randomness", "interventions", "sources", "manifest", "job", "bench"])
-def test_docstring_examples(name):
-    import doctest
-    import importlib
-
-    module = importlib.import_module(f"pipeline.generate.{name}")
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
-    assert result.attempted > 0 or name in ("manifest", "job", "bench")  # their examples need a pipeline: skipped
