@@ -317,7 +317,7 @@ class CounterfactualApp:
         descendants = sorted({d for n in act for d in self.graph.descendants(n)
                               if d in self.controls and d not in act})
         answer = Answer(query={"factual": fact, "do": act, "guidance": order, "scale": w, "steps": steps,
-                               "seed": seed, "anchor": cfg.dcfg_anchor},
+                               "seed": seed, "dcfg_form": cfg.dcfg_form},
                         columns=[Column("factual", image[0], self.measure(image), dict(fact))],
                         intervened=sorted(act), descendants=descendants)
         t0 = time.perf_counter()
@@ -334,7 +334,7 @@ class CounterfactualApp:
                                                invariant_weight=cfg.invariant_weight,
                                                descendant_weight=cfg.descendant_weight)
             x = pipe.decode(res.noise["x_T"], cf_parents, guidance=method, groups=groups, weights=weights,
-                            steps=steps, progress=progress, anchor=cfg.dcfg_anchor)
+                            steps=steps, progress=progress, dcfg_form=cfg.dcfg_form)
             answer.columns.append(Column(method, x[0].cpu(), self.measure(x), cf, groups, weights,
                                          time.perf_counter() - t0))
             yield replace(answer, columns=list(answer.columns))

@@ -14,7 +14,7 @@ parent ``a`` :func:`calibrate_guidance` measures on validation rows (never the t
 
 Ties go to the weight nearest 1 (the cheapest and least surprising). Both tables go into
 :class:`~pipeline.core.PipelineConfig` (``attribute_scales`` and ``anchor_scales``), where DCFG reads them by
-default. Under ``dcfg_anchor="full"`` an anchor weight of 1 costs no network rows, so only the attributes that
+default. Under ``dcfg_form="conditional"`` an anchor weight of 1 costs no network rows, so only the attributes that
 need anchoring add rows; :func:`plan_cost` gives the image-NFEs before anything runs.
 
 The targets of do(a) are drawn by the oracles (``draw_targets``: the training marginal for continuous nodes,
@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .evaluation.engine import QueryEngine, nfe_per_step
 from .evaluation.scores import roles
+from .options import anchor_renamed
 
 #: amplified weights tried by default
 WEIGHTS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -78,7 +79,7 @@ class Calibration:
                 "nfe": self.nfe, "seconds": round(self.seconds, 1)}
 
 
-def dcfg_groups(graph: Any, intervened: Sequence[str], scale: float, *, descendant_weight: float | None,
+def dcfg_groups(graph: Any, intervened: Sequence[str], scale: float, *, descendant_weight: float | str,
                 invariant_weight: float = 1.0, anchor_scales: Mapping[str, float] | None = None
                 ) -> tuple[list[list[str]], list[float]]:
     """DCFG's DAG groups with per-attribute anchor weights (:func:`pipeline.groups.resolve_guidance`).
@@ -137,8 +138,9 @@ def _anchored(graph: Any, a: str) -> list[str]:
     return [b for b in graph.image_parents() if b != a and roles(graph, [b])[a] == "invariant"]
 
 
+@anchor_renamed
 def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_weights: Sequence[float], *,
-              anchor: str = "full", descendant_weight: float | None = 1.0, refine_steps: int = 0) -> int:
+              dcfg_form: str = "conditional", descendant_weight: float | str = 1.0, refine_steps: int = 0) -> int:
     """The image-NFEs :func:`calibrate_guidance` will spend (inversion, then every decoding).
 
     Each amplified sweep point costs one DCFG decoding of ``n`` rows; each anchor sweep point one more, except
@@ -150,7 +152,7 @@ def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_w
     for a in parents:
         for w in weights:
             g, ws = dcfg_groups(graph, [a], w, descendant_weight=descendant_weight)
-            total += nfe_per_step("dcfg", g, ws, anchor) * steps * n
+            total += nfe_per_step("dcfg", g, ws, dcfg_form) * steps * n
     w_max = max(weights)
     for a in parents:
         for b in _anchored(graph, a):
@@ -158,7 +160,7 @@ def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_w
                 if v == 1.0:
                     continue
                 g, ws = dcfg_groups(graph, [b], w_max, descendant_weight=descendant_weight, anchor_scales={a: v})
-                total += nfe_per_step("dcfg", g, ws, anchor) * steps * n
+                total += nfe_per_step("dcfg", g, ws, dcfg_form) * steps * n
     return int(total)
 
 
@@ -198,7 +200,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
     """Measure every image parent's amplified weight ``w_a`` and anchor weight ``v_a`` (module docstring).
 
     Args:
-        pipe: the pipeline; its SCM, image model and DCFG settings (anchor, descendant weight) are used.
+        pipe: the pipeline; its SCM, image model and DCFG settings (formulation, descendant weight) are used.
         images: validation images ``(N, C, H, W)`` in [-1, 1] (never the test split).
         parents: their attributes, every attribute node -> ``(N,)``.
         oracles: what measures images and draws targets (``pipe.make_oracles(...)``).
@@ -231,7 +233,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n={n!r} must be an integer >= 2 (validation rows)")
     steps = int(cfg.steps if steps is None else steps)
-    anchor = cfg.dcfg_anchor
+    dcfg_form = cfg.dcfg_form
     desc = cfg.descendant_weight
     image_parents = list(graph.image_parents())
 
@@ -245,7 +247,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
     if lacking:
         raise ValueError(f"the oracles do not measure {lacking}; calibration needs every image parent measured")
 
-    total = plan_cost(graph, m, steps, weights, anchor_weights, anchor=anchor, descendant_weight=desc,
+    total = plan_cost(graph, m, steps, weights, anchor_weights, dcfg_form=dcfg_form, descendant_weight=desc,
                       refine_steps=int(cfg.refine_steps))
     model = pipe.image_model
     before = dict(model.inference_settings) if hasattr(model, "inference_settings") else None
@@ -274,7 +276,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
     from tqdm.auto import tqdm
 
     graph, cfg = pipe.graph, pipe.config
-    anchor, desc = cfg.dcfg_anchor, cfg.descendant_weight
+    dcfg_form, desc = cfg.dcfg_form, cfg.descendant_weight
     image_parents = list(graph.image_parents())
     m = len(x)
     ms = _ms_per_nfe(pipe, x[:min(8, m)], pa, steps)
@@ -295,13 +297,13 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
     cache: dict[tuple, dict[str, np.ndarray]] = {}
 
     def measured(b: str, g: list[list[str]], ws: list[float]) -> dict[str, np.ndarray]:
-        if anchor == "full":  # groups at weight 1 contribute nothing: equal keys for equal computations
+        if dcfg_form == "conditional":  # groups at weight 1 contribute nothing: equal keys for equal computations
             key = (b, tuple(sorted((tuple(gg), w) for gg, w in zip(g, ws) if w != 1.0)))
         else:
             key = (b, tuple(map(tuple, g)), tuple(ws))
         if key not in cache:
             cf = {k: cf_of[b][k] for k in image_parents}
-            imgs = engine.decode(x_T, cf, "dcfg", g, ws, steps, anchor=anchor)
+            imgs = engine.decode(x_T, cf, "dcfg", g, ws, steps, dcfg_form=dcfg_form)
             cache[key] = oracles.measure(imgs)
         return cache[key]
 
@@ -354,7 +356,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
         log(f"  v_{a} = {anchor_scales[a]:g}  (" + ", ".join(f"{c['weight']:g}: {_fmt(c[key])}" for c in curve) + ")")
     bar.close()
     settings = {"n": m, "steps": steps, "seed": seed, "weights": list(weights), "anchor_weights": list(anchor_weights),
-                "anchor": anchor, "descendant_weight": desc, "data": data_spec,
+                "dcfg_form": dcfg_form, "descendant_weight": desc, "data": data_spec,
                 "refine_steps": int(cfg.refine_steps),
                 "inference": dict(getattr(pipe.image_model, "inference_settings", {}) or {})}
     return Calibration(attribute_scales, anchor_scales, amplified, anchor_curves, settings, engine.nfe,
@@ -399,8 +401,8 @@ def _report_text(cal: Calibration, command: str | None) -> str:
     lines = ["# Guidance calibration", ""]
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
-    lines += [f"{s['n']} validation rows ({s.get('data') or 'given data'}), {s['steps']} DDIM steps, DCFG anchor "
-              f"`{s['anchor']}`, descendant weight {s['descendant_weight']}; {cal.nfe:,} image-NFEs in "
+    lines += [f"{s['n']} validation rows ({s.get('data') or 'given data'}), {s['steps']} DDIM steps, DCFG form "
+              f"`{s['dcfg_form']}`, descendant weight {s['descendant_weight']}; {cal.nfe:,} image-NFEs in "
               f"{cal.seconds / 60:.1f} min. Seed {s['seed']}.", "",
               "| attribute | amplified weight w_a | anchor weight v_a |", "|---|---|---|"]
     for a in cal.amplified:

@@ -500,8 +500,8 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
         plans[arm] = (arm_do, arm_scale, groups, weights)
 
     refine = int(getattr(cfg, "refine_steps", 0) or 0)
-    anchor = getattr(cfg, "dcfg_anchor", "null")
-    total = batch * steps * ((1 + refine) + sum(nfe_per_step(guidance, p[2], p[3], anchor) for p in plans.values()))
+    dcfg_form = getattr(cfg, "dcfg_form", "paper")
+    total = batch * steps * ((1 + refine) + sum(nfe_per_step(guidance, p[2], p[3], dcfg_form) for p in plans.values()))
     bar = tqdm(total=total, unit="nfe", unit_scale=True, desc=f"image effect on {name}", disable=not progress)
     try:
         engine = QueryEngine(pipeline, chunk_size=chunk_size, bar=bar)

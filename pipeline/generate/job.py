@@ -25,6 +25,7 @@ from .interventions import (check_interventions, check_shifts, draw_intervention
                             parse_interventions)
 from .manifest import (FORMAT_VERSION, Manifest, ShardRecord, atomic_write, check_out, finalize_run, pipeline_sha256,
                        plan_shards, shard_contents, start_run)
+from ..options import FROM_CONFIG
 from .randomness import shard_seed
 from .sources import Rows, open_rows
 
@@ -79,8 +80,8 @@ def generate(
     steps: int | None = None,
     seed: int = 0,
     shard_size: int = 256,
-    variant: str | None = "config",
-    interval: Any = "config",
+    variant: str | None = FROM_CONFIG,
+    interval: Any = FROM_CONFIG,
     solver: str | None = None,
     chunk_size: int | None = None,
     limit: int | None = None,
@@ -110,9 +111,9 @@ def generate(
         steps: DDIM steps (default: the pipeline's).
         seed: seed of the per-image draws and of the discrete-noise abduction.
         shard_size: rows per shard (the last may be shorter); part of the query.
-        variant: guidance variant, ``None``, ``"apg"`` or ``"cfgpp"`` (``"config"``: the pipeline's); part of the
+        variant: guidance variant, ``None``, ``"apg"`` or ``"cfgpp"`` (left out: the pipeline's); part of the
             query (with APG's settings) when there is one. See docs/guidance.md.
-        interval: guidance interval ``(lo, hi)`` or ``None`` (``"config"``: the pipeline's); part of the query
+        interval: guidance interval ``(lo, hi)`` or ``None`` (left out: the pipeline's); part of the query
             when there is one.
         chunk_size: rows per batched network call within a shard (default: the pipeline's
             ``chunk_size``); part of the query.
@@ -247,7 +248,7 @@ def _bundled_dir() -> Path:
 
 def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidance: str | None,
               scale: float | None, steps: int | None, seed: int, shard_size: int, chunk_size: int | None,
-              image_dtype: str, variant: Any = "config", interval: Any = "config", solver: str | None = None
+              image_dtype: str, variant: Any = FROM_CONFIG, interval: Any = FROM_CONFIG, solver: str | None = None
               ) -> tuple[Manifest, dict[str, Any]]:
     """The planned manifest (every shard pending) and the checked interventions."""
     from pipeline.groups import resolve_guidance
@@ -278,7 +279,7 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
              "seed": seed, "groups": groups, "weights": [float(w) for w in weights], "shard_size": shard_size,
              "chunk_size": int(cfg.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}
     if guidance == "dcfg":
-        query["anchor"] = cfg.dcfg_anchor
+        query["dcfg_form"] = cfg.dcfg_form
     variant, interval, apg = pipe._variant_args(guidance, variant, interval, None, None, None)
     if variant is not None:  # recorded only when there is one: a query without stays as it was
         query["variant"] = variant

@@ -131,7 +131,7 @@ class Manifest:
         path = path / MANIFEST_NAME if path.is_dir() else path
         try:
             d = json.loads(path.read_text())
-            return cls(format_version=d["format_version"], pipeline=d["pipeline"], query=d["query"],
+            return cls(format_version=d["format_version"], pipeline=d["pipeline"], query=_current_query(d["query"]),
                        data=d["data"], complete=bool(d.get("complete")), contents=d.get("contents", {}),
                        shards=tuple(ShardRecord(**s) for s in d["shards"]))
         except FileNotFoundError:
@@ -139,6 +139,17 @@ class Manifest:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{str(path)!r} is not a valid dcfg generate manifest ({e}); delete the folder "
                              f"to start over") from None
+
+
+def _current_query(query: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's query in this version's words: the former ``anchor`` (``"null"`` / ``"full"``) is read as
+    ``dcfg_form`` (``"paper"`` / ``"conditional"``), so that a run started before resumes."""
+    if not isinstance(query, dict) or "anchor" not in query:
+        return query
+    from pipeline.options import form_from_former
+
+    return {("dcfg_form" if k == "anchor" else k): (form_from_former(v) if k == "anchor" else v)
+            for k, v in query.items()}
 
 
 def shard_contents(graph: Any, image_dtype: str) -> dict[str, str]:
