@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from dcfg_io.atomic import atomic_write
 from pipeline.datasets import morpho_equations as eq
 from pipeline.datasets.mnist import load_mnist5k, load_mnist_folder, mnist5k_split
 
@@ -295,21 +295,15 @@ class MorphoMNIST(torch.utils.data.Dataset):
         return torch.from_numpy(images.copy()), noise
 
     def _save_cache(self, path: Path, images: torch.Tensor, noise: Mapping[str, torch.Tensor], epoch: int) -> None:
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
-            with os.fdopen(fd, "wb") as handle:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, images=images.numpy(),
                                     settings=np.array(json.dumps(self._settings(epoch), sort_keys=True)),
                                     **{k: noise[k].numpy() for k in ("source_index",) + self.NOISE_KEYS})
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
+
+        try:  # atomic: readers see the old file or the complete new one
+            atomic_write(path, write)
         except OSError as exc:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
             warnings.warn(f"could not write the {self._LABEL} cache {path}: {exc}", stacklevel=3)
 
     def set_epoch(self, epoch: int) -> None:

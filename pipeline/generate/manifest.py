@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from dcfg_io.atomic import atomic_write_bytes
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "ShardRecord", "atomic_write", "check_out", "finalize_run",
            "hash_tensor", "pipeline_sha256", "plan_shards", "sha256_file", "shard_contents", "start_run",
@@ -167,21 +168,9 @@ def shard_contents(graph: Any, image_dtype: str) -> dict[str, str]:
     return out
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a hidden temporary file in its folder (fsynced, mode 644, renamed into
-    place; removed on failure), so that ``path`` is never seen half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+#: ``atomic_write(path, data)``: :func:`dcfg_io.atomic.atomic_write_bytes` (a hidden temporary ``.NAME.XXXX.tmp``
+#: in the folder, fsynced, renamed into place, removed on failure; :func:`start_run` removes a killed run's).
+atomic_write = atomic_write_bytes
 
 
 def plan_shards(length: int, shard_size: int) -> tuple[ShardRecord, ...]:
