@@ -100,7 +100,7 @@ class ImageModelConfig:
     """The conditional denoiser: image shape, attributes, UNet backbone and noise schedule.
 
     The defaults are a 28x28 grey-scale UNet of about 1.1M parameters (resolutions 28 -> 14 -> 7, self-attention
-    at 7x7 and in the middle block), which takes about 1 s per training batch of 64 on 2 CPU cores.
+    at 7x7 and in the middle block).
 
     Args:
         image_shape: ``(C, H, W)``; ``H`` and ``W`` must be divisible by ``2 ** (len(block_out_channels) - 1)``.

@@ -944,8 +944,8 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
               help="The test split (the grammar of dcfg generate --data), e.g. csv:faces.csv,split=test (default: "
                    "the benchmark's test digits, for a Morpho pipeline).")
 @click.option("--n", "n_rows", type=click.IntRange(1), default=1000, show_default=True,
-              help="Test digits of the main table (--n 10: a look in about 2 minutes on 2 cores; the default "
-                   "1,000 took 23 min in bf16, 47 min in fp32).")
+              help="Test digits of the main table (--n 10 for a quick look; docs/benchmarks.md has the run "
+                   "times).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None,
               help="DDIM steps of the main table, and of the sweep and composition unless set (default: the "
                    "pipeline's, 50 for the bundled one).")
@@ -995,10 +995,10 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
 @click.option("--n-jobs", type=click.IntRange(1), default=None, help="Morphometry/render processes.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Image-model inference precision. auto: bf16 where the CPU has AMX/AVX512-BF16 units (or the GPU "
-                   "bf16), fp32 elsewhere; bf16 is about 2x faster here and moves the figures slightly.")
+                   "bf16), fp32 elsewhere; bf16 is faster there and moves the figures slightly (docs/benchmarks.md).")
 @click.option("--compile", "compile_text", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="torch.compile the image model (same numbers, about 1.8x faster per forward here, a minute to "
-                   "compile); auto: on for runs of at least 200k image-NFEs.")
+              help="torch.compile the image model (same numbers, faster per forward after a one-time "
+                   "compilation; docs/benchmarks.md); auto: on for runs of at least 200k image-NFEs.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dcfg-eval", show_default=True,
               help="Output folder (metrics.json, report.md, tradeoff.png, grid.png), written atomically.")
 @click.option("--update-card", is_flag=True,
@@ -1250,7 +1250,7 @@ def experiment_validate(spec_path, quick):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Report folder (default: experiments/<name>, or experiments/<name>-quick); finished stages "
                    "in OUT/stages are reused.")
-@click.option("--quick", is_flag=True, help="Tiny budgets (data, training, evaluation): minutes on 2 cores.")
+@click.option("--quick", is_flag=True, help="Tiny budgets (data, training, evaluation): a quick end-to-end check.")
 @click.option("--n-jobs", type=click.IntRange(1), default=None, help="Rendering/morphometry processes.")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars or stage messages.")

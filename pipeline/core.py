@@ -536,8 +536,8 @@ class CounterfactualPipeline:
         """Speed settings of the image model's inference (see :meth:`ConditionalUNet.set_inference`).
 
         They are runtime settings, not saved with the pipeline. ``precision="bf16"`` changes the numbers
-        slightly; ``compile=True`` does not (beyond float rounding) and pays a compilation of about a minute
-        on its first call.
+        slightly; ``compile=True`` does not (beyond float rounding) and pays a one-time compilation on its first
+        call.
 
         Example:
             >>> pipe = CounterfactualPipeline.pretrained().set_inference(compile=True)  # doctest: +SKIP

@@ -8,7 +8,7 @@ there, so ``train_pipeline(..., resume=True)`` after an interruption continues w
 3. ``pipeline/``: the assembled :class:`~pipeline.core.CounterfactualPipeline` (EMA weights).
 
 Example:
-    >>> # the bundled model, resumable (hours on 2 CPU cores):
+    >>> # the bundled model, resumable (docs/bundled-models.md has its training run):
     >>> train_morphomnist("runs/morpho", steps=20000, resume=True)  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from scm import SCM, CausalGraph
 from .core import CounterfactualPipeline, PipelineConfig
 
 #: The image model used for the bundled Morpho-MNIST pipeline: about 1M parameters, no self-attention
-#: at 14x14 (it doubles the step time on 2 CPU cores), attention only at 7x7 and in the middle block.
+#: at 14x14 (it would double the step time), attention only at 7x7 and in the middle block.
 MORPHO_IMAGE_MODEL = dict(block_out_channels=(32, 64, 64), layers_per_block=1, block_dim=32,
                           attention_levels=(False, False, True), mid_attention=True)
 

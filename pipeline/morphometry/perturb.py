@@ -150,9 +150,8 @@ def set_thickness(images: Any, thickness: Any, *, scale: int = PERTURB_SCALE, it
                   progress: bool = False) -> Any:
     """Set each digit's stroke thickness (in pixels), by dilating or eroding its upsampled shape.
 
-    See the module docstring for the method. Over the 1,000 benchmark test digits the median
-    ``|measured - target|`` is a few hundredths of a pixel at targets 1.5 to 4.5 (``dcfg bench
-    morphometry`` reports it).
+    See the module docstring for the method. ``dcfg bench morphometry`` reports its accuracy
+    (``|measured - target|`` over the benchmark's test digits; docs/benchmarks.md).
 
     Args:
         images: ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)``, numpy or torch (value-range rule of
