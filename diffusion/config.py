@@ -11,8 +11,8 @@ bad value is reported where it is written, not deep inside a forward pass.
 
 Example:
     >>> spec = AttributeSpec("digit", "categorical", cardinality=10)
-    >>> cfg = ImageModelConfig(attributes=(AttributeSpec("thickness", "continuous", mean=2.5, std=1.0), spec))
-    >>> ImageModelConfig.from_json(cfg.to_json()) == cfg
+    >>> config = ImageModelConfig(attributes=(AttributeSpec("thickness", "continuous", mean=2.5, std=1.0), spec))
+    >>> ImageModelConfig.from_json(config.to_json()) == config
     True
 """
 from __future__ import annotations
@@ -126,8 +126,8 @@ class ImageModelConfig:
     ``time_embedding_dim`` <= 16384, ``num_train_timesteps`` <= 100,000.
 
     Example:
-        >>> cfg = ImageModelConfig(attributes=(AttributeSpec("digit", "categorical", cardinality=10),))
-        >>> cfg.cond_dim
+        >>> config = ImageModelConfig(attributes=(AttributeSpec("digit", "categorical", cardinality=10),))
+        >>> config.cond_dim
         128
     """
 

@@ -8,10 +8,10 @@ See :mod:`diffusion.embedding` for why the projection is linear and bias-free.
 Example:
     >>> import torch
     >>> from diffusion.config import AttributeSpec, ImageModelConfig
-    >>> cfg = ImageModelConfig(image_shape=(1, 8, 8), attributes=(AttributeSpec("y", "categorical", cardinality=3),),
-    ...                        block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False),
-    ...                        mid_attention=False, norm_num_groups=4)
-    >>> net = ConditionalUNet(cfg)
+    >>> config = ImageModelConfig(image_shape=(1, 8, 8), attributes=(AttributeSpec("y", "categorical", cardinality=3),),
+    ...                           block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False),
+    ...                           mid_attention=False, norm_num_groups=4)
+    >>> net = ConditionalUNet(config)
     >>> x = torch.randn(2, 1, 8, 8)
     >>> net.eps(x, torch.tensor([10, 500]), {"y": torch.tensor([0, 2])}).shape
     torch.Size([2, 1, 8, 8])

@@ -222,7 +222,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
         ValueError: the data lack an attribute node, or the oracles cannot measure every image parent, or a
             weight is not a positive number.
     """
-    graph, cfg = pipe.graph, pipe.config
+    graph, config = pipe.graph, pipe.config
     log = log or (lambda s: None)
     missing = [k for k in graph.attribute_nodes() if k not in parents]
     if missing:
@@ -232,9 +232,9 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
     anchor_weights = _check_weights("anchor_weights", anchor_weights)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n={n!r} must be an integer >= 2 (validation rows)")
-    steps = int(cfg.steps if steps is None else steps)
-    dcfg_form = cfg.dcfg_form
-    desc = cfg.descendant_weight
+    steps = int(config.steps if steps is None else steps)
+    dcfg_form = config.dcfg_form
+    desc = config.descendant_weight
     image_parents = list(graph.image_parents())
 
     n_all = len(images)
@@ -248,7 +248,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
         raise ValueError(f"the oracles do not measure {lacking}; calibration needs every image parent measured")
 
     total = plan_cost(graph, m, steps, weights, anchor_weights, dcfg_form=dcfg_form, descendant_weight=desc,
-                      refine_steps=int(cfg.refine_steps))
+                      refine_steps=int(config.refine_steps))
     model = pipe.image_model
     before = dict(model.inference_settings) if hasattr(model, "inference_settings") else None
     if before is not None:
@@ -275,8 +275,8 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
                ) -> Calibration:
     from tqdm.auto import tqdm
 
-    graph, cfg = pipe.graph, pipe.config
-    dcfg_form, desc = cfg.dcfg_form, cfg.descendant_weight
+    graph, config = pipe.graph, pipe.config
+    dcfg_form, desc = config.dcfg_form, config.descendant_weight
     image_parents = list(graph.image_parents())
     m = len(x)
     ms = _ms_per_nfe(pipe, x[:min(8, m)], pa, steps)
@@ -315,7 +315,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
         target = cf_of[a][a].double().numpy()
         curve = []
         for w in weights:
-            g, ws = dcfg_groups(graph, [a], w, descendant_weight=desc, invariant_weight=cfg.invariant_weight)
+            g, ws = dcfg_groups(graph, [a], w, descendant_weight=desc, invariant_weight=config.invariant_weight)
             meas = np.asarray(measured(a, g, ws)[a], dtype=np.float64)
             point: dict[str, Any] = {"weight": w}
             if discrete:
@@ -342,7 +342,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
             per = {}
             for b in interventions:
                 g, ws = dcfg_groups(graph, [b], attribute_scales[b], descendant_weight=desc,
-                                    invariant_weight=cfg.invariant_weight, anchor_scales={a: v})
+                                    invariant_weight=config.invariant_weight, anchor_scales={a: v})
                 meas = np.asarray(measured(b, g, ws)[a], dtype=np.float64)
                 fact = np.asarray(fmeas[a], dtype=np.float64)
                 if discrete:
@@ -357,7 +357,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
     bar.close()
     settings = {"n": m, "steps": steps, "seed": seed, "weights": list(weights), "anchor_weights": list(anchor_weights),
                 "dcfg_form": dcfg_form, "descendant_weight": desc, "data": data_spec,
-                "refine_steps": int(cfg.refine_steps),
+                "refine_steps": int(config.refine_steps),
                 "inference": dict(getattr(pipe.image_model, "inference_settings", {}) or {})}
     return Calibration(attribute_scales, anchor_scales, amplified, anchor_curves, settings, engine.nfe,
                        time.perf_counter() - t0)

@@ -693,9 +693,9 @@ def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, s
 
     try:
         m = generate(pipeline_dir, data_spec, do_text, out=out_dir, guidance=guidance, scale=scale, steps=steps,
-                     seed=seed, interval=interval, solver=solver,
-                     **({} if variant is None else {"variant": variant}), shard_size=shard_size, chunk_size=chunk_size, limit=limit,
-                     image_dtype=image_dtype, device=device, progress=not quiet)
+                     seed=seed, interval=interval, solver=solver, shard_size=shard_size, chunk_size=chunk_size,
+                     limit=limit, image_dtype=image_dtype, device=device, progress=not quiet,
+                     **({} if variant is None else {"variant": variant}))
     except (ValueError, TypeError) as e:
         _fail(str(e))
     import os
@@ -1009,8 +1009,9 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
                      sweep_methods_text, interval_text, apg_eta, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
-                     invariant_weight, descendant_weight_text, dcfg_form, former_anchor, ablation_dir, classifier_dir, root, max_sources,
-                     seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads, quiet):
+                     invariant_weight, descendant_weight_text, dcfg_form, former_anchor, ablation_dir, classifier_dir,
+                     root, max_sources, seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads,
+                     quiet):
     """Score none / CFG / DCFG counterfactuals on a test split; write metrics, report and plots.
 
     Effectiveness, spurious change, ground truth, composition, reversibility, realism and the trade-off
@@ -1059,7 +1060,8 @@ def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_row
         sweep_methods=methods, per_attribute_n=per_attribute_n, cycle_n=cycle_n, cycles=cycles,
         cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight,
         descendant_weight=descendant_weight, dcfg_form=_dcfg_form(dcfg_form, former_anchor), interval=interval,
-        apg_eta=apg_eta, chunk_size=chunk_size, seed=seed, precision=precision, compile={"auto": "auto", "on": True, "off": False}[compile_text])
+        apg_eta=apg_eta, chunk_size=chunk_size, seed=seed, precision=precision,
+        compile={"auto": "auto", "on": True, "off": False}[compile_text])
     pipe = _load_pipeline(pipeline_dir, device, solver)
     from diffusion.guidance import check_interval
 

@@ -471,20 +471,20 @@ class CounterfactualPipeline:
         Returns:
             A :class:`CounterfactualResult`.
         """
-        cfg = self.config
-        guidance = cfg.guidance if guidance is None else guidance
+        config = self.config
+        guidance = config.guidance if guidance is None else guidance
         if scale is not None and not isinstance(scale, bool) and isinstance(scale, numbers.Real) and scale < 0:
             raise ValueError(f"scale={scale!r} must be >= 0 (0: the unconditional prediction for the guided group, "
                              f"1: the plain conditional, above 1: amplified)")
-        scale = cfg.default_scale(list(do or {})) if scale is None else scale
-        steps = cfg.steps if steps is None else steps
-        invariant_weight = cfg.invariant_weight if invariant_weight is None else invariant_weight
+        scale = config.default_scale(list(do or {})) if scale is None else scale
+        steps = config.steps if steps is None else steps
+        invariant_weight = config.invariant_weight if invariant_weight is None else invariant_weight
         descendant_weight = self._descendant_weight(descendant_weight)
-        chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
-        dcfg_form = cfg.dcfg_form if dcfg_form is None else check_dcfg_form(dcfg_form)
+        chunk_size = config.chunk_size if chunk_size is None else chunk_size
+        dcfg_form = config.dcfg_form if dcfg_form is None else check_dcfg_form(dcfg_form)
         variant, interval, apg = self._variant_args(guidance, variant, interval, apg_eta, apg_threshold,
                                                     apg_momentum)
-        solver = check_solver(cfg.solver if solver is None else solver)
+        solver = check_solver(config.solver if solver is None else solver)
         if solver != "ddim" and variant == "cfgpp":
             raise ValueError(f"variant='cfgpp' needs solver='ddim' (CFG++ gives two eps per step, which only the "
                              f"DDIM step takes); got solver={solver!r}")
@@ -498,7 +498,7 @@ class CounterfactualPipeline:
         do = self._check_do(do, batch)
         group_lists, group_weights = resolve_guidance(
             self.graph, list(do), guidance, scale, groups, weights, invariant_weight, descendant_weight,
-            anchor_scales=cfg.anchor_scales if guidance == "dcfg" and groups in (None, "dag") else None)
+            anchor_scales=config.anchor_scales if guidance == "dcfg" and groups in (None, "dag") else None)
 
         # 1. Abduction (attributes): exogenous noise of every attribute node.
         u = self.scm.abduct(parents, seed=seed)
@@ -568,16 +568,16 @@ class CounterfactualPipeline:
                       apg_momentum: Any) -> tuple[str | None, tuple[float, float] | None, dict[str, Any]]:
         """A query's variant, interval and APG settings, validated up front (left out, :data:`FROM_CONFIG`: the
         pipeline's; the former ``"config"`` warns)."""
-        cfg = self.config
+        config = self.config
         for name, value in (("variant", variant), ("interval", interval)):
             if isinstance(value, str) and value == "config":
                 warn_deprecated(f"{name}='config' is deprecated: leave the argument out for the pipeline's", 5)
         variant = FROM_CONFIG if isinstance(variant, str) and variant == "config" else variant
         interval = FROM_CONFIG if isinstance(interval, str) and interval == "config" else interval
         from_config = variant is FROM_CONFIG
-        variant = check_variant(cfg.variant if from_config else variant)
+        variant = check_variant(config.variant if from_config else variant)
         if interval is FROM_CONFIG:
-            interval = cfg.interval if guidance != "none" else None
+            interval = config.interval if guidance != "none" else None
         if guidance == "none":
             if variant is not None and not from_config:
                 raise ValueError(f"variant={variant!r} modifies guidance, but guidance='none' has none; use "
@@ -587,9 +587,9 @@ class CounterfactualPipeline:
                                  f"guidance='cfg' or 'dcfg'")
             variant = None
         interval = check_interval(interval, self.num_timesteps)
-        eta, threshold, momentum = check_apg(cfg.apg_eta if apg_eta is None else apg_eta,
-                                             cfg.apg_threshold if apg_threshold is None else apg_threshold,
-                                             cfg.apg_momentum if apg_momentum is None else apg_momentum)
+        eta, threshold, momentum = check_apg(config.apg_eta if apg_eta is None else apg_eta,
+                                             config.apg_threshold if apg_threshold is None else apg_threshold,
+                                             config.apg_momentum if apg_momentum is None else apg_momentum)
         return variant, interval, {"apg_eta": eta, "apg_threshold": threshold or 0.0, "apg_momentum": momentum}
 
     @property
@@ -659,15 +659,15 @@ class CounterfactualPipeline:
         """
         steps = self.config.steps if steps is None else steps
         x_T, parents = self._on_device(x_T, parents)
-        cfg = self.config
+        config = self.config
         extra = {"variant": variant, "interval": interval,
-                 "apg_eta": cfg.apg_eta if apg_eta is None else apg_eta,
-                 "apg_threshold": cfg.apg_threshold if apg_threshold is None else apg_threshold,
-                 "apg_momentum": cfg.apg_momentum if apg_momentum is None else apg_momentum}
+                 "apg_eta": config.apg_eta if apg_eta is None else apg_eta,
+                 "apg_threshold": config.apg_threshold if apg_threshold is None else apg_threshold,
+                 "apg_momentum": config.apg_momentum if apg_momentum is None else apg_momentum}
         if guidance == "dcfg":
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="dcfg",
                                    groups=[list(g) for g in groups], weights=list(weights),
-                                   anchor=diffusion_anchor(cfg.dcfg_form if dcfg_form is None else dcfg_form),
+                                   anchor=diffusion_anchor(config.dcfg_form if dcfg_form is None else dcfg_form),
                                    **extra)
         elif guidance == "cfg":
             w = weights[0] if weights else scale
@@ -770,13 +770,13 @@ class CounterfactualPipeline:
         """
         from .card import render_card
 
-        cfg = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
+        saved = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
                "pipeline": self.config.__dict__,
                "classifier": self.classifier is not None,
                "predictors": self.predictors is not None,
                "oracles": self.oracles,
                "card": self.card}
-        text = json.dumps(cfg, indent=2)
+        text = json.dumps(saved, indent=2)
 
         def write(tmp: Path) -> None:
             self.scm.save(tmp / "scm")
@@ -812,30 +812,30 @@ class CounterfactualPipeline:
         cfg_file = path / "config.json"
         if not os.path.lexists(cfg_file):
             raise ValueError(f"{str(path)!r} has no config.json: it is not a saved pipeline")
-        cfg = read_json(cfg_file, path, what="pipeline config")
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("pipeline", {}), dict):
+        saved = read_json(cfg_file, path, what="pipeline config")
+        if not isinstance(saved, dict) or not isinstance(saved.get("pipeline", {}), dict):
             raise ValueError(f"{cfg_file} is not a pipeline config (a JSON object with 'format_version', 'graph' "
                              f"and 'pipeline' entries, as written by CounterfactualPipeline.save)")
-        check_keys(cfg, _CONFIG_KEYS, str(cfg_file), "pipeline config")
-        if cfg.get("format_version") != _FORMAT_VERSION or isinstance(cfg.get("format_version"), bool):
-            raise ValueError(f"{cfg_file}: format_version {cfg.get('format_version')!r:.80} is not "
+        check_keys(saved, _CONFIG_KEYS, str(cfg_file), "pipeline config")
+        if saved.get("format_version") != _FORMAT_VERSION or isinstance(saved.get("format_version"), bool):
+            raise ValueError(f"{cfg_file}: format_version {saved.get('format_version')!r:.80} is not "
                              f"supported (expected {_FORMAT_VERSION})")
-        graph = CausalGraph.from_dict(cfg.get("graph"))
-        check_keys(cfg.get("pipeline", {}), SAVED_SETTINGS, f"{cfg_file}: 'pipeline'", "pipeline settings")
+        graph = CausalGraph.from_dict(saved.get("graph"))
+        check_keys(saved.get("pipeline", {}), SAVED_SETTINGS, f"{cfg_file}: 'pipeline'", "pipeline settings")
         try:
-            pcfg = PipelineConfig.from_saved(cfg.get("pipeline", {}))
+            settings = PipelineConfig.from_saved(saved.get("pipeline", {}))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg_file}: {e}") from None
         for flag in ("classifier", "predictors"):
-            if not isinstance(cfg.get(flag, False), bool):
-                raise ValueError(f"{cfg_file}: {flag}={cfg[flag]!r:.80} must be true or false")
-        oracles = cfg.get("oracles")
+            if not isinstance(saved.get(flag, False), bool):
+                raise ValueError(f"{cfg_file}: {flag}={saved[flag]!r:.80} must be true or false")
+        oracles = saved.get("oracles")
         if oracles is not None and (not isinstance(oracles, str) or oracles not in ORACLE_KINDS):
             raise ValueError(f"{cfg_file}: oracles={oracles!r:.80} must be one of {ORACLE_KINDS}")
-        card = cfg.get("card") or {}
+        card = saved.get("card") or {}
         if not isinstance(card, dict):
             raise ValueError(f"{cfg_file}: 'card' must be a JSON object")
-        for part in ("scm", "image_model") + tuple(p for p in ("classifier", "predictors") if cfg.get(p)):
+        for part in ("scm", "image_model") + tuple(p for p in ("classifier", "predictors") if saved.get(p)):
             if os.path.lexists(path / part):
                 check_entry(path / part, path, folder=True)
         scm = SCM.load(path / "scm")
@@ -847,13 +847,13 @@ class CounterfactualPipeline:
         except FileNotFoundError as e:
             raise ValueError(f"{path} is an incomplete pipeline: {e}") from None
         classifier = predictors = None
-        if cfg.get("classifier"):
+        if saved.get("classifier"):
             from .classifier import DigitClassifier
             classifier = DigitClassifier.from_pretrained(path / "classifier").to(device).eval()
-        if cfg.get("predictors"):
+        if saved.get("predictors"):
             from .predictors import PredictorSet
             predictors = PredictorSet.load(path / "predictors").to(device)
-        return cls(graph, scm, image_model, pcfg, classifier, predictors=predictors, oracles=oracles, card=card)
+        return cls(graph, scm, image_model, settings, classifier, predictors=predictors, oracles=oracles, card=card)
 
     @classmethod
     def pretrained(cls, name: str = "morphomnist", device: str | torch.device = "cpu") -> "CounterfactualPipeline":

@@ -470,7 +470,7 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
     from pipeline.groups import resolve_guidance
 
     # --- validate everything before any network call
-    cfg = pipeline.config
+    config = pipeline.config
     name, fn = resolve_outcome(outcome)
     if ci not in CI_METHODS:
         raise ValueError(f"unknown ci method {ci!r}; allowed: {list(CI_METHODS)}")
@@ -487,20 +487,20 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
             raise ValueError(f"control={control!r} must be None (the factual image) or a non-empty dict node -> "
                              f"value, e.g. {{'thickness': 2.0}}")
         arms["control"] = pipeline._check_do(control)
-    guidance = cfg.guidance if guidance is None else guidance
-    steps = cfg.steps if steps is None else steps
+    guidance = config.guidance if guidance is None else guidance
+    steps = config.steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
-    iw = cfg.invariant_weight if invariant_weight is None else invariant_weight
+    iw = config.invariant_weight if invariant_weight is None else invariant_weight
     plans = {}
     for arm, arm_do in arms.items():
-        arm_scale = cfg.default_scale(list(arm_do)) if scale is None else scale
+        arm_scale = config.default_scale(list(arm_do)) if scale is None else scale
         groups, weights = resolve_guidance(pipeline.graph, list(arm_do), guidance, arm_scale, None, None, iw,
-                                           cfg.descendant_weight)
+                                           config.descendant_weight)
         plans[arm] = (arm_do, arm_scale, groups, weights)
 
-    refine = int(getattr(cfg, "refine_steps", 0) or 0)
-    dcfg_form = getattr(cfg, "dcfg_form", "paper")
+    refine = int(getattr(config, "refine_steps", 0) or 0)
+    dcfg_form = getattr(config, "dcfg_form", "paper")
     total = batch * steps * ((1 + refine) + sum(nfe_per_step(guidance, p[2], p[3], dcfg_form) for p in plans.values()))
     bar = tqdm(total=total, unit="nfe", unit_scale=True, desc=f"image effect on {name}", disable=not progress)
     try:

@@ -103,8 +103,8 @@ def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, dc
 
 def num_timesteps(pipe: Any) -> int:
     """T of a pipeline's image model (1000 for test doubles without a config)."""
-    cfg = getattr(getattr(pipe, "image_model", None), "config", None)
-    return int(getattr(cfg, "num_train_timesteps", 1000))
+    model_config = getattr(getattr(pipe, "image_model", None), "config", None)
+    return int(getattr(model_config, "num_train_timesteps", 1000))
 
 
 class QueryEngine:

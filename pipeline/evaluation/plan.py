@@ -1,10 +1,10 @@
 """What each evaluated method asks of the decoder, and what the evaluation will cost before it runs.
 
 :func:`query_for` maps a method and a scale to the decoder's guidance, groups, weights and DCFG formulation (and a
-variant's settings); :func:`query_key` is the cache key under which a run keeps that decoding, so that equal computations are
-paid once. Cost, in image-NFEs (one network evaluation of one image): ``(1 + r) S`` per inverted image (``r`` the
-pipeline's fixed-point refinements), ``k S`` per decoded one (``k`` = 1 none, 2 CFG, M + 1 DCFG with M groups, or
-1 + the groups not at weight 1 with ``dcfg_form="conditional"``). :func:`estimate_nfe` adds them up before the run
+variant's settings); :func:`query_key` is the cache key under which a run keeps that decoding, so that equal
+computations are paid once. Cost, in image-NFEs (one network evaluation of one image): ``(1 + r) S`` per inverted
+image (``r`` the pipeline's fixed-point refinements), ``k S`` per decoded one (``k`` = 1 none, 2 CFG, M + 1 DCFG
+with M groups, or 1 + the groups not at weight 1 with ``dcfg_form="conditional"``). :func:`estimate_nfe` adds them up before the run
 (``plan_nfe`` in ``metrics.json``; the run records what it spent beside it).
 """
 from __future__ import annotations
@@ -112,10 +112,10 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
 
     Example:
         >>> from pipeline.presets import morphomnist_graph
-        >>> cfg = EvaluationConfig(n=1000, steps=20, scale=3.0, cfg_scale=3.0, sweep_n=125, cycle_n=100,
-        ...                        per_attribute_n=125, cycle_steps=20, sweep_steps=20,
-        ...                        interventions=("thickness", "intensity", "digit"), invariant_weight=1.0)
-        >>> estimate_nfe(cfg, morphomnist_graph())["total"]
+        >>> config = EvaluationConfig(n=1000, steps=20, scale=3.0, cfg_scale=3.0, sweep_n=125, cycle_n=100,
+        ...                           per_attribute_n=125, cycle_steps=20, sweep_steps=20,
+        ...                           interventions=("thickness", "intensity", "digit"), invariant_weight=1.0)
+        >>> estimate_nfe(config, morphomnist_graph())["total"]
         674500
     """
     c = config

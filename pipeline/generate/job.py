@@ -253,7 +253,7 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
     """The planned manifest (every shard pending) and the checked interventions."""
     from pipeline.groups import resolve_guidance
 
-    graph, cfg = pipe.graph, pipe.config
+    graph, config = pipe.graph, pipe.config
     if isinstance(do, str):
         do = parse_interventions(do)
     elif not isinstance(do, Mapping):
@@ -263,23 +263,23 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
         raise ValueError("do is empty; give at least one intervention, e.g. thickness=+1")
     interventions = check_interventions(do, pipe.scm, len(rows), draws=True, callables=False)
     check_shifts(interventions, rows, graph)
-    guidance = cfg.guidance if guidance is None else guidance
+    guidance = config.guidance if guidance is None else guidance
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not math.isfinite(scale)):
         raise ValueError(f"scale={scale!r} must be a finite number (e.g. 3.0), or None for the pipeline's default")
-    scale = float(cfg.default_scale(list(interventions)) if scale is None else scale)
-    steps = cfg.steps if steps is None else steps
+    scale = float(config.default_scale(list(interventions)) if scale is None else scale)
+    steps = config.steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
     groups, weights = resolve_guidance(graph, list(interventions), guidance, scale,
-                                       invariant_weight=cfg.invariant_weight,
-                                       descendant_weight=cfg.descendant_weight,
-                                       anchor_scales=cfg.anchor_scales if guidance == "dcfg" else None)
+                                       invariant_weight=config.invariant_weight,
+                                       descendant_weight=config.descendant_weight,
+                                       anchor_scales=config.anchor_scales if guidance == "dcfg" else None)
     query = {"do": interventions_json(interventions), "guidance": guidance, "scale": scale, "steps": int(steps),
              "seed": seed, "groups": groups, "weights": [float(w) for w in weights], "shard_size": shard_size,
-             "chunk_size": int(cfg.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}
+             "chunk_size": int(config.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}
     if guidance == "dcfg":
-        query["dcfg_form"] = cfg.dcfg_form
+        query["dcfg_form"] = config.dcfg_form
     variant, interval, apg = pipe._variant_args(guidance, variant, interval, None, None, None)
     if variant is not None:  # recorded only when there is one: a query without stays as it was
         query["variant"] = variant
@@ -289,7 +289,7 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
         query["interval"] = list(interval)
     from diffusion.solvers import check_solver
 
-    solver = check_solver(cfg.solver if solver is None else solver)
+    solver = check_solver(config.solver if solver is None else solver)
     if solver != "ddim":  # recorded only when not DDIM: a DDIM run's manifest stays as it was
         if variant == "cfgpp":
             raise ValueError(f"variant='cfgpp' needs solver='ddim'; got solver={solver!r}")

@@ -409,8 +409,8 @@ def test_targets_do_not_depend_on_the_other_interventions_or_n(tiny_pipeline, to
 
 
 def test_anchor_setting_and_the_paper_method(tiny_pipeline, toy_data):
-    """dcfg_form: None -> the pipeline's; 'conditional' decodes DCFG with 1 + (groups not at weight 1) rows per step, which
-    the plan counts; conditional DCFG at weight 1 is guidance none and reuses it; dcfg_paper is always the paper's
+    """dcfg_form: None -> the pipeline's; 'conditional' decodes DCFG with 1 + (groups not at weight 1) rows per step,
+    which the plan counts; conditional DCFG at weight 1 is guidance none and reuses it; dcfg_paper is always the paper's
     equation and grouping."""
     import copy
     from dataclasses import replace

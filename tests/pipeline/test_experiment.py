@@ -469,7 +469,8 @@ def test_guidance_anchor_reaches_the_pipeline_and_the_groups():
     assert spec.guidance.dcfg_form == "conditional" and parse_spec(BASE, path=None).guidance.dcfg_form == "paper"
     g = guidance_groups(spec, {"slant": 2.0, "thickness": 2.0}, {"slant": 2.0, "thickness": 2.0})
     assert g["slant"]["dcfg"]["dcfg_form"] == "conditional"
-    assert "dcfg_form" not in guidance_groups(parse_spec(BASE, path=None), {"slant": 2.0}, {"slant": 2.0})["slant"]["dcfg"]
+    base = guidance_groups(parse_spec(BASE, path=None), {"slant": 2.0}, {"slant": 2.0})
+    assert "dcfg_form" not in base["slant"]["dcfg"]
 
 
 def test_csv_without_render_is_scored_by_predictors_and_stored_as_uint8(tmp_path):

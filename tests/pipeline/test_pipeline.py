@@ -186,8 +186,8 @@ def test_descendant_weight_from_config_and_per_query(tiny_pipeline, tiny_batch, 
 
 
 def test_dcfg_anchor_from_config_and_per_query(tiny_pipeline, tiny_batch, tmp_path):
-    """dcfg_form='conditional' decodes with eps(c) + sum_m (w_m - 1)(eps(c) - eps(c^-m)): one group is CFG again, weight 1
-    everywhere is the plain conditional; the query argument overrides the config, and the value survives
+    """dcfg_form='conditional' decodes with eps(c) + sum_m (w_m - 1)(eps(c) - eps(c^-m)): one group is CFG again,
+    weight 1 everywhere is the plain conditional; the query argument overrides the config, and the value survives
     save/load."""
     from dataclasses import replace
 
