@@ -44,6 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dcfg_io.atomic import atomic_write_bytes, atomic_write_json
+from dcfg_io.checks import is_integer
 from dcfg_io.rollback import restored_on_error
 from dcfg_io.tensors import save_tensors
 from diffusion import _checkpoint as ckpt
@@ -434,7 +435,7 @@ def train(
         if train_config.batch_size % ctx.world_size:
             raise ValueError(f"batch_size={train_config.batch_size} is not divisible by the {ctx.world_size} "
                              f"processes; use a multiple of {ctx.world_size}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        if not is_integer(num_workers, 0, python_int=True):
             raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
         with restored_on_error(model):  # a given model is trained in place: a failed run leaves it as it was
             return _train(model_config, train_config, dataset, n_data, out, ctx, saved_state, saved_tensors,

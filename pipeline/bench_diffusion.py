@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from dcfg_io.atomic import atomic_write_json
+from dcfg_io.checks import is_integer
 from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
 from diffusion.ddim import ddim_sample
 from diffusion.guidance import guided_eps_fn
@@ -155,7 +156,7 @@ def bench_diffusion(
     net = net.to(dev).eval()
     model_config = net.config
     for name, value in (("sample_batch", sample_batch), ("steps", steps), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value, 1, python_int=True):
             raise ValueError(f"{name}={value!r} must be a positive integer")
     g = torch.Generator().manual_seed(seed)
     names = list(model_config.attribute_names)

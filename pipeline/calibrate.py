@@ -22,7 +22,6 @@ another class for discrete ones), the counterfactual attributes come from the SC
 prediction), and each row is inverted once and shared by every decoding.
 """
 import json
-import math
 import os
 import time
 import zlib
@@ -33,6 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+
+from dcfg_io.checks import is_integer, is_number
 
 from .evaluation.engine import QueryEngine, nfe_per_step
 from .evaluation.scores import roles
@@ -125,7 +126,7 @@ def _check_weights(name: str, values: Sequence[Any]) -> tuple[float, ...]:
         raise ValueError(f"{name}={values!r} must be a non-empty list of numbers (e.g. {list(WEIGHTS)})")
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        if not is_number(v, 0, low_open=True):
             raise ValueError(f"{name} holds {v!r}: every weight must be a positive finite number")
         out.append(float(v))
     if 1.0 not in out:
@@ -230,7 +231,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
                          f"{list(graph.attribute_nodes())} needs a value per row")
     weights = _check_weights("weights", weights)
     anchor_weights = _check_weights("anchor_weights", anchor_weights)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+    if not is_integer(n, 2, python_int=True):
         raise ValueError(f"n={n!r} must be an integer >= 2 (validation rows)")
     steps = int(config.steps if steps is None else steps)
     dcfg_form = config.dcfg_form

@@ -12,8 +12,6 @@ The three steps of a counterfactual (Pearl), as :meth:`CounterfactualPipeline.co
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from dcfg_io.checks import is_integer, is_number
 from diffusion import ConditionalUNet, ddim_sample, guided_eps_fn
 from diffusion.solvers import check_solver
 from diffusion.solvers import invert as solver_invert
@@ -154,12 +153,12 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         def finite(name: str, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not is_number(value):
                 raise ValueError(f"pipeline config {name}={value!r} must be a finite number")
 
         def count(name: str, value: Any, low: int) -> None:
             high = _COUNT_LIMITS[name]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            if not is_integer(value, low, high, python_int=True):
                 raise ValueError(f"pipeline config {name}={value!r:.80} must be an integer in {low}..{high}")
 
         if self.guidance not in ("dcfg", "cfg", "none"):
@@ -473,7 +472,7 @@ class CounterfactualPipeline:
         """
         config = self.config
         guidance = config.guidance if guidance is None else guidance
-        if scale is not None and not isinstance(scale, bool) and isinstance(scale, numbers.Real) and scale < 0:
+        if is_number(scale, finite=False) and scale < 0:
             raise ValueError(f"scale={scale!r} must be >= 0 (0: the unconditional prediction for the guided group, "
                              f"1: the plain conditional, above 1: amplified)")
         scale = config.default_scale(list(do or {})) if scale is None else scale
@@ -488,9 +487,9 @@ class CounterfactualPipeline:
         if solver != "ddim" and variant == "cfgpp":
             raise ValueError(f"variant='cfgpp' needs solver='ddim' (CFG++ gives two eps per step, which only the "
                              f"DDIM step takes); got solver={solver!r}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        if not is_integer(steps, 1, python_int=True):
             raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        if not is_integer(chunk_size, 1, python_int=True):
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
         images = self._check_images(images)
         batch = images.shape[0]

@@ -20,9 +20,10 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from dcfg_io.checks import is_number
 
 from .options import check_descendant_weight, warn_deprecated
 
@@ -75,7 +76,7 @@ def derive_groups(graph: "CausalGraph", intervened: Iterable[str]) -> GuidanceGr
 
 
 def _anchor_weight(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_number(value, 0, low_open=True):
         raise ValueError(f"anchor_scales[{name!r}]={value!r} must be a positive finite number (1 = plain conditioning)")
     return float(value)
 
@@ -123,7 +124,7 @@ def resolve_guidance(
     if guidance not in ("none", "cfg", "dcfg"):
         raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
     for name, value in (("scale", scale), ("invariant_weight", invariant_weight)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_number(value):
             raise ValueError(f"{name}={value!r} must be a finite number (e.g. 3.0)")
     if descendant_weight is None:
         warn_deprecated("descendant_weight=None is deprecated: use descendant_weight='scale' (the intervention's "
@@ -184,7 +185,7 @@ def resolve_guidance(
         if isinstance(weights, str) or not isinstance(weights, Sequence):
             raise TypeError(f"weights={weights!r:.80} must be a list of numbers, one per group")
         for i, w in enumerate(weights):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            if not is_number(w):
                 raise ValueError(f"weights[{i}]={w!r} must be a finite number (e.g. 3.0)")
         out_weights = [float(w) for w in weights]
         if len(out_weights) != len(out_groups):

@@ -18,10 +18,10 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 import warnings
 from typing import Any, Callable, TypeVar
+
+from dcfg_io.checks import is_number
 
 __all__ = ["DCFG_FORMS", "FROM_CONFIG", "check_dcfg_form", "diffusion_anchor", "check_descendant_weight",
            "warn_deprecated", "renamed_arguments", "anchor_renamed",
@@ -94,7 +94,7 @@ def check_descendant_weight(value: Any, name: str = "descendant_weight") -> floa
     """
     if isinstance(value, str) and value == "scale":
         return "scale"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if not is_number(value):
         raise ValueError(f"{name}={value!r:.80} must be a finite number (e.g. 1.0) or 'scale' (the intervention's "
                          f"scale: the paper's grouping)")
     return float(value)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from dcfg_io.atomic import atomic_write
+from dcfg_io.checks import is_integer
 from pipeline.datasets import morpho_equations as eq
 from pipeline.datasets.mnist import load_mnist5k, load_mnist_folder, mnist5k_split
 
@@ -185,13 +186,11 @@ class MorphoMNIST(torch.utils.data.Dataset):
                  cache: bool = True, max_sources: int | None = None) -> None:
         _check_choice("split", split, ("train", "test"))
         _check_choice("attribute_sampling", attribute_sampling, _SAMPLING)
-        if isinstance(samples_per_digit, bool) or not isinstance(samples_per_digit, (int, np.integer)) \
-                or samples_per_digit < 1:
+        if not is_integer(samples_per_digit, 1):
             raise ValueError(f"samples_per_digit={samples_per_digit!r} must be a positive integer, e.g. 1 or 10")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        if not is_integer(seed):
             raise TypeError(f"seed={seed!r} must be an integer")
-        if max_sources is not None and (isinstance(max_sources, bool) or not isinstance(max_sources, (int, np.integer))
-                                        or max_sources < 1):
+        if max_sources is not None and not is_integer(max_sources, 1):
             raise ValueError(f"max_sources={max_sources!r} must be None (all) or a positive integer")
         self.split = split
         self.root = None if root is None else str(root)
@@ -317,7 +316,7 @@ class MorphoMNIST(torch.utils.data.Dataset):
             >>> for epoch in range(3):                                            # doctest: +SKIP
             ...     ds.set_epoch(epoch)
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        if not is_integer(epoch, 0):
             raise ValueError(f"epoch={epoch!r} must be a non-negative integer")
         if self.redraw_each_epoch and int(epoch) != self.epoch:
             self._build(int(epoch))

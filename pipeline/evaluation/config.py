@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 
+from dcfg_io.checks import check_integer, is_number
 from diffusion.model import PRECISIONS, resolve_precision
 from pipeline.evaluation.engine import num_timesteps
 from pipeline.options import anchor_renamed, check_dcfg_form, check_descendant_weight, former_anchor, warn_deprecated
@@ -152,9 +152,7 @@ COMPILE_AUTO_NFE = 200_000
 
 
 def _pos_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return int(value)
+    return check_integer(name, value, minimum)
 
 
 def _scale_value(name: str, value: Any, allow_none: bool) -> float | str | None:
@@ -164,7 +162,7 @@ def _scale_value(name: str, value: Any, allow_none: bool) -> float | str | None:
         return "best"
     if value == "pipeline" and allow_none:
         return "pipeline"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not is_number(value, 0):
         raise ValueError(f"{name}={value!r} must be a non-negative finite number or 'best'"
                          + (" (or None/'pipeline' for the pipeline's default)" if allow_none else ""))
     return float(value)

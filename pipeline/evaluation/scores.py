@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
+from dcfg_io.checks import is_integer
 from pipeline.evaluation.metrics import (abs_change, accuracy, excess_change, flip_rate, frechet_distance, l1,
                                          mae, psnr)
 from pipeline.options import anchor_renamed
@@ -186,7 +187,7 @@ def composition(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], cycles
         >>> curve = composition(pipe, x, parents, cycles=10, steps=50)  # doctest: +SKIP
         >>> curve.mean(0)[[0, 9]]  # after 1 and 10 cycles              # doctest: +SKIP
     """
-    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+    if not is_integer(cycles, 1, python_int=True):
         raise ValueError(f"cycles={cycles!r} must be a positive integer (the benchmark uses 10)")
     eng = _engine(pipe, engine, chunk_size)
     out = np.zeros((len(images), cycles))

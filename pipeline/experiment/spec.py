@@ -56,8 +56,6 @@ import copy
 import difflib
 import hashlib
 import json
-import math
-import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -68,6 +66,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
+from dcfg_io.checks import is_integer, is_number
 from diffusion.config import ImageModelConfig
 from pipeline.options import DCFG_FORMS, check_dcfg_form, former_anchor, warn_deprecated
 
@@ -400,7 +399,7 @@ def _tname(v: Any) -> str:
 
 
 def _int(value: Any, where: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise SpecError(f"{where}: expected an integer, got {_tname(value)} {value!r:.60}")
     if minimum is not None and value < minimum:
         raise SpecError(f"{where}: {value} is too small; use an integer >= {minimum}")
@@ -409,7 +408,7 @@ def _int(value: Any, where: str, minimum: int | None = None) -> int:
 
 def _float(value: Any, where: str, low: float | None = None, high: float | None = None, *,
            open_low: bool = False, open_high: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+    if not is_number(value):
         raise SpecError(f"{where}: expected a finite number, got {_tname(value)} {value!r:.60}")
     v = float(value)
     if low is not None and (v < low or (open_low and v == low)):
@@ -964,7 +963,7 @@ def _apply_quick(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    return is_number(v, finite=False)
 
 
 _DEFAULTS = {"data": DataSpec("morpho"), "scm": ScmSpec(), "training": TrainingSpec(), "evaluation": EvaluationSpec()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 from torch import Tensor
+
+from dcfg_io.checks import check_integer, is_integer, is_number
 
 from .interventions import (check_interventions, check_shifts, draw_interventions, interventions_json,
                             parse_interventions)
@@ -141,11 +142,10 @@ def generate(
 
     # 1. Validate everything before touching the disk.
     for name, value, low in (("shard_size", shard_size, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        check_integer(name, value, low)
     if image_dtype not in _IMAGE_DTYPES:
         raise ValueError(f"image_dtype={image_dtype!r} must be one of {', '.join(_IMAGE_DTYPES)}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and not is_integer(chunk_size, 1, python_int=True):
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (or None for the pipeline's)")
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out={out!r} must be the path of the output folder")
@@ -264,12 +264,11 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
     interventions = check_interventions(do, pipe.scm, len(rows), draws=True, callables=False)
     check_shifts(interventions, rows, graph)
     guidance = config.guidance if guidance is None else guidance
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
+    if scale is not None and not is_number(scale):
         raise ValueError(f"scale={scale!r} must be a finite number (e.g. 3.0), or None for the pipeline's default")
     scale = float(config.default_scale(list(interventions)) if scale is None else scale)
     steps = config.steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_integer(steps, 1, python_int=True):
         raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
     groups, weights = resolve_guidance(graph, list(interventions), guidance, scale,
                                        invariant_weight=config.invariant_weight,
