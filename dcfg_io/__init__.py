@@ -1,4 +1,5 @@
-"""File safety shared by every package of dcfg: atomic writes, crash-safe saved folders, checked reads.
+"""File safety shared by every package of dcfg: atomic writes, crash-safe saved folders, checked reads; and the
+number checks of every package's arguments, configs and files.
 
 A small leaf package: it imports nothing from ``scm``, ``diffusion`` or ``pipeline``, so that each of them can
 use it without importing another.
@@ -12,5 +13,6 @@ module                         what it holds
 :mod:`dcfg_io.tensors`         safetensors files: canonical headers with a data sha256, bounded header reads
 :mod:`dcfg_io.rollback`        :func:`~dcfg_io.rollback.restored_on_error`: a fit that fails leaves its modules as
                                they were
+:mod:`dcfg_io.checks`          number checks: an integer, a finite number, within bounds (a bool is neither)
 =============================  ==================================================================================
 """

@@ -11,8 +11,8 @@ bad value is reported where it is written, not deep inside a forward pass.
 
 Example:
     >>> spec = AttributeSpec("digit", "categorical", cardinality=10)
-    >>> cfg = ImageModelConfig(attributes=(AttributeSpec("thickness", "continuous", mean=2.5, std=1.0), spec))
-    >>> ImageModelConfig.from_json(cfg.to_json()) == cfg
+    >>> config = ImageModelConfig(attributes=(AttributeSpec("thickness", "continuous", mean=2.5, std=1.0), spec))
+    >>> ImageModelConfig.from_json(config.to_json()) == config
     True
 """
 from __future__ import annotations
@@ -21,6 +21,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
+
+from dcfg_io.checks import is_integer, is_number
 
 ATTRIBUTE_KINDS = ("continuous", "categorical")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -73,8 +75,7 @@ class AttributeSpec:
             raise ValueError(
                 f"attribute {self.name!r}: kind={self.kind!r} is not one of {ATTRIBUTE_KINDS}")
         if self.kind == "categorical":
-            if isinstance(self.cardinality, bool) or not isinstance(self.cardinality, int) \
-                    or not 2 <= self.cardinality <= LIMITS["cardinality"]:
+            if not is_integer(self.cardinality, 2, LIMITS["cardinality"], python_int=True):
                 raise ValueError(
                     f"categorical attribute {self.name!r}: cardinality={self.cardinality!r} must be an "
                     f"integer >= 2 (the number of classes, at most {LIMITS['cardinality']})")
@@ -82,9 +83,9 @@ class AttributeSpec:
             raise ValueError(
                 f"continuous attribute {self.name!r}: cardinality={self.cardinality!r} must be None; "
                 f"use kind='categorical' for a discrete attribute")
-        if not (_is_number(self.mean) and math.isfinite(self.mean)):
+        if not (_is_number(self.mean) and is_number(self.mean)):
             raise ValueError(f"attribute {self.name!r}: mean={self.mean!r} must be a finite number")
-        if not (_is_number(self.std) and math.isfinite(self.std) and self.std > 0):
+        if not (_is_number(self.std) and is_number(self.std, 0, low_open=True)):
             raise ValueError(f"attribute {self.name!r}: std={self.std!r} must be a finite number > 0")
 
 
@@ -100,7 +101,7 @@ class ImageModelConfig:
     """The conditional denoiser: image shape, attributes, UNet backbone and noise schedule.
 
     The defaults are a 28x28 grey-scale UNet of about 1.1M parameters (resolutions 28 -> 14 -> 7, self-attention
-    at 7x7 and in the middle block), which takes about 1 s per training batch of 64 on 2 CPU cores.
+    at 7x7 and in the middle block).
 
     Args:
         image_shape: ``(C, H, W)``; ``H`` and ``W`` must be divisible by ``2 ** (len(block_out_channels) - 1)``.
@@ -126,8 +127,8 @@ class ImageModelConfig:
     ``time_embedding_dim`` <= 16384, ``num_train_timesteps`` <= 100,000.
 
     Example:
-        >>> cfg = ImageModelConfig(attributes=(AttributeSpec("digit", "categorical", cardinality=10),))
-        >>> cfg.cond_dim
+        >>> config = ImageModelConfig(attributes=(AttributeSpec("digit", "categorical", cardinality=10),))
+        >>> config.cond_dim
         128
     """
 
@@ -165,7 +166,7 @@ class ImageModelConfig:
     def _validate(self) -> None:
         shape = self.image_shape
         if not isinstance(shape, tuple) or len(shape) != 3 \
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape) \
+                or not all(is_integer(s, 1, python_int=True) for s in shape) \
                 or shape[0] > LIMITS["channels"] or max(shape[1:]) > LIMITS["image_side"]:
             raise ValueError(f"image_shape={shape!r} must be three positive integers (C, H, W), e.g. (1, 28, 28), "
                              f"with C <= {LIMITS['channels']} and H, W <= {LIMITS['image_side']}")
@@ -175,12 +176,11 @@ class ImageModelConfig:
             raise ValueError(f"attribute names {dup} appear more than once in {names}; names must be unique")
         for key in ("block_dim", "layers_per_block", "attention_head_dim", "norm_num_groups", "num_train_timesteps"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= LIMITS[key]:
+            if not is_integer(value, 1, LIMITS[key], python_int=True):
                 raise ValueError(f"{key}={value!r} must be a positive integer (at most {LIMITS[key]})")
         chans = self.block_out_channels
         if not isinstance(chans, tuple) or not 1 <= len(chans) <= LIMITS["levels"] \
-                or not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= LIMITS["level_channels"]
-                           for c in chans):
+                or not all(is_integer(c, 1, LIMITS["level_channels"], python_int=True) for c in chans):
             raise ValueError(f"block_out_channels={chans!r} must be a non-empty tuple of positive integers (at most "
                              f"{LIMITS['levels']} levels of at most {LIMITS['level_channels']})")
         if not isinstance(self.attention_levels, tuple) or not all(isinstance(a, bool) for a in self.attention_levels):
@@ -201,9 +201,8 @@ class ImageModelConfig:
             raise ValueError(
                 f"image size {shape[1]}x{shape[2]} is not divisible by {factor}, the UNet's downsampling factor "
                 f"for {len(chans)} levels; use fewer levels or pad the image")
-        if self.time_embedding_dim is not None and (
-                isinstance(self.time_embedding_dim, bool) or not isinstance(self.time_embedding_dim, int)
-                or not 1 <= self.time_embedding_dim <= LIMITS["time_embedding_dim"]):
+        if self.time_embedding_dim is not None and not is_integer(self.time_embedding_dim, 1,
+                                                                  LIMITS["time_embedding_dim"], python_int=True):
             raise ValueError(f"time_embedding_dim={self.time_embedding_dim!r} must be None or a positive integer "
                              f"(at most {LIMITS['time_embedding_dim']})")
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
@@ -323,11 +322,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision={self.precision!r} is not one of {TRAIN_PRECISIONS}")
         for key in ("steps", "batch_size", "ckpt_every", "log_every"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_integer(value, 1, python_int=True):
                 raise ValueError(f"TrainConfig.{key}={value!r} must be a positive integer")
-        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+        if not is_integer(self.warmup, 0, python_int=True):
             raise ValueError(f"TrainConfig.warmup={self.warmup!r} must be a non-negative integer")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if not is_integer(self.seed, 0, python_int=True):
             raise ValueError(f"TrainConfig.seed={self.seed!r} must be a non-negative integer")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"TrainConfig.lr={self.lr!r} must be a finite number > 0, e.g. 3e-4")

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dcfg_io.checks import is_integer
 from diffusion.guidance import GuidedEps
 
 EpsFn = Callable[[Tensor, Tensor], "Tensor | GuidedEps"]
@@ -70,7 +71,7 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
         [0, 250, 500, 750]
     """
     T = int(num_train_timesteps)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
+    if not is_integer(steps, 1, T):
         raise ValueError(f"steps={steps!r} must be an integer in [1, {T}] (the number of training timesteps)")
     if spacing == "trailing":
         ts = np.round(np.arange(T, 0, -T / steps)).astype(np.int64)[::-1] - 1
@@ -207,7 +208,7 @@ def ddim_invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, 
         0.0
     """
     abar = check_sampler_inputs(x_0, alphas_cumprod, "x_0")
-    if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
+    if not is_integer(refine_steps, 0, python_int=True):
         raise ValueError(f"refine_steps={refine_steps!r} must be a non-negative integer (0 = plain inversion)")
     ts = ddim_timesteps(len(abar), steps, spacing).tolist()  # tau_1, ..., tau_S
     x = x_0.to(torch.float64)

@@ -89,12 +89,12 @@ the null anchor and several groups ``eps(null) + sum_m d_m``, the groups' produc
 """
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
+
+from dcfg_io.checks import is_number
 
 EpsModel = Callable[[Tensor, Tensor, Mapping[str, Tensor], Mapping[str, Tensor]], Tensor]
 GUIDANCE_MODES = ("none", "cfg", "dcfg")
@@ -179,7 +179,7 @@ def _timesteps(t: Tensor | int, batch: int, device: torch.device) -> Tensor:
 
 
 def _check_weight(w: Any, what: str) -> float:
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+    if not is_number(w):
         raise ValueError(f"{what}={w!r} must be a finite number (e.g. 3.0; 1.0 = plain conditioning)")
     return float(w)
 
@@ -409,7 +409,7 @@ def check_interval(interval: Any, num_timesteps: int | None = None) -> tuple[flo
         return None
     bound = "" if num_timesteps is None else f" <= {int(num_timesteps)}"
     if (isinstance(interval, (str, bytes)) or not isinstance(interval, Sequence) or len(interval) != 2
-            or any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) for v in interval)):
+            or not all(is_number(v) for v in interval)):
         raise ValueError(f"interval={interval!r} must be two numbers (lo, hi) with 0 <= lo < hi{bound}, in timesteps "
                          f"of the schedule (e.g. (200, 800))")
     lo, hi = float(interval[0]), float(interval[1])
@@ -430,16 +430,13 @@ def check_apg(eta: Any = APG_ETA, threshold: Any = APG_THRESHOLD, momentum: Any 
         >>> check_apg(0.5, 0, -0.5)
         (0.5, None, -0.5)
     """
-    def real(v: Any) -> bool:
-        return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
-
-    if not real(eta) or not 0.0 <= eta <= 1.0:
+    if not is_number(eta, 0.0, 1.0):
         raise ValueError(f"apg_eta={eta!r} must be a number in [0, 1] (the weight of the guidance's part parallel to "
                          f"the conditional prediction: 0 removes it, 1 is plain CFG)")
-    if threshold is not None and (not real(threshold) or threshold < 0):
+    if threshold is not None and not is_number(threshold, 0):
         raise ValueError(f"apg_threshold={threshold!r} must be a non-negative number, or 0 / None for no norm "
                          f"threshold")
-    if not real(momentum) or not -1.0 < momentum < 1.0:
+    if not is_number(momentum, -1.0, 1.0, low_open=True, high_open=True):
         raise ValueError(f"apg_momentum={momentum!r} must be a number in (-1, 1) (the paper's is -0.5; 0: none)")
     return float(eta), (float(threshold) or None) if threshold is not None else None, float(momentum)
 

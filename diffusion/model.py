@@ -8,10 +8,10 @@ See :mod:`diffusion.embedding` for why the projection is linear and bias-free.
 Example:
     >>> import torch
     >>> from diffusion.config import AttributeSpec, ImageModelConfig
-    >>> cfg = ImageModelConfig(image_shape=(1, 8, 8), attributes=(AttributeSpec("y", "categorical", cardinality=3),),
-    ...                        block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False),
-    ...                        mid_attention=False, norm_num_groups=4)
-    >>> net = ConditionalUNet(cfg)
+    >>> config = ImageModelConfig(image_shape=(1, 8, 8), attributes=(AttributeSpec("y", "categorical", cardinality=3),),
+    ...                           block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False),
+    ...                           mid_attention=False, norm_num_groups=4)
+    >>> net = ConditionalUNet(config)
     >>> x = torch.randn(2, 1, 8, 8)
     >>> net.eps(x, torch.tensor([10, 500]), {"y": torch.tensor([0, 2])}).shape
     torch.Size([2, 1, 8, 8])
@@ -129,14 +129,13 @@ class ConditionalUNet(nn.Module):
             precision: ``"fp32"`` (default), ``"bf16"``, or ``"auto"`` (bf16 where the model's device has
                 native bf16 units, see :func:`native_bf16`; fp32 elsewhere). ``"bf16"`` runs the backbone under
                 ``torch.autocast`` in bfloat16 (the noise prediction is returned in the input's dtype; the DDIM
-                updates stay in float64). On CPUs with AMX or AVX512-BF16 units it is about 1.6x faster per
-                forward (2x inside the full evaluation); on the bundled Morpho model it moved the composition
-                error after 10 cycles from 1.82 to 1.92 grey levels and DCFG's effectiveness by less than 1 %.
+                updates stay in float64): faster on devices with native bf16 units, with slightly different
+                numbers (docs/benchmarks.md has the measured speed and its effect on the figures).
             compile: ``torch.compile`` the backbone (inductor; needs a C++ compiler on the CPU). On the CPU the
-                micro-batches are then padded to ``cpu_chunk_size`` rows so that one shape is compiled (about a
-                minute, once per process); a remainder of fewer than half that many rows runs eagerly instead.
-                It was 1.8x faster per 64-row forward here, with the same results to the 4th decimal. If
-                compiling fails, a warning is issued and the model runs eagerly.
+                micro-batches are then padded to ``cpu_chunk_size`` rows so that one shape is compiled (once per
+                process); a remainder of fewer than half that many rows runs eagerly instead. The results are
+                the same up to float rounding (docs/benchmarks.md has the measured speed-up). If compiling
+                fails, a warning is issued and the model runs eagerly.
 
         Returns:
             The module itself.

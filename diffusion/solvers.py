@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from dcfg_io.checks import is_integer
 from diffusion.ddim import EpsFn, check_sampler_inputs, ddim_invert, ddim_sample
 from diffusion.guidance import GuidedEps
 
@@ -128,5 +129,5 @@ def invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, *, so
 
 
 def _check_steps(steps: Any) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_integer(steps, 1, python_int=True):
         raise ValueError(f"steps={steps!r} must be a positive integer")

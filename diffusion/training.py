@@ -44,6 +44,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dcfg_io.atomic import atomic_write_bytes, atomic_write_json
+from dcfg_io.checks import is_integer
 from dcfg_io.rollback import restored_on_error
 from dcfg_io.tensors import save_tensors
 from diffusion import _checkpoint as ckpt
@@ -120,26 +121,26 @@ class _DataOrder:
         return [i for _, i in self.batch_with_epochs(step, batch_size)]
 
 
-def _step_draws(cfg: TrainConfig, step: int, shape: Sequence[int], num_attrs: int, T: int
+def _step_draws(train_config: TrainConfig, step: int, shape: Sequence[int], num_attrs: int, T: int
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(t, eps, keep)`` of global batch ``step``: timesteps (B,), noise (B, C, H, W), keep-mask (B, K) bool."""
-    g = torch.Generator().manual_seed(_mix(cfg.seed, _TAG_STEP, step))
-    B = cfg.batch_size
+    g = torch.Generator().manual_seed(_mix(train_config.seed, _TAG_STEP, step))
+    B = train_config.batch_size
     t = torch.randint(0, T, (B,), generator=g)
     eps = torch.randn((B, *shape), generator=g)
     u_attr = torch.rand((B, num_attrs), generator=g)
     u_all = torch.rand((B,), generator=g)
-    drop = (u_all < cfg.p_all)[:, None].expand(B, num_attrs)
-    if cfg.dropout_mode == "per_group":
-        drop = drop | (u_attr < cfg.p_attr)
+    drop = (u_all < train_config.p_all)[:, None].expand(B, num_attrs)
+    if train_config.dropout_mode == "per_group":
+        drop = drop | (u_attr < train_config.p_attr)
     return t, eps, ~drop
 
 
-def _lr_at(cfg: TrainConfig, step: int) -> float:
+def _lr_at(train_config: TrainConfig, step: int) -> float:
     """Linear warm-up to ``lr`` over ``warmup`` steps, then constant."""
-    if cfg.warmup and step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    return cfg.lr
+    if train_config.warmup and step < train_config.warmup:
+        return train_config.lr * (step + 1) / train_config.warmup
+    return train_config.lr
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -385,11 +386,11 @@ def train(
     Example:
         >>> import tempfile, torch
         >>> from diffusion import AttributeSpec, ImageModelConfig, TrainConfig
-        >>> cfg = ImageModelConfig(image_shape=(1, 8, 8), attributes=(AttributeSpec("y", "categorical",
+        >>> config = ImageModelConfig(image_shape=(1, 8, 8), attributes=(AttributeSpec("y", "categorical",
         ...     cardinality=2),), block_dim=4, block_out_channels=(8, 8), attention_levels=(False, False),
         ...     mid_attention=False, norm_num_groups=4)
         >>> data = [(torch.rand(1, 8, 8) * 2 - 1, {"y": torch.tensor(i % 2)}) for i in range(16)]
-        >>> res = train(cfg, TrainConfig(steps=3, batch_size=4, warmup=0), data, tempfile.mkdtemp(),
+        >>> res = train(config, TrainConfig(steps=3, batch_size=4, warmup=0), data, tempfile.mkdtemp(),
         ...             progress=False)
         >>> res.step, len(res.losses)
         (3, 3)
@@ -434,7 +435,7 @@ def train(
         if train_config.batch_size % ctx.world_size:
             raise ValueError(f"batch_size={train_config.batch_size} is not divisible by the {ctx.world_size} "
                              f"processes; use a multiple of {ctx.world_size}")
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        if not is_integer(num_workers, 0, python_int=True):
             raise ValueError(f"num_workers={num_workers!r} must be an integer >= 0")
         with restored_on_error(model):  # a given model is trained in place: a failed run leaves it as it was
             return _train(model_config, train_config, dataset, n_data, out, ctx, saved_state, saved_tensors,
@@ -443,19 +444,20 @@ def train(
         ctx.close()
 
 
-def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_data: int, out: Path,
+def _train(model_config: ImageModelConfig, train_config: TrainConfig, dataset: Any, n_data: int, out: Path,
            ctx: DistContext, saved_state: dict[str, Any] | None, saved_tensors: dict[str, Tensor] | None,
            progress: bool, model: ConditionalUNet | None, num_workers: int = 0) -> TrainResult:
     dev = ctx.device
     # ---- model, EMA, optimiser (weights initialised from the seed, identically on every rank)
     if model is None:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.manual_seed(train_config.seed)
             model = ConditionalUNet(model_config)
     model.to(dev).train()
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=train_config.lr, betas=train_config.adam_betas,
+                                  weight_decay=train_config.weight_decay)
     start_step, wall_before = 0, 0.0
     if saved_state is not None and saved_tensors is not None:
         load_state_checked(model, ckpt.split(saved_tensors, "model"), source="checkpoint model/")
@@ -475,9 +477,9 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
     abar = model.alphas_cumprod.to(dev)
     T = model_config.num_train_timesteps
     names_k = model_config.attribute_names
-    order = _DataOrder(n_data, cfg.seed)
+    order = _DataOrder(n_data, train_config.seed)
     load = _Loader(dataset)
-    b_local = cfg.batch_size // ctx.world_size
+    b_local = train_config.batch_size // ctx.world_size
     lo, hi = ctx.rank * b_local, (ctx.rank + 1) * b_local
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -492,39 +494,39 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
         if not ctx.is_main or saved_at[0] == step:
             return
         saved_at[0] = step
-        epoch, offset = divmod(step * cfg.batch_size, n_data)
+        epoch, offset = divmod(step * train_config.batch_size, n_data)
         ema_state = dict(model.state_dict())
         ema_state.update(zip(names, ema))
         ckpt.save_checkpoint(out / ckpt.CHECKPOINT_NAME, model_state=model.state_dict(),
                              ema_state=dict(zip(names, ema)), optimizer=optimizer, state={
                                  "step": step, "epoch": epoch, "offset": offset, "dataset_len": n_data,
-                                 "batch_size": cfg.batch_size, "world_size": ctx.world_size, "wall_time": wall,
-                                 "model_config": model_config.to_dict(), "train_config": cfg.to_dict()})
+                                 "batch_size": train_config.batch_size, "world_size": ctx.world_size, "wall_time": wall,
+                                 "model_config": model_config.to_dict(), "train_config": train_config.to_dict()})
         model_dir = out / MODEL_DIR
         save_tensors(model_dir / WEIGHTS_NAME, ema_state, metadata={"format": "pt", "step": str(step)})
         atomic_write_json(model_dir / CONFIG_NAME, model_config.to_dict())
 
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train_config.precision)
+    scaler = torch.amp.GradScaler("cuda") if train_config.precision == "fp16" else None
 
     losses: list[float] = []
     step = start_step
     consistent = True  # False while an update is half-applied: no checkpoint may be written then
     t0 = time.perf_counter()
-    stream = _batch_stream(_StepBatches(order, load, cfg.batch_size, lo, hi, model_config), start_step, cfg.steps,
-                           num_workers)
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (progress and ctx.is_main), unit="step",
+    stream = _batch_stream(_StepBatches(order, load, train_config.batch_size, lo, hi, model_config), start_step,
+                           train_config.steps, num_workers)
+    bar = tqdm(total=train_config.steps, initial=start_step, disable=not (progress and ctx.is_main), unit="step",
                dynamic_ncols=True, desc="train")
     stop = _StopFlag()
     try:
         with stop.installed():
-            while step < cfg.steps:
+            while step < train_config.steps:
                 if ctx.any(stop.signum is not None):
                     write_checkpoint(step, wall_before + time.perf_counter() - t0)
                     stop.raise_now()
                 # 1. the global batch of this step, and this rank's slice of it
                 x0, attrs = next(stream)
-                t, eps, keep = _step_draws(cfg, step, model_config.image_shape, len(names_k), T)
+                t, eps, keep = _step_draws(train_config, step, model_config.image_shape, len(names_k), T)
                 x0, eps, t = x0.to(dev), eps[lo:hi].to(dev), t[lo:hi].to(dev)
                 attrs = {k: v.to(dev) for k, v in attrs.items()}
                 keep_mask = {k: keep[lo:hi, i].to(dev) for i, k in enumerate(names_k)}
@@ -535,26 +537,27 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
                     pred = net(x_t, t, attrs, keep_mask, validate=False)
                 loss = torch.nn.functional.mse_loss(pred.float(), eps)
                 # 3. the update: AdamW with warm-up and gradient clipping, then the EMA
-                lr = _lr_at(cfg, step)
+                lr = _lr_at(train_config, step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 value = float(ctx.mean(loss.detach()).item())  # the global-batch mean loss
                 if not math.isfinite(value):
-                    raise FloatingPointError(f"the loss became {value} at step {step + 1}; lower lr={cfg.lr} or "
-                                             f"check the data (resume restarts from the last checkpoint)")
+                    raise FloatingPointError(f"the loss became {value} at step {step + 1}; lower "
+                                             f"lr={train_config.lr} or check the data (resume restarts from the last "
+                                             f"checkpoint)")
                 if scaler is not None:
                     scaler.unscale_(optimizer)
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if train_config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, train_config.grad_clip)
                 consistent = False
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     optimizer.step()
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                decay = min(train_config.ema_decay, (1 + step) / (10 + step))
                 with torch.no_grad():
                     torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - decay)
                 step += 1
@@ -563,12 +566,12 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
                 losses.append(value)
                 consistent = True
                 # 4. logging and checkpoints
-                if step % cfg.log_every == 0:
+                if step % train_config.log_every == 0:
                     log.flush()
                 bar.update(1)
-                rate = cfg.batch_size * len(losses) / max(time.perf_counter() - t0, 1e-9)
+                rate = train_config.batch_size * len(losses) / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
-                if step % cfg.ckpt_every == 0:
+                if step % train_config.ckpt_every == 0:
                     write_checkpoint(step, wall)
             if stop.signum is not None:  # a signal during the last step: save, then honour it
                 write_checkpoint(step, wall_before + time.perf_counter() - t0)
@@ -590,5 +593,5 @@ def _train(model_config: ImageModelConfig, cfg: TrainConfig, dataset: Any, n_dat
     run = step - start_step
     return TrainResult(out_dir=out, model_dir=out / MODEL_DIR, model=ema_model, start_step=start_step, step=step,
                        losses=losses, wall_time=elapsed,
-                       images_per_second=run * cfg.batch_size / elapsed if elapsed > 0 else 0.0,
+                       images_per_second=run * train_config.batch_size / elapsed if elapsed > 0 else 0.0,
                        world_size=ctx.world_size)

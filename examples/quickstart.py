@@ -22,7 +22,7 @@ images, parents = test.images[:4], {k: v[:4] for k, v in test.attributes.items()
 # counterfactual value without amplification; the digit is anchored).
 res = pipe.counterfactual(images, parents, do={"thickness": 4.0}, guidance="dcfg", scale=2.0, steps=50)
 
-print("groups:", res.groups, "weights:", res.weights, "anchor:", res.anchor)
+print("groups:", res.groups, "weights:", res.weights, "dcfg_form:", res.dcfg_form)
 print("factual thickness:       ", parents["thickness"].numpy().round(2))
 print("counterfactual intensity:", res.parents["intensity"].numpy().round(1), "(descendant of thickness)")
 save_grid(torch.cat([images, res.image]), "quickstart.png", nrow=4)  # top: factual, bottom: counterfactual

@@ -303,8 +303,8 @@ class CounterfactualApp:
         per-attribute default (``config.default_scale``), for CFG and DCFG alike; ``steps`` ``None`` its
         ``config.steps``.
         """
-        pipe, cfg = self.pipe, self.pipe.config
-        steps = cfg.steps if steps in (None, "") else steps
+        pipe, config = self.pipe, self.pipe.config
+        steps = config.steps if steps in (None, "") else steps
         fact, act, scale, steps = self.check_query(factual, do, scale, steps, methods)
         if image.dim() == 3:
             image = image[None]
@@ -313,11 +313,11 @@ class CounterfactualApp:
         do_values = {n: (int(v) if self.graph.spec(n).is_discrete else v) for n, v in act.items()}
         parents = {n: torch.tensor([int(v) if self.graph.spec(n).is_discrete else v]) for n, v in fact.items()}
         order = [m for m in METHODS if m in methods]
-        w = cfg.default_scale(list(act)) if scale is None else scale
+        w = config.default_scale(list(act)) if scale is None else scale
         descendants = sorted({d for n in act for d in self.graph.descendants(n)
                               if d in self.controls and d not in act})
         answer = Answer(query={"factual": fact, "do": act, "guidance": order, "scale": w, "steps": steps,
-                               "seed": seed, "anchor": cfg.dcfg_anchor},
+                               "seed": seed, "dcfg_form": config.dcfg_form},
                         columns=[Column("factual", image[0], self.measure(image), dict(fact))],
                         intervened=sorted(act), descendants=descendants)
         t0 = time.perf_counter()
@@ -331,10 +331,10 @@ class CounterfactualApp:
         for method in order[1:]:
             t0 = time.perf_counter()
             groups, weights = resolve_guidance(self.graph, list(act), method, w,
-                                               invariant_weight=cfg.invariant_weight,
-                                               descendant_weight=cfg.descendant_weight)
+                                               invariant_weight=config.invariant_weight,
+                                               descendant_weight=config.descendant_weight)
             x = pipe.decode(res.noise["x_T"], cf_parents, guidance=method, groups=groups, weights=weights,
-                            steps=steps, progress=progress, anchor=cfg.dcfg_anchor)
+                            steps=steps, progress=progress, dcfg_form=config.dcfg_form)
             answer.columns.append(Column(method, x[0].cpu(), self.measure(x), cf, groups, weights,
                                          time.perf_counter() - t0))
             yield replace(answer, columns=list(answer.columns))
@@ -418,7 +418,7 @@ def build_page(app: CounterfactualApp) -> Any:
     """The Gradio Blocks page of ``app`` (not launched; see :func:`serve`)."""
     gr = require_gradio()
     controls = [app.controls[n] for n in app.nodes]
-    cfg = app.pipe.config
+    config = app.pipe.config
 
     with gr.Blocks(title=f"{app.title}: counterfactuals", analytics_enabled=False) as page:
         gr.Markdown(f"## {app.title}: counterfactual queries\n"
@@ -456,7 +456,7 @@ def build_page(app: CounterfactualApp) -> Any:
         with gr.Row():
             methods = gr.CheckboxGroup(list(METHODS), value=list(METHODS), label="guidance", elem_id="methods")
             scale = gr.Number(0, label="scale (0: the pipeline's default per attribute)", elem_id="scale")
-            steps = gr.Slider(1, 200, value=cfg.steps, step=1, label="DDIM steps", elem_id="steps")
+            steps = gr.Slider(1, 200, value=config.steps, step=1, label="DDIM steps", elem_id="steps")
             run = gr.Button("Run", variant="primary", elem_id="run")
         titles = ["factual"] + [m for m in ("none", "cfg", "dcfg")]
         images, captions = {}, {}

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from dcfg_io.atomic import atomic_write_json
+from dcfg_io.checks import is_integer
 from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
 from diffusion.ddim import ddim_sample
 from diffusion.guidance import guided_eps_fn
@@ -153,27 +154,27 @@ def bench_diffusion(
         net = ConditionalUNet.from_pretrained(model)
     dev = torch.device(device) if device is not None else net.device
     net = net.to(dev).eval()
-    cfg = net.config
+    model_config = net.config
     for name, value in (("sample_batch", sample_batch), ("steps", steps), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value, 1, python_int=True):
             raise ValueError(f"{name}={value!r} must be a positive integer")
     g = torch.Generator().manual_seed(seed)
-    names = list(cfg.attribute_names)
+    names = list(model_config.attribute_names)
     result: dict[str, Any] = {
         "device": str(dev), "torch_threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in net.parameters()), "model_config": cfg.to_dict(),
+        "params": sum(p.numel() for p in net.parameters()), "model_config": model_config.to_dict(),
     }
 
     # 1. ms per forward (NFE) at each batch size
     forwards: dict[str, Callable[[], Any]] = {}
     for b in dict.fromkeys(list(batch_sizes) + [sample_batch]):
-        x = torch.randn((b, *cfg.image_shape), generator=g).to(dev)
-        t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=g).to(dev)
-        a = _random_attrs(cfg, b, g, dev)
+        x = torch.randn((b, *model_config.image_shape), generator=g).to(dev)
+        t = torch.randint(0, model_config.num_train_timesteps, (b,), generator=g).to(dev)
+        a = _random_attrs(model_config, b, g, dev)
         forwards[str(b)] = (lambda x=x, t=t, a=a: net.eps(x, t, a))
     B = sample_batch
-    x_T = torch.randn((B, *cfg.image_shape), generator=g).to(dev)
-    attrs = _random_attrs(cfg, B, g, dev)
+    x_T = torch.randn((B, *model_config.image_shape), generator=g).to(dev)
+    attrs = _random_attrs(model_config, B, g, dev)
     abar = net.alphas_cumprod
 
     def sample(fn: Callable) -> Callable[[], Any]:
@@ -225,7 +226,7 @@ def bench_diffusion(
 
     # 4. training throughput of this config
     if train_steps:
-        result["training"] = _train_throughput(cfg, train_steps, train_batch, seed, dev)
+        result["training"] = _train_throughput(model_config, train_steps, train_batch, seed, dev)
 
     if verbose:
         print(format_table(result))

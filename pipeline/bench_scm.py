@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from dcfg_io.atomic import atomic_write_json
+from dcfg_io.checks import is_integer
 from pipeline.machine import cpu_facts
 from scm import SCM, CausalGraph
 from scm.mechanisms import gamma_sample
@@ -119,9 +120,9 @@ def bench_scm(n_rows: int = 10000, seed: int = 0, out: str | os.PathLike[str] | 
     from dowhy import gcm
 
     for name, v in (("n_rows", n_rows), ("fit_rows", fit_rows), ("repeats", repeats)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_integer(v, 1, python_int=True):
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+    if epochs is not None and not is_integer(epochs, 1, python_int=True):
         raise ValueError(f"epochs must be None or an integer >= 1, got {epochs!r}")
     system = _system()
     train, _ = _morpho_rows(fit_rows, seed)

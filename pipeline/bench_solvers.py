@@ -86,11 +86,11 @@ def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "u
             for refine in (refines if uses_refinement(solver) else (0,)):
                 for s in steps:
                     pipe.config = dataclasses.replace(base, solver=solver, refine_steps=int(refine))
-                    cfg = EvaluationConfig(n=n, steps=int(s), scales=(1.0,), scale=None, cfg_scale=float(base.scale),
-                                           sweep_n=1, per_attribute_n=0, cycle_n=cycle_n, cycles=10,
-                                           cycle_steps=int(s), grid_n=1, seed=seed, precision=precision,
-                                           compile=False)
-                    res = evaluate(pipe, ev.images, ev.parents, ev.oracles, cfg, rows=ev.rows,
+                    eval_config = EvaluationConfig(n=n, steps=int(s), scales=(1.0,), scale=None,
+                                                   cfg_scale=float(base.scale), sweep_n=1, per_attribute_n=0,
+                                                   cycle_n=cycle_n, cycles=10, cycle_steps=int(s), grid_n=1,
+                                                   seed=seed, precision=precision, compile=False)
+                    res = evaluate(pipe, ev.images, ev.parents, ev.oracles, eval_config, rows=ev.rows,
                                    reference_images=ev.images, progress=False)
                     m = res.metrics
                     per_cf = _counted_nfe(pipe, ev, int(s))

@@ -14,7 +14,7 @@ parent ``a`` :func:`calibrate_guidance` measures on validation rows (never the t
 
 Ties go to the weight nearest 1 (the cheapest and least surprising). Both tables go into
 :class:`~pipeline.core.PipelineConfig` (``attribute_scales`` and ``anchor_scales``), where DCFG reads them by
-default. Under ``dcfg_anchor="full"`` an anchor weight of 1 costs no network rows, so only the attributes that
+default. Under ``dcfg_form="conditional"`` an anchor weight of 1 costs no network rows, so only the attributes that
 need anchoring add rows; :func:`plan_cost` gives the image-NFEs before anything runs.
 
 The targets of do(a) are drawn by the oracles (``draw_targets``: the training marginal for continuous nodes,
@@ -22,7 +22,6 @@ another class for discrete ones), the counterfactual attributes come from the SC
 prediction), and each row is inverted once and shared by every decoding.
 """
 import json
-import math
 import os
 import time
 import zlib
@@ -34,8 +33,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dcfg_io.checks import is_integer, is_number
+
 from .evaluation.engine import QueryEngine, nfe_per_step
 from .evaluation.scores import roles
+from .options import anchor_renamed
 
 #: amplified weights tried by default
 WEIGHTS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -78,7 +80,7 @@ class Calibration:
                 "nfe": self.nfe, "seconds": round(self.seconds, 1)}
 
 
-def dcfg_groups(graph: Any, intervened: Sequence[str], scale: float, *, descendant_weight: float | None,
+def dcfg_groups(graph: Any, intervened: Sequence[str], scale: float, *, descendant_weight: float | str,
                 invariant_weight: float = 1.0, anchor_scales: Mapping[str, float] | None = None
                 ) -> tuple[list[list[str]], list[float]]:
     """DCFG's DAG groups with per-attribute anchor weights (:func:`pipeline.groups.resolve_guidance`).
@@ -124,7 +126,7 @@ def _check_weights(name: str, values: Sequence[Any]) -> tuple[float, ...]:
         raise ValueError(f"{name}={values!r} must be a non-empty list of numbers (e.g. {list(WEIGHTS)})")
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        if not is_number(v, 0, low_open=True):
             raise ValueError(f"{name} holds {v!r}: every weight must be a positive finite number")
         out.append(float(v))
     if 1.0 not in out:
@@ -137,8 +139,9 @@ def _anchored(graph: Any, a: str) -> list[str]:
     return [b for b in graph.image_parents() if b != a and roles(graph, [b])[a] == "invariant"]
 
 
+@anchor_renamed
 def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_weights: Sequence[float], *,
-              anchor: str = "full", descendant_weight: float | None = 1.0, refine_steps: int = 0) -> int:
+              dcfg_form: str = "conditional", descendant_weight: float | str = 1.0, refine_steps: int = 0) -> int:
     """The image-NFEs :func:`calibrate_guidance` will spend (inversion, then every decoding).
 
     Each amplified sweep point costs one DCFG decoding of ``n`` rows; each anchor sweep point one more, except
@@ -150,7 +153,7 @@ def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_w
     for a in parents:
         for w in weights:
             g, ws = dcfg_groups(graph, [a], w, descendant_weight=descendant_weight)
-            total += nfe_per_step("dcfg", g, ws, anchor) * steps * n
+            total += nfe_per_step("dcfg", g, ws, dcfg_form) * steps * n
     w_max = max(weights)
     for a in parents:
         for b in _anchored(graph, a):
@@ -158,7 +161,7 @@ def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_w
                 if v == 1.0:
                     continue
                 g, ws = dcfg_groups(graph, [b], w_max, descendant_weight=descendant_weight, anchor_scales={a: v})
-                total += nfe_per_step("dcfg", g, ws, anchor) * steps * n
+                total += nfe_per_step("dcfg", g, ws, dcfg_form) * steps * n
     return int(total)
 
 
@@ -198,7 +201,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
     """Measure every image parent's amplified weight ``w_a`` and anchor weight ``v_a`` (module docstring).
 
     Args:
-        pipe: the pipeline; its SCM, image model and DCFG settings (anchor, descendant weight) are used.
+        pipe: the pipeline; its SCM, image model and DCFG settings (formulation, descendant weight) are used.
         images: validation images ``(N, C, H, W)`` in [-1, 1] (never the test split).
         parents: their attributes, every attribute node -> ``(N,)``.
         oracles: what measures images and draws targets (``pipe.make_oracles(...)``).
@@ -220,7 +223,7 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
         ValueError: the data lack an attribute node, or the oracles cannot measure every image parent, or a
             weight is not a positive number.
     """
-    graph, cfg = pipe.graph, pipe.config
+    graph, config = pipe.graph, pipe.config
     log = log or (lambda s: None)
     missing = [k for k in graph.attribute_nodes() if k not in parents]
     if missing:
@@ -228,11 +231,11 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
                          f"{list(graph.attribute_nodes())} needs a value per row")
     weights = _check_weights("weights", weights)
     anchor_weights = _check_weights("anchor_weights", anchor_weights)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+    if not is_integer(n, 2, python_int=True):
         raise ValueError(f"n={n!r} must be an integer >= 2 (validation rows)")
-    steps = int(cfg.steps if steps is None else steps)
-    anchor = cfg.dcfg_anchor
-    desc = cfg.descendant_weight
+    steps = int(config.steps if steps is None else steps)
+    dcfg_form = config.dcfg_form
+    desc = config.descendant_weight
     image_parents = list(graph.image_parents())
 
     n_all = len(images)
@@ -245,8 +248,8 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
     if lacking:
         raise ValueError(f"the oracles do not measure {lacking}; calibration needs every image parent measured")
 
-    total = plan_cost(graph, m, steps, weights, anchor_weights, anchor=anchor, descendant_weight=desc,
-                      refine_steps=int(cfg.refine_steps))
+    total = plan_cost(graph, m, steps, weights, anchor_weights, dcfg_form=dcfg_form, descendant_weight=desc,
+                      refine_steps=int(config.refine_steps))
     model = pipe.image_model
     before = dict(model.inference_settings) if hasattr(model, "inference_settings") else None
     if before is not None:
@@ -273,8 +276,8 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
                ) -> Calibration:
     from tqdm.auto import tqdm
 
-    graph, cfg = pipe.graph, pipe.config
-    anchor, desc = cfg.dcfg_anchor, cfg.descendant_weight
+    graph, config = pipe.graph, pipe.config
+    dcfg_form, desc = config.dcfg_form, config.descendant_weight
     image_parents = list(graph.image_parents())
     m = len(x)
     ms = _ms_per_nfe(pipe, x[:min(8, m)], pa, steps)
@@ -295,13 +298,13 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
     cache: dict[tuple, dict[str, np.ndarray]] = {}
 
     def measured(b: str, g: list[list[str]], ws: list[float]) -> dict[str, np.ndarray]:
-        if anchor == "full":  # groups at weight 1 contribute nothing: equal keys for equal computations
+        if dcfg_form == "conditional":  # groups at weight 1 contribute nothing: equal keys for equal computations
             key = (b, tuple(sorted((tuple(gg), w) for gg, w in zip(g, ws) if w != 1.0)))
         else:
             key = (b, tuple(map(tuple, g)), tuple(ws))
         if key not in cache:
             cf = {k: cf_of[b][k] for k in image_parents}
-            imgs = engine.decode(x_T, cf, "dcfg", g, ws, steps, anchor=anchor)
+            imgs = engine.decode(x_T, cf, "dcfg", g, ws, steps, dcfg_form=dcfg_form)
             cache[key] = oracles.measure(imgs)
         return cache[key]
 
@@ -313,7 +316,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
         target = cf_of[a][a].double().numpy()
         curve = []
         for w in weights:
-            g, ws = dcfg_groups(graph, [a], w, descendant_weight=desc, invariant_weight=cfg.invariant_weight)
+            g, ws = dcfg_groups(graph, [a], w, descendant_weight=desc, invariant_weight=config.invariant_weight)
             meas = np.asarray(measured(a, g, ws)[a], dtype=np.float64)
             point: dict[str, Any] = {"weight": w}
             if discrete:
@@ -340,7 +343,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
             per = {}
             for b in interventions:
                 g, ws = dcfg_groups(graph, [b], attribute_scales[b], descendant_weight=desc,
-                                    invariant_weight=cfg.invariant_weight, anchor_scales={a: v})
+                                    invariant_weight=config.invariant_weight, anchor_scales={a: v})
                 meas = np.asarray(measured(b, g, ws)[a], dtype=np.float64)
                 fact = np.asarray(fmeas[a], dtype=np.float64)
                 if discrete:
@@ -354,8 +357,8 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
         log(f"  v_{a} = {anchor_scales[a]:g}  (" + ", ".join(f"{c['weight']:g}: {_fmt(c[key])}" for c in curve) + ")")
     bar.close()
     settings = {"n": m, "steps": steps, "seed": seed, "weights": list(weights), "anchor_weights": list(anchor_weights),
-                "anchor": anchor, "descendant_weight": desc, "data": data_spec,
-                "refine_steps": int(cfg.refine_steps),
+                "dcfg_form": dcfg_form, "descendant_weight": desc, "data": data_spec,
+                "refine_steps": int(config.refine_steps),
                 "inference": dict(getattr(pipe.image_model, "inference_settings", {}) or {})}
     return Calibration(attribute_scales, anchor_scales, amplified, anchor_curves, settings, engine.nfe,
                        time.perf_counter() - t0)
@@ -399,8 +402,8 @@ def _report_text(cal: Calibration, command: str | None) -> str:
     lines = ["# Guidance calibration", ""]
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
-    lines += [f"{s['n']} validation rows ({s.get('data') or 'given data'}), {s['steps']} DDIM steps, DCFG anchor "
-              f"`{s['anchor']}`, descendant weight {s['descendant_weight']}; {cal.nfe:,} image-NFEs in "
+    lines += [f"{s['n']} validation rows ({s.get('data') or 'given data'}), {s['steps']} DDIM steps, DCFG form "
+              f"`{s['dcfg_form']}`, descendant weight {s['descendant_weight']}; {cal.nfe:,} image-NFEs in "
               f"{cal.seconds / 60:.1f} min. Seed {s['seed']}.", "",
               "| attribute | amplified weight w_a | anchor weight v_a |", "|---|---|---|"]
     for a in cal.amplified:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dcfg_io.atomic import atomic_write_json
+from dcfg_io.checks import is_integer
 from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
 from dcfg_io.reads import read_json_object
 from dcfg_io.rollback import restored_on_error
@@ -49,7 +50,7 @@ class ClassifierConfig:
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "width", "feature_dim"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= CLASSIFIER_LIMITS[name]:
+            if not is_integer(value, 1, CLASSIFIER_LIMITS[name], python_int=True):
                 raise ValueError(f"classifier config {name}={value!r} must be a positive integer (at most "
                                  f"{CLASSIFIER_LIMITS[name]})")
 

@@ -7,6 +7,7 @@ commands so that ``dcfg --help`` stays fast.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import click
 
@@ -419,11 +420,30 @@ _DESCENDANT_OPT = click.option(
          "(they share the intervention's scale, the paper's grouping). Default: the pipeline's.")
 
 
-_ANCHOR_OPT = click.option(
-    "--anchor", type=click.Choice(["null", "full"]), default=None,
-    help="DCFG's formulation: 'null' (the paper's equation, eps(null) + sum_m w_m (eps(c^m) - eps(null))) or "
-         "'full' (each group amplified given the others, eps(c) + sum_m (w_m - 1) (eps(c) - eps(c^-m))). "
-         "Default: the pipeline's.")
+def _former_anchor(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--anchor null|full``, the former spelling of ``--dcfg-form paper|conditional``: a warning on stderr."""
+    if value is not None:
+        click.echo(f"warning: --anchor {value} is deprecated: use --dcfg-form {_dcfg_form(None, value)}", err=True)
+    return value
+
+
+def _dcfg_form(dcfg_form: str | None, former_anchor: str | None) -> str | None:
+    """``--dcfg-form``, else the former ``--anchor`` in today's words, else ``None`` (the pipeline's)."""
+    from pipeline.options import form_from_former
+
+    return dcfg_form or form_from_former(former_anchor)
+
+
+def _dcfg_form_opts(command: Any) -> Any:
+    """``--dcfg-form``, and its former spelling ``--anchor`` (hidden, deprecated)."""
+    command = click.option(
+        "--anchor", "former_anchor", type=click.Choice(["null", "full"]), default=None, hidden=True,
+        callback=_former_anchor, help="Deprecated: --dcfg-form (null = paper, full = conditional).")(command)
+    return click.option(
+        "--dcfg-form", type=click.Choice(["paper", "conditional"]), default=None,
+        help="DCFG's formulation: 'paper' (the paper's equation, eps(null) + sum_m w_m (eps(c^m) - eps(null))) or "
+             "'conditional' (each group amplified given the others, eps(c) + sum_m (w_m - 1) (eps(c) - eps(c^-m))). "
+             "Default: the pipeline's.")(command)
 
 
 _VARIANT_OPT = click.option(
@@ -445,10 +465,13 @@ _APG_ETA_OPT = click.option("--apg-eta", type=click.FloatRange(0.0, 1.0), defaul
                             help="APG's weight of the parallel part, in [0, 1] (default: the pipeline's, 0).")
 
 
-def _interval(text: str | None) -> "tuple[float, float] | None | str":
-    """``--interval LO,HI`` as a pair, ``"none"`` as ``None``, unset as ``"config"``; exits 2 otherwise."""
+def _interval(text: str | None) -> Any:
+    """``--interval LO,HI`` as a pair, ``"none"`` as ``None``, unset as :data:`pipeline.options.FROM_CONFIG` (the
+    pipeline's); exits 2 otherwise."""
+    from pipeline.options import FROM_CONFIG
+
     if text is None:
-        return "config"
+        return FROM_CONFIG
     if text.strip().lower() == "none":
         return None
     parts = [p.strip() for p in text.split(",")]
@@ -504,7 +527,7 @@ def _descendant_weight(text: str | None) -> float | str | None:
 @click.option("--steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_DESCENDANT_OPT
-@_ANCHOR_OPT
+@_dcfg_form_opts
 @_VARIANT_OPT
 @_INTERVAL_OPT
 @_APG_ETA_OPT
@@ -514,7 +537,8 @@ def _descendant_weight(text: str | None) -> float | str | None:
 @_DEVICE_OPT
 @_THREADS_OPT
 def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, seed, descendant_weight_text,
-                   anchor, variant, interval_text, apg_eta, solver, out_path, pipeline_dir, device, threads):
+                   dcfg_form, former_anchor, variant, interval_text, apg_eta, solver, out_path, pipeline_dir, device,
+                   threads):
     """One counterfactual query on one image; writes the counterfactual PNG."""
     from pipeline.generate import check_interventions, draw_interventions, parse_interventions
     from pipeline.images import read_image, save_image
@@ -530,7 +554,7 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
     interval = _interval(interval_text)
     if guidance == "none" and variant not in (None, "none"):
         _fail(f"--variant {variant} modifies guidance, but --guidance none has none; use --guidance cfg or dcfg")
-    if guidance == "none" and interval not in ("config", None):
+    if guidance == "none" and interval is not None and interval_text is not None:
         _fail(f"--interval {interval_text} modifies guidance, but --guidance none has none; use --guidance cfg "
               f"or dcfg")
     _threads(threads)
@@ -544,19 +568,19 @@ def counterfactual(image_path, parents_text, do_text, guidance, scale, steps, se
 
     try:
         x = read_image(image_path, channels=shape[0], size=shape[1:])
-        # the CLI's default (None) is the pipeline's config; "scale" is the paper's grouping (None in Python)
-        dw = "config" if descendant_weight is None else None if descendant_weight == "scale" else descendant_weight
+        # an option left out is the pipeline's: its argument is left out too
+        given = {k: v for k, v in (("descendant_weight", descendant_weight), ("variant", variant)) if v is not None}
         res = pipe.counterfactual(x, {k: torch.tensor([v]) for k, v in parents.items()}, do=do,
-                                  guidance=guidance, scale=scale, steps=steps, seed=seed, descendant_weight=dw,
-                                  anchor=anchor, variant="config" if variant is None else variant,
-                                  interval=interval, apg_eta=apg_eta)
+                                  guidance=guidance, scale=scale, steps=steps, seed=seed,
+                                  dcfg_form=_dcfg_form(dcfg_form, former_anchor), interval=interval, apg_eta=apg_eta,
+                                  **given)
     except (ValueError, TypeError) as e:
         _fail(str(e))
     save_image(res.image, out_path)
     cf = ", ".join(f"{k}={float(v[0]):.3g}" for k, v in res.parents.items())
     click.echo(f"counterfactual parents: {cf}")
     click.echo(f"groups: {res.groups} weights: {res.weights}"
-               + (f" anchor: {res.anchor}" if (guidance or pipe.config.guidance) == "dcfg" else "")
+               + (f" dcfg_form: {res.dcfg_form}" if (guidance or pipe.config.guidance) == "dcfg" else "")
                + (f" variant: {res.variant}" if res.variant else "")
                + (f" interval: {res.interval[0]:g},{res.interval[1]:g}" if res.interval else ""))
     click.echo(f"wrote {out_path}")
@@ -660,7 +684,7 @@ def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, s
         _fail(str(e))
     _check_device(device)
     interval = _interval(interval_text)
-    if guidance == "none" and (variant not in (None, "none") or interval not in ("config", None)):
+    if guidance == "none" and (variant not in (None, "none") or (interval is not None and interval_text is not None)):
         what = f"--variant {variant}" if variant not in (None, "none") else f"--interval {interval_text}"
         _fail(f"{what} modifies guidance, but --guidance none has none; use --guidance cfg or dcfg")
     _log_setup(quiet)
@@ -669,9 +693,9 @@ def generate_command(pipeline_dir, data_spec, do_text, guidance, scale, steps, s
 
     try:
         m = generate(pipeline_dir, data_spec, do_text, out=out_dir, guidance=guidance, scale=scale, steps=steps,
-                     seed=seed, variant="config" if variant is None else variant, interval=interval,
-                     solver=solver, shard_size=shard_size, chunk_size=chunk_size, limit=limit,
-                     image_dtype=image_dtype, device=device, progress=not quiet)
+                     seed=seed, interval=interval, solver=solver, shard_size=shard_size, chunk_size=chunk_size,
+                     limit=limit, image_dtype=image_dtype, device=device, progress=not quiet,
+                     **({} if variant is None else {"variant": variant}))
     except (ValueError, TypeError) as e:
         _fail(str(e))
     import os
@@ -855,7 +879,7 @@ def bench_pipeline_command(batch, steps_text, methods_text, interval_text, data_
 
     try:
         bench_pipeline(pipe, batch=batch, steps=steps, methods=methods, repeats=repeats, data=data_spec,
-                       interval=None if interval in (None, "config") else interval, out=out)
+                       interval=None if interval_text is None else interval, out=out)
     except (ValueError, TypeError) as e:
         _fail(str(e))
     click.echo(f"wrote {out}")
@@ -956,8 +980,8 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
               help="The test split (the grammar of dcfg generate --data), e.g. csv:faces.csv,split=test (default: "
                    "the benchmark's test digits, for a Morpho pipeline).")
 @click.option("--n", "n_rows", type=click.IntRange(1), default=1000, show_default=True,
-              help="Test digits of the main table (--n 10: a look in about 2 minutes on 2 cores; the default "
-                   "1,000 took 23 min in bf16, 47 min in fp32).")
+              help="Test digits of the main table (--n 10 for a quick look; docs/benchmarks.md has the run "
+                   "times).")
 @click.option("--steps", type=click.IntRange(1, 1000), default=None,
               help="DDIM steps of the main table, and of the sweep and composition unless set (default: the "
                    "pipeline's, 50 for the bundled one).")
@@ -992,7 +1016,7 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
               help="Comma-separated intervened nodes (default: every parent of the image).")
 @click.option("--invariant-weight", type=float, default=None, help="DCFG weight of the invariant group.")
 @_DESCENDANT_OPT
-@_ANCHOR_OPT
+@_dcfg_form_opts
 @click.option("--ablation-pipeline", "ablation_dir", type=click.Path(), default=None,
               help="A second pipeline (e.g. trained with whole-condition dropout only), evaluated the same way.")
 @click.option("--classifier", "classifier_dir", type=click.Path(), default=None,
@@ -1007,10 +1031,10 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
 @click.option("--n-jobs", type=click.IntRange(1), default=None, help="Morphometry/render processes.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Image-model inference precision. auto: bf16 where the CPU has AMX/AVX512-BF16 units (or the GPU "
-                   "bf16), fp32 elsewhere; bf16 is about 2x faster here and moves the figures slightly.")
+                   "bf16), fp32 elsewhere; bf16 is faster there and moves the figures slightly (docs/benchmarks.md).")
 @click.option("--compile", "compile_text", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="torch.compile the image model (same numbers, about 1.8x faster per forward here, a minute to "
-                   "compile); auto: on for runs of at least 200k image-NFEs.")
+              help="torch.compile the image model (same numbers, faster per forward after a one-time "
+                   "compilation; docs/benchmarks.md); auto: on for runs of at least 200k image-NFEs.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="dcfg-eval", show_default=True,
               help="Output folder (metrics.json, report.md, tradeoff.png, grid.png), written atomically.")
 @click.option("--update-card", is_flag=True,
@@ -1021,8 +1045,9 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
                      sweep_methods_text, interval_text, apg_eta, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
-                     invariant_weight, descendant_weight_text, anchor, ablation_dir, classifier_dir, root, max_sources,
-                     seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads, quiet):
+                     invariant_weight, descendant_weight_text, dcfg_form, former_anchor, ablation_dir, classifier_dir,
+                     root, max_sources, seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads,
+                     quiet):
     """Score none / CFG / DCFG counterfactuals on a test split; write metrics, report and plots.
 
     Effectiveness, spurious change, ground truth, composition, reversibility, realism and the trade-off
@@ -1049,8 +1074,7 @@ def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_row
             parse_method(m)
         except ValueError as e:
             _fail(f"--sweep-methods: {e}")
-    interval = _interval(interval_text)
-    interval = None if interval == "config" else interval
+    interval = None if interval_text is None else _interval(interval_text)
     nodes = None if interventions_text is None else tuple(v.strip() for v in interventions_text.split(",") if v.strip())
     from pipeline.evaluation.report import check_out_dir
 
@@ -1071,8 +1095,9 @@ def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_row
         cfg_scale=number_or_best(cfg_scale_text, "--cfg-scale"), sweep_n=sweep_n, sweep_steps=sweep_steps,
         sweep_methods=methods, per_attribute_n=per_attribute_n, cycle_n=cycle_n, cycles=cycles,
         cycle_steps=cycle_steps, interventions=nodes, invariant_weight=invariant_weight,
-        descendant_weight=descendant_weight, anchor=anchor, interval=interval, apg_eta=apg_eta, chunk_size=chunk_size,
-        seed=seed, precision=precision, compile={"auto": "auto", "on": True, "off": False}[compile_text])
+        descendant_weight=descendant_weight, dcfg_form=_dcfg_form(dcfg_form, former_anchor), interval=interval,
+        apg_eta=apg_eta, chunk_size=chunk_size, seed=seed, precision=precision,
+        compile={"auto": "auto", "on": True, "off": False}[compile_text])
     pipe = _load_pipeline(pipeline_dir, device, solver)
     from diffusion.guidance import check_interval
 
@@ -1263,7 +1288,7 @@ def experiment_validate(spec_path, quick):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Report folder (default: experiments/<name>, or experiments/<name>-quick); finished stages "
                    "in OUT/stages are reused.")
-@click.option("--quick", is_flag=True, help="Tiny budgets (data, training, evaluation): minutes on 2 cores.")
+@click.option("--quick", is_flag=True, help="Tiny budgets (data, training, evaluation): a quick end-to-end check.")
 @click.option("--n-jobs", type=click.IntRange(1), default=None, help="Rendering/morphometry processes.")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars or stage messages.")

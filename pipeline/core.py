@@ -12,8 +12,6 @@ The three steps of a counterfactual (Pearl), as :meth:`CounterfactualPipeline.co
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from diffusion import ConditionalUNet, check_anchor, ddim_sample, guided_eps_fn
+from dcfg_io.checks import is_integer, is_number
+from diffusion import ConditionalUNet, ddim_sample, guided_eps_fn
 from diffusion.solvers import check_solver
 from diffusion.solvers import invert as solver_invert
 from diffusion.solvers import sample as solver_sample
@@ -35,6 +34,8 @@ from scm.support import as_values
 
 from .generate.interventions import check_interventions
 from .groups import resolve_guidance
+from .options import (FROM_CONFIG, anchor_renamed, check_dcfg_form, check_descendant_weight, diffusion_anchor,
+                      former_anchor, renamed_arguments, warn_deprecated)
 
 
 #: what scores a pipeline's counterfactuals: see :meth:`CounterfactualPipeline.make_oracles`
@@ -66,8 +67,8 @@ class CounterfactualResult:
         weights: guidance weight of each group.
         noise: abducted exogenous noise: every attribute's noise, plus ``"x_T"`` for the image.
         factual_parents: the attributes the query started from (copies: never the caller's tensors).
-        anchor: DCFG's formulation used to decode (``"null"``, the paper's, or ``"full"``; see
-            :func:`diffusion.guidance.dcfg`); it does not apply to CFG or no guidance.
+        dcfg_form: DCFG's formulation used to decode (``"paper"`` or ``"conditional"``; see
+            :mod:`pipeline.options`); it does not apply to CFG or no guidance.
         variant: the guidance variant used (``None``, ``"apg"`` or ``"cfgpp"``; docs/guidance.md).
         interval: the guidance interval ``(lo, hi)`` used, or ``None`` (guidance at every step).
     """
@@ -78,9 +79,15 @@ class CounterfactualResult:
     weights: list[float]
     noise: dict[str, Tensor]
     factual_parents: dict[str, Tensor] = field(default_factory=dict)
-    anchor: str = "null"
+    dcfg_form: str = "paper"
     variant: str | None = None
     interval: tuple[float, float] | None = None
+
+    @property
+    def anchor(self) -> str:
+        """Deprecated: :attr:`dcfg_form` under its former name and values (``"null"``, ``"full"``)."""
+        warn_deprecated(f"CounterfactualResult.anchor is deprecated: read dcfg_form ({self.dcfg_form!r})", 2)
+        return former_anchor(self.dcfg_form)
 
 
 @dataclass(frozen=True)
@@ -102,16 +109,17 @@ class PipelineConfig:
             ``"unipc"`` (:mod:`diffusion.solvers`; their measured quality and cost are in
             ``docs/benchmarks.md``).
         refine_steps: fixed-point iterations per DDIM inversion step (0 = plain DDIM inversion);
-            each costs one more network call per step and makes inversion closer to exact. One
-            iteration cut the invert-then-decode error of the Morpho model at 50 steps from 0.040 to
-            0.008 (mean |x - x_rec| on [-1, 1]), so it is the default.
+            each costs one more network call per step and makes inversion closer to exact (the default is
+            one; docs/benchmarks.md has the measured gain).
         descendant_weight: DCFG weight of the affected image parents that are not intervened on (the
-            intervention's descendants); ``None`` (default, the paper's grouping) gives them the
-            intervention's scale. See :func:`pipeline.groups.resolve_guidance`.
-        dcfg_anchor: DCFG's formulation. ``"null"`` (default) is the paper's equation,
-            ``eps(null) + sum_m w_m (eps(c^m) - eps(null))``; ``"full"`` amplifies each group given the
+            intervention's descendants): a number, or ``"scale"`` (default, the paper's grouping), which gives
+            them the intervention's scale. See :func:`pipeline.groups.resolve_guidance`. (``None``, its former
+            spelling of ``"scale"``, is deprecated; a saved ``null`` loads as ``"scale"``.)
+        dcfg_form: DCFG's formulation. ``"paper"`` (default) is the paper's equation,
+            ``eps(null) + sum_m w_m (eps(c^m) - eps(null))``; ``"conditional"`` amplifies each group given the
             others, ``eps(c) + sum_m (w_m - 1) (eps(c) - eps(c^-m))``, so that weight 1 is the plain
-            conditional and groups at weight 1 cost no network rows (see :func:`diffusion.guidance.dcfg`).
+            conditional and groups at weight 1 cost no network rows (see :mod:`pipeline.options`). Its former
+            name ``dcfg_anchor`` (values ``"null"``, ``"full"``) still works, with a deprecation warning.
         anchor_scales: per-attribute DCFG anchor weights: when a query leaves an image parent invariant, that
             parent gets a group of its own at this weight (parents not listed share the invariant group at
             ``invariant_weight``). ``dcfg calibrate`` measures them, with ``attribute_scales``
@@ -134,8 +142,8 @@ class PipelineConfig:
     refine_steps: int = 1
     solver: str = "ddim"
     attribute_scales: dict[str, float] = field(default_factory=dict)
-    descendant_weight: float | None = None
-    dcfg_anchor: str = "null"
+    descendant_weight: float | str = "scale"
+    dcfg_form: str = "paper"
     anchor_scales: dict[str, float] = field(default_factory=dict)
     variant: str | None = None
     interval: tuple[float, float] | None = None
@@ -145,23 +153,27 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         def finite(name: str, value: Any) -> None:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            if not is_number(value):
                 raise ValueError(f"pipeline config {name}={value!r} must be a finite number")
 
         def count(name: str, value: Any, low: int) -> None:
             high = _COUNT_LIMITS[name]
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            if not is_integer(value, low, high, python_int=True):
                 raise ValueError(f"pipeline config {name}={value!r:.80} must be an integer in {low}..{high}")
 
         if self.guidance not in ("dcfg", "cfg", "none"):
             raise ValueError(f"pipeline config guidance={self.guidance!r} must be one of 'dcfg', 'cfg', 'none'")
         finite("scale", self.scale)
         finite("invariant_weight", self.invariant_weight)
-        if self.descendant_weight is not None:
-            finite("descendant_weight", self.descendant_weight)
-        if not isinstance(self.dcfg_anchor, str) or self.dcfg_anchor not in ("null", "full"):
-            raise ValueError(f"pipeline config dcfg_anchor={self.dcfg_anchor!r} must be 'null' (the paper's DCFG) "
-                             f"or 'full' (each group amplified given the others)")
+        if self.descendant_weight is None:
+            warn_deprecated("PipelineConfig(descendant_weight=None) is deprecated: use descendant_weight='scale' "
+                            "(the intervention's scale, the paper's grouping)", 5)
+            object.__setattr__(self, "descendant_weight", "scale")
+        try:
+            object.__setattr__(self, "descendant_weight", check_descendant_weight(self.descendant_weight))
+            object.__setattr__(self, "dcfg_form", check_dcfg_form(self.dcfg_form))
+        except ValueError as e:
+            raise ValueError(f"pipeline config {e}") from None
         count("steps", self.steps, 1)
         count("chunk_size", self.chunk_size, 1)
         count("refine_steps", self.refine_steps, 0)
@@ -194,6 +206,34 @@ class PipelineConfig:
         """The scale a query on ``intervened`` uses when it passes none."""
         known = [float(self.attribute_scales[n]) for n in intervened if n in self.attribute_scales]
         return min(known) if known else float(self.scale)
+
+    @property
+    def dcfg_anchor(self) -> str:
+        """Deprecated: :attr:`dcfg_form` under its former name and values (``"null"``, ``"full"``)."""
+        warn_deprecated(f"PipelineConfig.dcfg_anchor is deprecated: read dcfg_form ({self.dcfg_form!r})", 2)
+        return former_anchor(self.dcfg_form)
+
+    @classmethod
+    def from_saved(cls, settings: Mapping[str, Any]) -> "PipelineConfig":
+        """The config of a saved ``config.json``'s ``pipeline`` entry; the spellings of earlier versions load
+        silently (``dcfg_anchor`` ``"null"`` / ``"full"`` as ``dcfg_form``, ``descendant_weight: null`` as
+        ``"scale"``)."""
+        settings = dict(settings)
+        if "dcfg_anchor" in settings:
+            settings.setdefault("dcfg_form", check_dcfg_form(settings.pop("dcfg_anchor"), "dcfg_anchor", warn=False))
+        elif "dcfg_form" in settings:
+            settings["dcfg_form"] = check_dcfg_form(settings["dcfg_form"], warn=False)
+        if "descendant_weight" in settings and settings["descendant_weight"] is None:
+            settings["descendant_weight"] = "scale"
+        return cls(**settings)
+
+
+#: the keys a saved config.json's ``pipeline`` entry may hold: PipelineConfig's fields, and the former dcfg_anchor
+SAVED_SETTINGS = (*PipelineConfig.__dataclass_fields__, "dcfg_anchor")
+
+# the former keyword dcfg_anchor= ("null" / "full") of PipelineConfig(...) and dataclasses.replace(config, ...)
+PipelineConfig.__init__ = renamed_arguments(  # type: ignore[method-assign]
+    dcfg_anchor=("dcfg_form", lambda v: check_dcfg_form(v, "dcfg_anchor", warn=False)))(PipelineConfig.__init__)
 
 
 class CounterfactualPipeline:
@@ -360,6 +400,7 @@ class CounterfactualPipeline:
         return check_interventions(do, self.scm, n)
 
     # ------------------------------------------------------------------ the query
+    @anchor_renamed
     def counterfactual(
         self,
         images: Tensor,
@@ -374,10 +415,10 @@ class CounterfactualPipeline:
         invariant_weight: float | None = None,
         chunk_size: int | None = None,
         progress: bool = False,
-        descendant_weight: float | None | str = "config",
-        anchor: str | None = None,
-        variant: str | None = "config",
-        interval: Sequence[float] | None | str = "config",
+        descendant_weight: float | str = FROM_CONFIG,
+        dcfg_form: str | None = None,
+        variant: str | None = FROM_CONFIG,
+        interval: Sequence[float] | None = FROM_CONFIG,
         apg_eta: float | None = None,
         apg_threshold: float | None = None,
         apg_momentum: float | None = None,
@@ -406,46 +447,49 @@ class CounterfactualPipeline:
             chunk_size: rows per batched network call.
             progress: show tqdm bars.
             descendant_weight: DCFG weight of the intervention's descendants among the image's
-                parents (``"config"``: the pipeline's ``config.descendant_weight``; ``None``: the
-                intervention's scale, as in the paper).
-            anchor: DCFG's formulation, ``"null"`` (the paper's) or ``"full"`` (default: the
-                pipeline's ``config.dcfg_anchor``; see :func:`diffusion.guidance.dcfg`).
-            variant: guidance variant, ``None``, ``"apg"`` or ``"cfgpp"`` (``"config"``: the pipeline's
-                ``config.variant``, which guidance ``"none"`` ignores; an explicit variant with guidance
+                parents: a number, or ``"scale"`` (the intervention's scale, as in the paper); left out, the
+                pipeline's ``config.descendant_weight``.
+            dcfg_form: DCFG's formulation, ``"paper"`` or ``"conditional"`` (default: the pipeline's
+                ``config.dcfg_form``; see :mod:`pipeline.options`).
+            variant: guidance variant, ``None`` (none), ``"apg"`` or ``"cfgpp"``; left out, the pipeline's
+                ``config.variant``, which guidance ``"none"`` ignores (an explicit variant with guidance
                 ``"none"`` is an error). With ``"cfgpp"`` the image is inverted with CFG++'s pair at weight 1
                 (:meth:`invert`), so that decoding at weight 1 under the factual parents reconstructs it.
-            interval: guidance interval ``(lo, hi)`` in timesteps of the schedule, or ``None`` (``"config"``:
-                the pipeline's ``config.interval``).
+            interval: guidance interval ``(lo, hi)`` in timesteps of the schedule, or ``None`` (every step); left
+                out, the pipeline's ``config.interval``.
             apg_eta, apg_threshold, apg_momentum: APG's settings (``None``: the pipeline's; see
                 :func:`diffusion.guidance.apg_update`; a threshold of 0 turns it off).
             solver: ``"ddim"``, ``"dpmpp_2m"`` or ``"unipc"`` for inversion and decoding (``None``: the
                 pipeline's ``config.solver``); ``steps`` is then that solver's step count. ``"cfgpp"`` needs
                 ``"ddim"``.
 
+        The former spellings still work, with a deprecation warning: ``anchor="null"`` / ``"full"`` (now
+        ``dcfg_form="paper"`` / ``"conditional"``), ``descendant_weight=None`` (now ``"scale"``) and ``"config"``
+        for ``descendant_weight``, ``variant`` and ``interval`` (now: leave the argument out).
+
         Returns:
             A :class:`CounterfactualResult`.
         """
-        cfg = self.config
-        guidance = cfg.guidance if guidance is None else guidance
-        if scale is not None and not isinstance(scale, bool) and isinstance(scale, numbers.Real) and scale < 0:
+        config = self.config
+        guidance = config.guidance if guidance is None else guidance
+        if is_number(scale, finite=False) and scale < 0:
             raise ValueError(f"scale={scale!r} must be >= 0 (0: the unconditional prediction for the guided group, "
                              f"1: the plain conditional, above 1: amplified)")
-        scale = cfg.default_scale(list(do or {})) if scale is None else scale
-        steps = cfg.steps if steps is None else steps
-        invariant_weight = cfg.invariant_weight if invariant_weight is None else invariant_weight
-        if isinstance(descendant_weight, str) and descendant_weight == "config":
-            descendant_weight = cfg.descendant_weight
-        chunk_size = cfg.chunk_size if chunk_size is None else chunk_size
-        anchor = check_anchor(cfg.dcfg_anchor if anchor is None else anchor)
+        scale = config.default_scale(list(do or {})) if scale is None else scale
+        steps = config.steps if steps is None else steps
+        invariant_weight = config.invariant_weight if invariant_weight is None else invariant_weight
+        descendant_weight = self._descendant_weight(descendant_weight)
+        chunk_size = config.chunk_size if chunk_size is None else chunk_size
+        dcfg_form = config.dcfg_form if dcfg_form is None else check_dcfg_form(dcfg_form)
         variant, interval, apg = self._variant_args(guidance, variant, interval, apg_eta, apg_threshold,
                                                     apg_momentum)
-        solver = check_solver(cfg.solver if solver is None else solver)
+        solver = check_solver(config.solver if solver is None else solver)
         if solver != "ddim" and variant == "cfgpp":
             raise ValueError(f"variant='cfgpp' needs solver='ddim' (CFG++ gives two eps per step, which only the "
                              f"DDIM step takes); got solver={solver!r}")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        if not is_integer(steps, 1, python_int=True):
             raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        if not is_integer(chunk_size, 1, python_int=True):
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
         images = self._check_images(images)
         batch = images.shape[0]
@@ -453,7 +497,7 @@ class CounterfactualPipeline:
         do = self._check_do(do, batch)
         group_lists, group_weights = resolve_guidance(
             self.graph, list(do), guidance, scale, groups, weights, invariant_weight, descendant_weight,
-            anchor_scales=cfg.anchor_scales if guidance == "dcfg" and groups in (None, "dag") else None)
+            anchor_scales=config.anchor_scales if guidance == "dcfg" and groups in (None, "dag") else None)
 
         # 1. Abduction (attributes): exogenous noise of every attribute node.
         u = self.scm.abduct(parents, seed=seed)
@@ -472,10 +516,10 @@ class CounterfactualPipeline:
             # 1. Abduction (image): DDIM inversion under the factual parents, no guidance (CFG++: its pair at
             #    weight 1, the inverse of decoding at weight 1).
             x_T = self.invert(x0, fact, steps=steps, progress=progress, variant=variant,
-                              anchor=anchor if guidance == "dcfg" else "null", interval=interval, solver=solver)
+                              dcfg_form=dcfg_form if guidance == "dcfg" else "paper", interval=interval, solver=solver)
             # 3. Prediction (image): decode x_T under the counterfactual parents with guidance.
             x_cf = self.decode(x_T, cf, guidance=guidance, groups=group_lists,
-                               weights=group_weights, steps=steps, progress=progress, anchor=anchor,
+                               weights=group_weights, steps=steps, progress=progress, dcfg_form=dcfg_form,
                                variant=variant, interval=interval, solver=solver, **apg)
             out_images.append(x_cf)
             x_T_all.append(x_T)
@@ -484,16 +528,15 @@ class CounterfactualPipeline:
         return CounterfactualResult(
             image=torch.cat(out_images), parents=cf_parents, groups=group_lists,
             weights=group_weights, noise=noise, factual_parents={k: v.detach().clone() for k, v in parents.items()},
-            anchor=anchor, variant=variant,
-            interval=interval)
+            dcfg_form=dcfg_form, variant=variant, interval=interval)
 
     # ------------------------------------------------------------------ image mechanism
     def set_inference(self, precision: str = "fp32", compile: bool = False) -> "CounterfactualPipeline":
         """Speed settings of the image model's inference (see :meth:`ConditionalUNet.set_inference`).
 
         They are runtime settings, not saved with the pipeline. ``precision="bf16"`` changes the numbers
-        slightly; ``compile=True`` does not (beyond float rounding) and pays a compilation of about a minute
-        on its first call.
+        slightly; ``compile=True`` does not (beyond float rounding) and pays a one-time compilation on its first
+        call.
 
         Example:
             >>> pipe = CounterfactualPipeline.pretrained().set_inference(compile=True)  # doctest: +SKIP
@@ -509,14 +552,31 @@ class CounterfactualPipeline:
         """T, the image model's number of training timesteps (a guidance interval lies in [0, T])."""
         return int(self.image_model.config.num_train_timesteps)
 
+    def _descendant_weight(self, value: Any) -> float | str:
+        """A query's descendant weight: left out, the config's; the former ``"config"`` and ``None`` warn."""
+        if isinstance(value, str) and value == "config":
+            warn_deprecated("descendant_weight='config' is deprecated: leave the argument out for the pipeline's", 4)
+            value = FROM_CONFIG
+        elif value is None:
+            warn_deprecated("descendant_weight=None is deprecated: use descendant_weight='scale' (the intervention's "
+                            "scale, the paper's grouping)", 4)
+            value = "scale"
+        return self.config.descendant_weight if value is FROM_CONFIG else check_descendant_weight(value)
+
     def _variant_args(self, guidance: str, variant: Any, interval: Any, apg_eta: Any, apg_threshold: Any,
                       apg_momentum: Any) -> tuple[str | None, tuple[float, float] | None, dict[str, Any]]:
-        """A query's variant, interval and APG settings, validated up front (``"config"``: the pipeline's)."""
-        cfg = self.config
-        from_config = isinstance(variant, str) and variant == "config"
-        variant = check_variant(cfg.variant if from_config else variant)
-        if isinstance(interval, str) and interval == "config":
-            interval = cfg.interval if guidance != "none" else None
+        """A query's variant, interval and APG settings, validated up front (left out, :data:`FROM_CONFIG`: the
+        pipeline's; the former ``"config"`` warns)."""
+        config = self.config
+        for name, value in (("variant", variant), ("interval", interval)):
+            if isinstance(value, str) and value == "config":
+                warn_deprecated(f"{name}='config' is deprecated: leave the argument out for the pipeline's", 5)
+        variant = FROM_CONFIG if isinstance(variant, str) and variant == "config" else variant
+        interval = FROM_CONFIG if isinstance(interval, str) and interval == "config" else interval
+        from_config = variant is FROM_CONFIG
+        variant = check_variant(config.variant if from_config else variant)
+        if interval is FROM_CONFIG:
+            interval = config.interval if guidance != "none" else None
         if guidance == "none":
             if variant is not None and not from_config:
                 raise ValueError(f"variant={variant!r} modifies guidance, but guidance='none' has none; use "
@@ -526,9 +586,9 @@ class CounterfactualPipeline:
                                  f"guidance='cfg' or 'dcfg'")
             variant = None
         interval = check_interval(interval, self.num_timesteps)
-        eta, threshold, momentum = check_apg(cfg.apg_eta if apg_eta is None else apg_eta,
-                                             cfg.apg_threshold if apg_threshold is None else apg_threshold,
-                                             cfg.apg_momentum if apg_momentum is None else apg_momentum)
+        eta, threshold, momentum = check_apg(config.apg_eta if apg_eta is None else apg_eta,
+                                             config.apg_threshold if apg_threshold is None else apg_threshold,
+                                             config.apg_momentum if apg_momentum is None else apg_momentum)
         return variant, interval, {"apg_eta": eta, "apg_threshold": threshold or 0.0, "apg_momentum": momentum}
 
     @property
@@ -553,25 +613,26 @@ class CounterfactualPipeline:
         dev = self.device
         return x.to(device=dev, dtype=torch.float32), {k: torch.as_tensor(v).to(dev) for k, v in parents.items()}
 
+    @anchor_renamed
     @torch.no_grad()
     def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int | None = None,
                refine_steps: int | None = None, progress: bool = False, variant: str | None = None,
-               anchor: str = "null", interval: Sequence[float] | None = None,
+               dcfg_form: str = "paper", interval: Sequence[float] | None = None,
                solver: str | None = None) -> Tensor:
         """Invert images to their noise ``x_T`` under the given parents (no guidance), with ``solver``'s
         inverter (default: ``config.solver``; DDIM with ``refine_steps`` fixed-point iterations, or DPM-Solver++'s
         inverse scheduler; see :mod:`diffusion.solvers`).
 
         ``variant="cfgpp"`` inverts with CFG++'s pair at weight 1 instead: the clean image predicted with
-        ``eps(c)``, re-noised with the anchor eps, ``eps(null)`` (``anchor="null"``: CFG and the paper's DCFG) or
-        ``eps(c)`` (``anchor="full"``, which is the plain inversion), inside ``interval`` (plain outside). It
-        is the inverse of decoding with CFG++ at weight 1 under the same parents, and costs 2 rows per step
+        ``eps(c)``, re-noised with the anchor eps, ``eps(null)`` (CFG, and DCFG's ``dcfg_form="paper"``) or
+        ``eps(c)`` (``dcfg_form="conditional"``, which is the plain inversion), inside ``interval`` (plain outside).
+        It is the inverse of decoding with CFG++ at weight 1 under the same parents, and costs 2 rows per step
         with the null anchor. Other variants invert as without one (APG at weight 1 is ``eps(c)``).
         """
         steps = self.config.steps if steps is None else steps
         refine = self.config.refine_steps if refine_steps is None else refine_steps
         images, parents = self._on_device(images, parents)
-        if check_variant(variant) == "cfgpp" and check_anchor(anchor) == "null":
+        if check_variant(variant) == "cfgpp" and check_dcfg_form(dcfg_form) == "paper":
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=1.0, variant="cfgpp",
                                    interval=interval)
         else:
@@ -580,31 +641,33 @@ class CounterfactualPipeline:
                              solver=self.config.solver if solver is None else solver, refine_steps=refine,
                              progress=progress)
 
+    @anchor_renamed
     @torch.no_grad()
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str = "none",
                groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
                scale: float = 1.0, steps: int | None = None, progress: bool = False,
-               anchor: str | None = None, variant: str | None = None, interval: Sequence[float] | None = None,
+               dcfg_form: str | None = None, variant: str | None = None, interval: Sequence[float] | None = None,
                apg_eta: float | None = None, apg_threshold: float | None = None,
                apg_momentum: float | None = None, solver: str | None = None) -> Tensor:
         """Decode ``x_T`` under ``parents`` with no guidance, CFG or DCFG, with ``solver`` (default:
         ``config.solver``).
 
-        ``anchor`` is DCFG's formulation (default: ``config.dcfg_anchor``); it is ignored otherwise.
+        ``dcfg_form`` is DCFG's formulation (default: ``config.dcfg_form``); it is ignored otherwise.
         ``variant`` (``None``, ``"apg"``, ``"cfgpp"``) and ``interval`` are used as given (``None``: none; the
         config's defaults apply to :meth:`counterfactual`); ``apg_*`` ``None`` are the config's.
         """
         steps = self.config.steps if steps is None else steps
         x_T, parents = self._on_device(x_T, parents)
-        cfg = self.config
+        config = self.config
         extra = {"variant": variant, "interval": interval,
-                 "apg_eta": cfg.apg_eta if apg_eta is None else apg_eta,
-                 "apg_threshold": cfg.apg_threshold if apg_threshold is None else apg_threshold,
-                 "apg_momentum": cfg.apg_momentum if apg_momentum is None else apg_momentum}
+                 "apg_eta": config.apg_eta if apg_eta is None else apg_eta,
+                 "apg_threshold": config.apg_threshold if apg_threshold is None else apg_threshold,
+                 "apg_momentum": config.apg_momentum if apg_momentum is None else apg_momentum}
         if guidance == "dcfg":
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="dcfg",
                                    groups=[list(g) for g in groups], weights=list(weights),
-                                   anchor=self.config.dcfg_anchor if anchor is None else anchor, **extra)
+                                   anchor=diffusion_anchor(config.dcfg_form if dcfg_form is None else dcfg_form),
+                                   **extra)
         elif guidance == "cfg":
             w = weights[0] if weights else scale
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=w, **extra)
@@ -706,13 +769,13 @@ class CounterfactualPipeline:
         """
         from .card import render_card
 
-        cfg = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
+        saved = {"format_version": _FORMAT_VERSION, "graph": self.graph.to_dict(),
                "pipeline": self.config.__dict__,
                "classifier": self.classifier is not None,
                "predictors": self.predictors is not None,
                "oracles": self.oracles,
                "card": self.card}
-        text = json.dumps(cfg, indent=2)
+        text = json.dumps(saved, indent=2)
 
         def write(tmp: Path) -> None:
             self.scm.save(tmp / "scm")
@@ -748,31 +811,30 @@ class CounterfactualPipeline:
         cfg_file = path / "config.json"
         if not os.path.lexists(cfg_file):
             raise ValueError(f"{str(path)!r} has no config.json: it is not a saved pipeline")
-        cfg = read_json(cfg_file, path, what="pipeline config")
-        if not isinstance(cfg, dict) or not isinstance(cfg.get("pipeline", {}), dict):
+        saved = read_json(cfg_file, path, what="pipeline config")
+        if not isinstance(saved, dict) or not isinstance(saved.get("pipeline", {}), dict):
             raise ValueError(f"{cfg_file} is not a pipeline config (a JSON object with 'format_version', 'graph' "
                              f"and 'pipeline' entries, as written by CounterfactualPipeline.save)")
-        check_keys(cfg, _CONFIG_KEYS, str(cfg_file), "pipeline config")
-        if cfg.get("format_version") != _FORMAT_VERSION or isinstance(cfg.get("format_version"), bool):
-            raise ValueError(f"{cfg_file}: format_version {cfg.get('format_version')!r:.80} is not "
+        check_keys(saved, _CONFIG_KEYS, str(cfg_file), "pipeline config")
+        if saved.get("format_version") != _FORMAT_VERSION or isinstance(saved.get("format_version"), bool):
+            raise ValueError(f"{cfg_file}: format_version {saved.get('format_version')!r:.80} is not "
                              f"supported (expected {_FORMAT_VERSION})")
-        graph = CausalGraph.from_dict(cfg.get("graph"))
-        check_keys(cfg.get("pipeline", {}), PipelineConfig.__dataclass_fields__, f"{cfg_file}: 'pipeline'",
-                   "pipeline settings")
+        graph = CausalGraph.from_dict(saved.get("graph"))
+        check_keys(saved.get("pipeline", {}), SAVED_SETTINGS, f"{cfg_file}: 'pipeline'", "pipeline settings")
         try:
-            pcfg = PipelineConfig(**cfg.get("pipeline", {}))
+            settings = PipelineConfig.from_saved(saved.get("pipeline", {}))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{cfg_file}: {e}") from None
         for flag in ("classifier", "predictors"):
-            if not isinstance(cfg.get(flag, False), bool):
-                raise ValueError(f"{cfg_file}: {flag}={cfg[flag]!r:.80} must be true or false")
-        oracles = cfg.get("oracles")
+            if not isinstance(saved.get(flag, False), bool):
+                raise ValueError(f"{cfg_file}: {flag}={saved[flag]!r:.80} must be true or false")
+        oracles = saved.get("oracles")
         if oracles is not None and (not isinstance(oracles, str) or oracles not in ORACLE_KINDS):
             raise ValueError(f"{cfg_file}: oracles={oracles!r:.80} must be one of {ORACLE_KINDS}")
-        card = cfg.get("card") or {}
+        card = saved.get("card") or {}
         if not isinstance(card, dict):
             raise ValueError(f"{cfg_file}: 'card' must be a JSON object")
-        for part in ("scm", "image_model") + tuple(p for p in ("classifier", "predictors") if cfg.get(p)):
+        for part in ("scm", "image_model") + tuple(p for p in ("classifier", "predictors") if saved.get(p)):
             if os.path.lexists(path / part):
                 check_entry(path / part, path, folder=True)
         scm = SCM.load(path / "scm")
@@ -784,13 +846,13 @@ class CounterfactualPipeline:
         except FileNotFoundError as e:
             raise ValueError(f"{path} is an incomplete pipeline: {e}") from None
         classifier = predictors = None
-        if cfg.get("classifier"):
+        if saved.get("classifier"):
             from .classifier import DigitClassifier
             classifier = DigitClassifier.from_pretrained(path / "classifier").to(device).eval()
-        if cfg.get("predictors"):
+        if saved.get("predictors"):
             from .predictors import PredictorSet
             predictors = PredictorSet.load(path / "predictors").to(device)
-        return cls(graph, scm, image_model, pcfg, classifier, predictors=predictors, oracles=oracles, card=card)
+        return cls(graph, scm, image_model, settings, classifier, predictors=predictors, oracles=oracles, card=card)
 
     @classmethod
     def pretrained(cls, name: str = "morphomnist", device: str | torch.device = "cpu") -> "CounterfactualPipeline":

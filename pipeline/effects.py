@@ -35,13 +35,14 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from dcfg_io.checks import is_integer, is_number
 
 __all__ = ["Outcome", "StrokeArea", "Morphometric", "ClassifierProbability", "resolve_outcome", "ImageEffect",
            "EffectComparison", "image_effect", "effect_from_images", "morpho_true_effect", "compare_effects",
@@ -68,7 +69,7 @@ class StrokeArea:
     """
 
     def __init__(self, threshold: float = 0.5) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 <= threshold < 1.0:
+        if not is_number(threshold, 0.0, 1.0, high_open=True):
             raise ValueError(f"threshold={threshold!r} must be a number in [0, 1) (brightness on [0, 1]), e.g. 0.5")
         self.threshold = float(threshold)
         self.name = "stroke_area" if self.threshold == 0.5 else f"stroke_area(>{self.threshold:g})"
@@ -136,7 +137,7 @@ class ClassifierProbability:
     def __init__(self, classifier: torch.nn.Module, target: int, batch_size: int = 512) -> None:
         if not callable(classifier):
             raise TypeError(f"classifier must be a callable module (images -> logits), got {type(classifier).__name__}")
-        if isinstance(target, bool) or not isinstance(target, numbers.Integral) or target < 0:
+        if not is_integer(target, 0):
             raise ValueError(f"target={target!r} must be a class index (an integer >= 0)")
         self.classifier, self.target, self.batch_size = classifier, int(target), int(batch_size)
         self.name = f"p(class {self.target})"
@@ -216,8 +217,7 @@ def confidence_interval(values: Tensor | np.ndarray | Sequence[float], method: s
     """
     if method not in CI_METHODS:
         raise ValueError(f"unknown ci method {method!r}; allowed: {list(CI_METHODS)}")
-    if isinstance(confidence_level, bool) or not isinstance(confidence_level, numbers.Real) \
-            or not 0.0 < confidence_level < 1.0:
+    if not is_number(confidence_level, 0.0, 1.0, low_open=True, high_open=True):
         raise ValueError(f"confidence_level={confidence_level!r} must be a number in (0, 1), e.g. 0.95")
     v = torch.as_tensor(np.asarray(values, dtype=np.float64) if not isinstance(values, Tensor) else values,
                         dtype=torch.float64).reshape(-1).cpu()
@@ -231,7 +231,7 @@ def confidence_interval(values: Tensor | np.ndarray | Sequence[float], method: s
         half = float(norm.ppf(1.0 - alpha / 2.0)) * float(v.std(unbiased=True)) / math.sqrt(n)
         m = float(v.mean())
         return m - half, m + half
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, numbers.Integral) or n_bootstrap < 100:
+    if not is_integer(n_bootstrap, 100):
         raise ValueError(f"n_bootstrap={n_bootstrap!r} must be an integer >= 100, e.g. 2000")
     gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
     idx = torch.randint(0, n, (int(n_bootstrap), n), generator=gen)
@@ -470,7 +470,7 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
     from pipeline.groups import resolve_guidance
 
     # --- validate everything before any network call
-    cfg = pipeline.config
+    config = pipeline.config
     name, fn = resolve_outcome(outcome)
     if ci not in CI_METHODS:
         raise ValueError(f"unknown ci method {ci!r}; allowed: {list(CI_METHODS)}")
@@ -487,21 +487,21 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
             raise ValueError(f"control={control!r} must be None (the factual image) or a non-empty dict node -> "
                              f"value, e.g. {{'thickness': 2.0}}")
         arms["control"] = pipeline._check_do(control)
-    guidance = cfg.guidance if guidance is None else guidance
-    steps = cfg.steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    guidance = config.guidance if guidance is None else guidance
+    steps = config.steps if steps is None else steps
+    if not is_integer(steps, 1, python_int=True):
         raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
-    iw = cfg.invariant_weight if invariant_weight is None else invariant_weight
+    iw = config.invariant_weight if invariant_weight is None else invariant_weight
     plans = {}
     for arm, arm_do in arms.items():
-        arm_scale = cfg.default_scale(list(arm_do)) if scale is None else scale
+        arm_scale = config.default_scale(list(arm_do)) if scale is None else scale
         groups, weights = resolve_guidance(pipeline.graph, list(arm_do), guidance, arm_scale, None, None, iw,
-                                           cfg.descendant_weight)
+                                           config.descendant_weight)
         plans[arm] = (arm_do, arm_scale, groups, weights)
 
-    refine = int(getattr(cfg, "refine_steps", 0) or 0)
-    anchor = getattr(cfg, "dcfg_anchor", "null")
-    total = batch * steps * ((1 + refine) + sum(nfe_per_step(guidance, p[2], p[3], anchor) for p in plans.values()))
+    refine = int(getattr(config, "refine_steps", 0) or 0)
+    dcfg_form = getattr(config, "dcfg_form", "paper")
+    total = batch * steps * ((1 + refine) + sum(nfe_per_step(guidance, p[2], p[3], dcfg_form) for p in plans.values()))
     bar = tqdm(total=total, unit="nfe", unit_scale=True, desc=f"image effect on {name}", disable=not progress)
     try:
         engine = QueryEngine(pipeline, chunk_size=chunk_size, bar=bar)
@@ -573,7 +573,7 @@ def _as_reference(ref: Any) -> tuple[float, tuple[float, float] | None, Tensor |
         return float(ref[0]), (float(ref[1][0]), float(ref[1][1])), None
     if isinstance(ref, Tensor) and ref.numel() == 1:
         return float(ref), None, None
-    if isinstance(ref, numbers.Real) and not isinstance(ref, bool):
+    if is_number(ref, finite=False):
         return float(ref), None, None
     raise TypeError(f"cannot compare with a {type(ref).__name__}: pass an ImageEffect, an EffectEstimate "
                     f"(scm.effects), a number, or (value, (low, high))")

@@ -20,9 +20,12 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from dcfg_io.checks import is_number
+
+from .options import check_descendant_weight, warn_deprecated
 
 if TYPE_CHECKING:  # pragma: no cover
     from scm import CausalGraph
@@ -73,7 +76,7 @@ def derive_groups(graph: "CausalGraph", intervened: Iterable[str]) -> GuidanceGr
 
 
 def _anchor_weight(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_number(value, 0, low_open=True):
         raise ValueError(f"anchor_scales[{name!r}]={value!r} must be a positive finite number (1 = plain conditioning)")
     return float(value)
 
@@ -86,7 +89,7 @@ def resolve_guidance(
     groups: Sequence[Sequence[str]] | str | None = None,
     weights: Sequence[float] | None = None,
     invariant_weight: float = 1.0,
-    descendant_weight: float | None = None,
+    descendant_weight: float | str = "scale",
     anchor_scales: Mapping[str, float] | None = None,
 ) -> tuple[list[list[str]], list[float]]:
     """Turn the user's guidance arguments into explicit ``(groups, weights)``.
@@ -96,11 +99,12 @@ def resolve_guidance(
     * ``guidance="dcfg"``: the DAG groups (affected -> ``scale``, invariant -> ``invariant_weight``),
       or ``groups="per_attribute"`` (one group per image parent, affected ones at ``scale``), or
       explicit ``groups`` and ``weights``.
-    * ``descendant_weight`` (DCFG only; ``None``, the paper's grouping, by default): when a number, the
+    * ``descendant_weight`` (DCFG only; ``"scale"``, the paper's grouping, by default): when a number, the
       affected image parents that are not themselves intervened on (the intervention's descendants)
       get this weight instead of ``scale``; with the DAG groups they form a group of their own, between
       the intervened group and the invariant one. Use it when a mediator overshoots its counterfactual
-      value under amplification (on Morpho-MNIST, intensity under do(thickness)).
+      value under amplification (on Morpho-MNIST, intensity under do(thickness)). ``None``, the former
+      spelling of ``"scale"``, is deprecated.
     * ``anchor_scales`` (DCFG with the DAG groups only): per image parent, its anchor weight when the
       intervention leaves it invariant (``PipelineConfig.anchor_scales``, measured by
       :func:`pipeline.calibrate.calibrate_guidance`); an invariant parent whose anchor weight differs from
@@ -120,13 +124,13 @@ def resolve_guidance(
     if guidance not in ("none", "cfg", "dcfg"):
         raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
     for name, value in (("scale", scale), ("invariant_weight", invariant_weight)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_number(value):
             raise ValueError(f"{name}={value!r} must be a finite number (e.g. 3.0)")
-    if descendant_weight is not None and (isinstance(descendant_weight, bool)
-                                          or not isinstance(descendant_weight, (int, float))
-                                          or not math.isfinite(descendant_weight)):
-        raise ValueError(f"descendant_weight={descendant_weight!r} must be None (the paper's grouping: "
-                         f"descendants share the intervention's scale) or a finite number (e.g. 1.0)")
+    if descendant_weight is None:
+        warn_deprecated("descendant_weight=None is deprecated: use descendant_weight='scale' (the intervention's "
+                        "scale, the paper's grouping)")
+        descendant_weight = "scale"
+    descendant_weight = check_descendant_weight(descendant_weight)
     parents = list(graph.image_parents())
     if guidance in ("none", "cfg"):
         if groups is not None or weights is not None:
@@ -134,7 +138,7 @@ def resolve_guidance(
         return [parents], [1.0 if guidance == "none" else float(scale)]
     dag = derive_groups(graph, intervened)
     direct = set(intervened)
-    descendants = [p for p in dag.affected if p not in direct] if descendant_weight is not None else []
+    descendants = [p for p in dag.affected if p not in direct] if descendant_weight != "scale" else []
 
     def weight_of(members: Sequence[str]) -> float:
         if any(n in dag.affected and n not in descendants for n in members):
@@ -181,7 +185,7 @@ def resolve_guidance(
         if isinstance(weights, str) or not isinstance(weights, Sequence):
             raise TypeError(f"weights={weights!r:.80} must be a list of numbers, one per group")
         for i, w in enumerate(weights):
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            if not is_number(w):
                 raise ValueError(f"weights[{i}]={w!r} must be a finite number (e.g. 3.0)")
         out_weights = [float(w) for w in weights]
         if len(out_weights) != len(out_groups):

@@ -12,13 +12,14 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from dcfg_io.atomic import atomic_write
 
 
 def read_image(path: str | os.PathLike, channels: int = 1, size: tuple[int, int] | None = None) -> Tensor:
@@ -115,19 +116,10 @@ def save_grid(x: Tensor, path: str | os.PathLike, nrow: int = 8, padding: int = 
     return tile_png(x, check_png_path(path), nrow=nrow, padding=padding, scale=1)
 
 
-def atomic_save(write, path: str | os.PathLike) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def atomic_save(write: Callable[[Path], Any], path: str | os.PathLike) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path`` (ending in ``path``'s extension), then move
+    it into place: :func:`dcfg_io.atomic.atomic_write` with its arguments the other way round."""
+    atomic_write(path, write)
 
 
 def replace_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:

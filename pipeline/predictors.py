@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from dcfg_io.atomic import atomic_write_json
+from dcfg_io.checks import is_integer, is_number
 from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
 from dcfg_io.reads import check_entry, check_keys, read_json
 from dcfg_io.rollback import restored_on_error
@@ -111,33 +112,31 @@ class PredictorConfig:
         if self.kind not in PREDICTOR_KINDS:
             raise ValueError(f"predictor {self.node!r}: kind={self.kind!r} must be one of {PREDICTOR_KINDS}")
         shape = self.image_shape
-        if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape) \
+        if len(shape) != 3 or not all(is_integer(s, python_int=True) for s in shape) \
                 or shape[0] not in (1, 3) or not all(4 <= s <= 1024 for s in shape[1:]):
             raise ValueError(f"predictor {self.node!r}: image_shape={shape!r} must be (C, H, W) with C 1 or 3 and "
                              f"H, W in 4..1024")
         if self.kind == "classifier":
-            if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) \
-                    or not 2 <= self.num_classes <= 100_000:
+            if not is_integer(self.num_classes, 2, 100_000, python_int=True):
                 raise ValueError(f"predictor {self.node!r}: num_classes={self.num_classes!r} must be an integer in "
                                  f"2..100000")
         elif self.num_classes is not None:
             raise ValueError(f"predictor {self.node!r}: a regressor has num_classes=None, got {self.num_classes!r}")
         for key in ("mean", "std"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_number(v):
                 raise ValueError(f"predictor {self.node!r}: {key}={v!r} must be a finite number")
         if not self.std > 0:
             raise ValueError(f"predictor {self.node!r}: std={self.std!r} must be > 0")
         for key in ("low", "high"):
             v = getattr(self, key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            if v is not None and not is_number(v):
                 raise ValueError(f"predictor {self.node!r}: {key}={v!r} must be None or a finite number")
-        if not self.widths or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_PREDICTOR_WIDTH
-                                      for w in self.widths) or len(self.widths) > 8:
+        if not self.widths or not all(is_integer(w, 1, MAX_PREDICTOR_WIDTH, python_int=True) for w in self.widths) \
+                or len(self.widths) > 8:
             raise ValueError(f"predictor {self.node!r}: widths={self.widths!r} must be 1 to 8 integers in "
                              f"1..{MAX_PREDICTOR_WIDTH}")
-        if isinstance(self.feature_dim, bool) or not isinstance(self.feature_dim, int) \
-                or not 1 <= self.feature_dim <= 4096:
+        if not is_integer(self.feature_dim, 1, 4096, python_int=True):
             raise ValueError(f"predictor {self.node!r}: feature_dim={self.feature_dim!r} must be an integer in "
                              f"1..4096")
 
@@ -378,7 +377,7 @@ def train_predictors(graph: Any, dataset: Any, *, nodes: Sequence[str] | None = 
     Returns:
         A :class:`PredictorSet` in eval mode.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if not is_integer(epochs, 1, python_int=True):
         raise ValueError(f"epochs={epochs!r} must be a positive integer")
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction={val_fraction!r} must be in (0, 1)")

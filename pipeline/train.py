@@ -8,7 +8,7 @@ there, so ``train_pipeline(..., resume=True)`` after an interruption continues w
 3. ``pipeline/``: the assembled :class:`~pipeline.core.CounterfactualPipeline` (EMA weights).
 
 Example:
-    >>> # the bundled model, resumable (hours on 2 CPU cores):
+    >>> # the bundled model, resumable (docs/bundled-models.md has its training run):
     >>> train_morphomnist("runs/morpho", steps=20000, resume=True)  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from scm import SCM, CausalGraph
 from .core import CounterfactualPipeline, PipelineConfig
 
 #: The image model used for the bundled Morpho-MNIST pipeline: about 1M parameters, no self-attention
-#: at 14x14 (it doubles the step time on 2 CPU cores), attention only at 7x7 and in the middle block.
+#: at 14x14 (it would double the step time), attention only at 7x7 and in the middle block.
 MORPHO_IMAGE_MODEL = dict(block_out_channels=(32, 64, 64), layers_per_block=1, block_dim=32,
                           attention_levels=(False, False, True), mid_attention=True)
 
@@ -333,13 +333,13 @@ def train_morphomnist(
     scm_data = {"thickness": t.float(), "intensity": eq.intensity_from(t, noise["e_i"]).float(),
                 "digit": digits}
 
-    # Guidance defaults of the bundled pipeline (8,472 steps; see docs/bundled-models.md): DCFG anchored at
-    # the full condition (each group amplified given the others); thickness (scale 2) and the digit (scale 3)
+    # Guidance defaults of the bundled pipeline (see docs/bundled-models.md): DCFG's conditional form (each
+    # group amplified given the others); thickness (scale 2) and the digit (scale 3)
     # need amplification; intensity overshoots when amplified, so it keeps weight 1 both when intervened on
     # and as thickness's descendant (descendant_weight).
     pcfg = PipelineConfig(scale=2.0, steps=50, attribute_scales={"thickness": 2.0, "intensity": 1.0,
                                                                  "digit": 3.0}, descendant_weight=1.0,
-                          dcfg_anchor="full")
+                          dcfg_form="conditional")
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                        dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
     return train_pipeline(graph, scm_data, image_data, out, train_config=tcfg,
@@ -539,7 +539,7 @@ def train_from_data(
                 "steps": result.step, "batch_size": batch_size, "precision": precision, "preset": preset,
                 "world_size": ctx.world_size, "final_loss": float(np.mean(losses[-100:])) if losses else None,
                 "wall_s": round(time.perf_counter() - t0, 1)}
-        pcfg = PipelineConfig(scale=2.0, steps=50, dcfg_anchor="full")
+        pcfg = PipelineConfig(scale=2.0, steps=50, dcfg_form="conditional")
         pipe = CounterfactualPipeline(graph, scm, image_model, pcfg, predictors=predictors, oracles="predictors",
                                       card=card)
         pipe.save(out / "pipeline")
@@ -596,11 +596,11 @@ def train_colour_classifier(out_dir: str | os.PathLike, image_data: Any, *, epoc
     return classifier
 
 
-#: Guidance defaults of the bundled colour pipeline: DCFG anchored at the full condition, the morphological
+#: Guidance defaults of the bundled colour pipeline: DCFG's conditional form, the morphological
 #: attributes and the digit amplified like the Morpho-MNIST pipeline's, the colours at the pipeline's scale.
 MORPHO_COLOUR_GUIDANCE = dict(scale=2.0, steps=50, attribute_scales={"thickness": 2.0, "intensity": 1.0,
                                                                     "digit": 3.0}, descendant_weight=1.0,
-                              dcfg_anchor="full")
+                              dcfg_form="conditional")
 
 
 def train_morpho_colour(out_dir: str | os.PathLike, *, steps: int = 12000, batch_size: int = 64,

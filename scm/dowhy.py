@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import numbers
 import random
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
@@ -45,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcfg_io.checks import is_integer, is_number
 from scm.graph import CausalGraph, NodeSpec
 from scm.support import as_values
 
@@ -106,14 +106,14 @@ def check_pair(graph: CausalGraph, treatment: Any, outcome: Any) -> tuple[str, s
 
 def check_seed(seed: Any) -> int:
     """``seed`` as an int; ``TypeError`` unless it is a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    if not is_integer(seed, 0):
         raise TypeError(f"seed must be a non-negative int, got {type(seed).__name__} {seed!r}")
     return int(seed)
 
 
 def check_level(value: Any, name: str) -> float:
     """``value`` as a float; ``ValueError`` (naming the argument ``name``) unless it is a number in (0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
+    if not is_number(value, 0.0, 1.0, low_open=True, high_open=True):
         raise ValueError(f"{name} must be a number in (0, 1), got {value!r}; e.g. 0.05")
     return float(value)
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dcfg_io.checks import is_integer
 from scm.dowhy import (attribute_frame, causal_model, check_graph, check_level, check_pair, check_seed, gcm_frame,
                        graph_from_dowhy, graph_from_gcm, seeded, to_dowhy, to_gcm)
 from scm.falsify import CI_TESTS, CORRECTIONS, FalsificationReport, IndependenceResult, falsify_graph
@@ -293,7 +294,7 @@ def estimate_effect(graph: CausalGraph, data: Any, treatment: str, outcome: str,
     method = _check_method(method)
     refuters, r_params = _check_refuters(refuters, refuter_params)
     seed = check_seed(seed)
-    if isinstance(num_simulations, bool) or not isinstance(num_simulations, numbers.Integral) or num_simulations < 2:
+    if not is_integer(num_simulations, 2):
         raise ValueError(f"num_simulations must be an integer >= 2, got {num_simulations!r}")
     significance_level = check_level(significance_level, "significance_level")
     confidence_level = check_level(confidence_level, "confidence_level")

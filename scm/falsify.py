@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ import networkx as nx
 import numpy as np
 import pandas as pd
 
+from dcfg_io.checks import is_integer
 from scm.dowhy import (attribute_digraph, attribute_frame, check_graph, check_level, check_seed, seeded,
                        strings_for_discrete)
 from scm.graph import CausalGraph
@@ -214,11 +214,9 @@ def falsify_graph(graph: CausalGraph, data: Any, *, method: str = "kernel", sign
     if correction not in CORRECTIONS:
         raise ValueError(f"unknown correction {correction!r}; allowed: {list(CORRECTIONS)}")
     significance_level = check_level(significance_level, "significance_level")
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral)
-                                 or max_rows < 10):
+    if max_rows is not None and not is_integer(max_rows, 10):
         raise ValueError(f"max_rows must be an integer >= 10 or None (all rows), got {max_rows!r}")
-    if n_permutations is not None and (isinstance(n_permutations, bool)
-                                       or not isinstance(n_permutations, numbers.Integral) or n_permutations < 1):
+    if n_permutations is not None and not is_integer(n_permutations, 1):
         raise ValueError(f"n_permutations must be an integer >= 1 or None, got {n_permutations!r}")
     seed = check_seed(seed)
     frame = attribute_frame(graph, data)

@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping
 import networkx as nx
 
 from dcfg_io.atomic import atomic_write
+from dcfg_io.checks import is_integer
 
 KINDS: tuple[str, ...] = ("real", "positive", "interval", "binary", "categorical", "image")
 CONTINUOUS_KINDS: frozenset[str] = frozenset({"real", "positive", "interval"})
@@ -132,7 +133,7 @@ class NodeSpec:
             return cls(kind, low=low_f, high=high_f)
         if kind in DISCRETE_KINDS:
             card = d.get("cardinality", 2 if kind == "binary" else None)
-            if isinstance(card, bool) or not isinstance(card, int) or not 2 <= card <= MAX_CARDINALITY:
+            if not is_integer(card, 2, MAX_CARDINALITY, python_int=True):
                 raise ValueError(f"{kind} node {name!r} has a bad cardinality {card!r}: it must be an integer "
                                  f"in 2..{MAX_CARDINALITY} (the number of classes)")
             if kind == "binary" and card != 2:
@@ -142,8 +143,7 @@ class NodeSpec:
         if kind == "image":
             shape = d.get("shape")
             if (not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 4
-                    or not all(isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_IMAGE_SIDE
-                               for s in shape)):
+                    or not all(is_integer(s, 1, MAX_IMAGE_SIDE, python_int=True) for s in shape)):
                 raise ValueError(f"image node {name!r} has a bad shape {shape!r:.80}: it must be a list of 1 to 4 "
                                  f"positive ints of at most {MAX_IMAGE_SIDE}, e.g. [1, 28, 28]")
             return cls(kind, shape=tuple(int(s) for s in shape))

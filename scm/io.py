@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from dcfg_io.atomic import atomic_write_json
+from dcfg_io.checks import is_integer
 from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
 from dcfg_io.reads import check_keys, read_json
 from dcfg_io.tensors import load_tensors, read_safetensors_header, save_tensors
@@ -97,7 +98,7 @@ def load_scm(cls: type["SCM"], path: str | os.PathLike[str], mechanisms: Mapping
                          f"expected {FORMAT!r})")
     check_keys(cfg, ("format", "format_version", "graph", "scm", "mechanisms"), str(cfg_file), "SCM config")
     version = cfg.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+    if not is_integer(version, 0, python_int=True):
         raise ValueError(f"{cfg_file}: format_version={version!r:.80} must be an integer (this dcfg writes "
                          f"{FORMAT_VERSION})")
     if version > FORMAT_VERSION:

@@ -42,6 +42,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dcfg_io.checks import is_integer, is_number
 from scm.graph import CausalGraph, NodeSpec
 from scm.mechanisms import CategoricalMechanism, FlowMechanism, GumbelMaxMechanism, Mechanism
 from scm.support import as_values
@@ -66,7 +67,7 @@ def _make_generator(seed: Seed) -> torch.Generator:
     g = torch.Generator()
     if seed is None:
         g.seed()
-    elif isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+    elif is_integer(seed):
         if not -2 ** 63 <= int(seed) < 2 ** 64:
             raise ValueError(f"seed={seed} is out of range; use an integer in [-2**63, 2**64)")
         g.manual_seed(int(seed))
@@ -98,20 +99,16 @@ class SCMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def integer(v: Any) -> bool:
-            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
         hidden = self.hidden
         if not isinstance(hidden, (list, tuple)) or not 1 <= len(hidden) <= SCM_LIMITS["layers"] \
-                or not all(integer(h) and 1 <= h <= SCM_LIMITS["width"] for h in hidden):
+                or not all(is_integer(h, 1, SCM_LIMITS["width"]) for h in hidden):
             raise ValueError(f"hidden={hidden!r:.80} must be a list of 1 to {SCM_LIMITS['layers']} widths, integers "
                              f"in 1..{SCM_LIMITS['width']}")
-        if not integer(self.count_bins) or not 2 <= self.count_bins <= SCM_LIMITS["count_bins"]:
+        if not is_integer(self.count_bins, 2, SCM_LIMITS["count_bins"]):
             raise ValueError(f"count_bins={self.count_bins!r:.80} must be an integer in 2..{SCM_LIMITS['count_bins']}")
-        if not isinstance(self.bound, numbers.Real) or isinstance(self.bound, bool) \
-                or not (math.isfinite(self.bound) and self.bound > 0):
+        if not is_number(self.bound, 0, low_open=True):
             raise ValueError(f"bound={self.bound!r:.80} must be a finite number > 0")
-        if not integer(self.seed):
+        if not is_integer(self.seed):
             raise ValueError(f"seed={self.seed!r:.80} must be an integer")
         object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
         object.__setattr__(self, "count_bins", int(self.count_bins))
@@ -660,27 +657,23 @@ class SCM(nn.Module):
         if method == "lbfgs" and (epochs is not None or batch_size is not None):
             raise ValueError("epochs and batch_size are Adam settings; L-BFGS is full-batch and stops on its own "
                              "(use max_iter), or pass method='adam'")
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1):
+        if epochs is not None and not is_integer(epochs, 1):
             raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
-                                       or batch_size < 1):
+        if batch_size is not None and not is_integer(batch_size, 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if lr is not None and not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        if lr is not None and not is_number(lr, 0, low_open=True):
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-        if weight_decay is not None and not (isinstance(weight_decay, numbers.Real) and math.isfinite(weight_decay)
-                                             and weight_decay >= 0):
+        if weight_decay is not None and not is_number(weight_decay, 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         if val_fraction is not None and not (isinstance(val_fraction, numbers.Real) and 0 <= val_fraction < 1):
             raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, numbers.Integral)
-                                     or patience < 1):
+        if patience is not None and not is_integer(patience, 1):
             raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-        if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
+        if not is_integer(max_iter, 1):
             raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
-        if tol is not None and not (isinstance(tol, numbers.Real) and math.isfinite(tol) and tol >= 0):
+        if tol is not None and not is_number(tol, 0):
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
-                                    or threads < 1):
+        if threads is not None and not is_integer(threads, 1):
             raise ValueError(f"threads must be None or an integer >= 1, got {threads!r}")
         values, n = self._check_values(data, "data")
         gen = _make_generator(seed)
@@ -888,13 +881,13 @@ class SCM(nn.Module):
     # ------------------------------------------------------------------------------- helpers
     @staticmethod
     def _check_particles(p: Any) -> int:
-        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
+        if not is_integer(p, 1):
             raise ValueError(f"num_particles must be an integer >= 1, got {p!r}")
         return int(p)
 
     @staticmethod
     def _check_n(n: Any) -> int:
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        if not is_integer(n, 1):
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
         return int(n)
 

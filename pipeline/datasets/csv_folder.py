@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from dcfg_io.checks import is_integer
 from pipeline.datasets.decoder import DataNotFoundError, ImageReader
 from pipeline.datasets.table import ImageTable, as_names, suggest_name
 
@@ -106,7 +107,7 @@ class ImageAttributeFolder(ImageTable):
         import pandas as pd
 
         reader = ImageReader.build(channels, size, crop, interpolation)
-        if isinstance(max_classes, bool) or not isinstance(max_classes, (int, np.integer)) or max_classes < 2:
+        if not is_integer(max_classes, 2):
             raise ValueError(f"max_classes={max_classes!r} must be an integer >= 2")
         # 1. the table
         if isinstance(csv, pd.DataFrame):

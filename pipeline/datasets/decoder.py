@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dcfg_io.checks import is_integer
+
 __all__ = ["ImageReader", "DataNotFoundError", "INTERPOLATIONS", "parse_pair", "to_unit_range"]
 
 #: ``interpolation`` names and their Pillow resampling filters.
@@ -45,10 +47,10 @@ def parse_pair(value: Any, name: str, allow: tuple[str, ...] = ()) -> tuple[int,
         return value
     extra = "".join(f", {a!r}" for a in allow)
     hint = f"use None{extra}, a positive int, or a pair (height, width) of positive ints"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+    if is_integer(value):
         value = (value, value)
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            is_integer(v) for v in value):
         h, w = int(value[0]), int(value[1])
         if h >= 1 and w >= 1:
             return (h, w)

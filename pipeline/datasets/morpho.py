@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +22,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from dcfg_io.atomic import atomic_write
+from dcfg_io.checks import is_integer
 from pipeline.datasets import morpho_equations as eq
 from pipeline.datasets.mnist import load_mnist5k, load_mnist_folder, mnist5k_split
 
@@ -185,13 +186,11 @@ class MorphoMNIST(torch.utils.data.Dataset):
                  cache: bool = True, max_sources: int | None = None) -> None:
         _check_choice("split", split, ("train", "test"))
         _check_choice("attribute_sampling", attribute_sampling, _SAMPLING)
-        if isinstance(samples_per_digit, bool) or not isinstance(samples_per_digit, (int, np.integer)) \
-                or samples_per_digit < 1:
+        if not is_integer(samples_per_digit, 1):
             raise ValueError(f"samples_per_digit={samples_per_digit!r} must be a positive integer, e.g. 1 or 10")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        if not is_integer(seed):
             raise TypeError(f"seed={seed!r} must be an integer")
-        if max_sources is not None and (isinstance(max_sources, bool) or not isinstance(max_sources, (int, np.integer))
-                                        or max_sources < 1):
+        if max_sources is not None and not is_integer(max_sources, 1):
             raise ValueError(f"max_sources={max_sources!r} must be None (all) or a positive integer")
         self.split = split
         self.root = None if root is None else str(root)
@@ -295,21 +294,15 @@ class MorphoMNIST(torch.utils.data.Dataset):
         return torch.from_numpy(images.copy()), noise
 
     def _save_cache(self, path: Path, images: torch.Tensor, noise: Mapping[str, torch.Tensor], epoch: int) -> None:
-        tmp = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
-            with os.fdopen(fd, "wb") as handle:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, images=images.numpy(),
                                     settings=np.array(json.dumps(self._settings(epoch), sort_keys=True)),
                                     **{k: noise[k].numpy() for k in ("source_index",) + self.NOISE_KEYS})
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old file or the complete new one
+
+        try:  # atomic: readers see the old file or the complete new one
+            atomic_write(path, write)
         except OSError as exc:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
             warnings.warn(f"could not write the {self._LABEL} cache {path}: {exc}", stacklevel=3)
 
     def set_epoch(self, epoch: int) -> None:
@@ -323,7 +316,7 @@ class MorphoMNIST(torch.utils.data.Dataset):
             >>> for epoch in range(3):                                            # doctest: +SKIP
             ...     ds.set_epoch(epoch)
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        if not is_integer(epoch, 0):
             raise ValueError(f"epoch={epoch!r} must be a non-negative integer")
         if self.redraw_each_epoch and int(epoch) != self.epoch:
             self._build(int(epoch))

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from scipy import special
 
+from dcfg_io.checks import is_integer
+
 __all__ = ["as_generator", "T_OFFSET", "T_SHAPE", "T_RATE", "I_LOW", "I_SPAN", "INDEPENDENT_T_UNIFORM", "INDEPENDENT_T_MIX",
            "INDEPENDENT_I_UNIFORM", "sample_noise", "thickness_from_noise", "noise_from_thickness", "intensity_from",
            "noise_from_intensity", "sample_independent"]
@@ -44,7 +46,7 @@ def as_generator(generator: torch.Generator | int | None) -> torch.Generator:
         return generator
     if generator is None:
         raise TypeError("pass a torch.Generator or an integer seed (every random entry point is seeded)")
-    if isinstance(generator, bool) or not isinstance(generator, (int, np.integer)):
+    if not is_integer(generator):
         raise TypeError(f"generator={generator!r}: pass a torch.Generator or an integer seed")
     return torch.Generator().manual_seed(int(generator))
 
@@ -66,7 +68,7 @@ def sample_noise(n: int, generator: torch.Generator | int) -> dict[str, torch.Te
         >>> sorted(noise), noise["u_t"].shape
         (['e_i', 'u_t'], torch.Size([4]))
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    if not is_integer(n, 0):
         raise ValueError(f"n={n!r} must be a non-negative integer")
     g = as_generator(generator)
     u = torch.rand(int(n), generator=g, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)

@@ -3,12 +3,13 @@ attributes, plus histograms of the attribute draws."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from dcfg_io.atomic import atomic_write
 
 __all__ = ["preview_morpho", "preview_colour", "measure_colour"]
 
@@ -92,17 +93,10 @@ def preview_morpho(out: str | os.PathLike, split: str = "test", n: int = 32, see
     ax_s.set_ylabel("i")
     ax_s.legend(fontsize=6, loc="lower right")
     fig.suptitle(f"Morpho-MNIST {split} digits: measured (requested) attributes", fontsize=10)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=130, bbox_inches="tight")
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return {"out": str(out), "requested": {k: v.numpy() for k, v in ds.attributes.items()}, "measured": m}
 
 

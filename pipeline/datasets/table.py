@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from dcfg_io.checks import is_integer
 from pipeline.datasets.decoder import ImageReader, to_unit_range
 
 __all__ = ["ImageTable", "as_names", "suggest_name"]
@@ -76,7 +77,7 @@ class ImageTable(torch.utils.data.Dataset):
     def _row(self, index: Any) -> int:
         if isinstance(index, torch.Tensor) and index.numel() == 1 and not index.is_floating_point():
             index = int(index)
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        if not is_integer(index):
             raise TypeError(f"index {index!r} must be an integer (use __getitems__ for a list of rows)")
         n = len(self)
         row = int(index) + n if index < 0 else int(index)

@@ -12,24 +12,26 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
 import torch
 
+from dcfg_io.checks import check_integer, is_number
 from diffusion.model import PRECISIONS, resolve_precision
 from pipeline.evaluation.engine import num_timesteps
+from pipeline.options import anchor_renamed, check_dcfg_form, check_descendant_weight, former_anchor, warn_deprecated
 
 __all__ = ["EvaluationConfig", "METHODS", "METHOD_VARIANTS", "COMPILE_AUTO_NFE", "parse_method", "resolve_config"]
 
-#: Guidance methods the evaluation knows: name -> (guidance, groups, anchor, descendant weight). ``groups`` is
-#: what ``resolve_guidance`` takes; ``anchor`` and the descendant weight are ``None`` where the evaluation's
-#: (the pipeline's) apply. ``dcfg_paper`` is the paper's DCFG exactly: its equation (anchored at the null
-#: condition) and its grouping (descendants share the intervention's scale), whatever the pipeline's defaults.
+#: Guidance methods the evaluation knows: name -> (guidance, groups, DCFG formulation, descendant weight).
+#: ``groups`` is what ``resolve_guidance`` takes; the formulation and the descendant weight are ``None`` where the
+#: evaluation's (the pipeline's) apply. ``dcfg_paper`` is the paper's DCFG exactly: its equation
+#: (``dcfg_form="paper"``) and its grouping (descendants share the intervention's scale), whatever the pipeline's
+#: defaults.
 METHODS: dict[str, tuple[str, str | None, str | None, str | None]] = {
     "none": ("none", None, None, None),
     "cfg": ("cfg", None, None, None),
     "dcfg": ("dcfg", "dag", None, None),
     "dcfg_per_attribute": ("dcfg", "per_attribute", None, None),
-    "dcfg_paper": ("dcfg", "dag", "null", "scale"),
+    "dcfg_paper": ("dcfg", "dag", "paper", "scale"),
 }
 
 #: Guidance variants a swept method may carry: ``BASE[+apg|+cfgpp][+interval]``.
@@ -83,12 +85,13 @@ class EvaluationConfig:
         cycle_steps: DDIM steps of composition (``None``: ``steps``).
         interventions: intervened nodes (``None``: every image parent).
         invariant_weight: DCFG weight of the invariant group (``None``: the pipeline's).
-        descendant_weight: DCFG weight of the intervention's descendants among the image's parents
-            (``None``: the pipeline's ``config.descendant_weight``; ``"scale"``: the intervention's scale,
-            the paper's grouping; or a number).
-        anchor: DCFG's formulation, ``"null"`` (the paper's equation) or ``"full"`` (each group amplified
-            given the others; see :func:`diffusion.guidance.dcfg`); ``None``: the pipeline's
-            ``config.dcfg_anchor``. The ``dcfg_paper`` method always uses ``"null"``.
+        descendant_weight: DCFG weight of the intervention's descendants among the image's parents: a number,
+            or ``"scale"`` (the intervention's scale, the paper's grouping); ``None`` (not set): the pipeline's
+            ``config.descendant_weight``.
+        dcfg_form: DCFG's formulation, ``"paper"`` (the paper's equation) or ``"conditional"`` (each group
+            amplified given the others; see :mod:`pipeline.options`); ``None``: the pipeline's
+            ``config.dcfg_form``. The ``dcfg_paper`` method always uses ``"paper"``. Its former name ``anchor``
+            (values ``"null"``, ``"full"``) still works, with a deprecation warning.
         anchor_scales: per-attribute DCFG anchor weights of the ``dcfg`` method (``None``: the pipeline's
             ``config.anchor_scales``, from ``dcfg calibrate``; ``{}``: none). The other DCFG methods do not use them.
         interval: the guidance interval ``(lo, hi)`` of the ``+interval`` methods, in timesteps of the schedule
@@ -121,7 +124,7 @@ class EvaluationConfig:
     interventions: tuple[str, ...] | None = None
     invariant_weight: float | None = None
     descendant_weight: float | str | None = None
-    anchor: str | None = None
+    dcfg_form: str | None = None
     anchor_scales: dict[str, float] | None = None
     interval: tuple[float, float] | None = None
     apg_eta: float | None = None
@@ -133,15 +136,23 @@ class EvaluationConfig:
     precision: str = "auto"
     compile: bool | str = "auto"
 
+    @property
+    def anchor(self) -> str | None:
+        """Deprecated: :attr:`dcfg_form` under its former name and values (``"null"``, ``"full"``)."""
+        warn_deprecated(f"EvaluationConfig.anchor is deprecated: read dcfg_form ({self.dcfg_form!r})", 2)
+        return None if self.dcfg_form is None else former_anchor(check_dcfg_form(self.dcfg_form, warn=False))
+
+
+# the former keyword anchor= ("null" / "full") of EvaluationConfig(...) and dataclasses.replace(config, ...)
+EvaluationConfig.__init__ = anchor_renamed(EvaluationConfig.__init__)  # type: ignore[method-assign]
+
 
 #: ``compile="auto"`` compiles the image model when an evaluation plans at least this many image-NFEs.
 COMPILE_AUTO_NFE = 200_000
 
 
 def _pos_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-    return int(value)
+    return check_integer(name, value, minimum)
 
 
 def _scale_value(name: str, value: Any, allow_none: bool) -> float | str | None:
@@ -151,7 +162,7 @@ def _scale_value(name: str, value: Any, allow_none: bool) -> float | str | None:
         return "best"
     if value == "pipeline" and allow_none:
         return "pipeline"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+    if not is_number(value, 0):
         raise ValueError(f"{name}={value!r} must be a non-negative finite number or 'best'"
                          + (" (or None/'pipeline' for the pipeline's default)" if allow_none else ""))
     return float(value)
@@ -196,14 +207,8 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
     iw = float(pipe.config.invariant_weight) if c.invariant_weight is None else float(c.invariant_weight)
     if not math.isfinite(iw):
         raise ValueError(f"invariant_weight={c.invariant_weight!r} must be finite")
-    dw = pipe.config.descendant_weight if c.descendant_weight is None else c.descendant_weight
-    if dw is None or dw == "scale":
-        dw = "scale"
-    elif isinstance(dw, bool) or not isinstance(dw, (int, float)) or not math.isfinite(dw):
-        raise ValueError(f"descendant_weight={c.descendant_weight!r} must be None (the pipeline's), 'scale' (the "
-                         f"intervention's scale, the paper's grouping) or a finite number")
-    else:
-        dw = float(dw)
+    dw = getattr(pipe.config, "descendant_weight", "scale") if c.descendant_weight is None else c.descendant_weight
+    dw = check_descendant_weight("scale" if dw is None else dw)
     if c.precision not in PRECISIONS:
         raise ValueError(f"precision={c.precision!r} must be 'auto', 'fp32' or 'bf16'")
     model = getattr(pipe, "image_model", None)
@@ -214,10 +219,7 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
         precision = resolve_precision(c.precision, device)
     if c.compile not in (True, False, "auto"):
         raise ValueError(f"compile={c.compile!r} must be True, False or 'auto'")
-    anchor = getattr(pipe.config, "dcfg_anchor", "null") if c.anchor is None else c.anchor
-    if anchor not in ("null", "full"):
-        raise ValueError(f"anchor={c.anchor!r} must be None (the pipeline's), 'null' (the paper's DCFG) or 'full' "
-                         f"(each group amplified given the others)")
+    dcfg_form = check_dcfg_form(getattr(pipe.config, "dcfg_form", "paper") if c.dcfg_form is None else c.dcfg_form)
     from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval
 
     pc = pipe.config
@@ -236,7 +238,7 @@ def resolve_config(config: EvaluationConfig, pipe: Any, available_rows: int) -> 
         sweep_methods=tuple(dict.fromkeys(c.sweep_methods)), per_attribute_n=per_attr, cycle_n=cycle_n,
         cycles=_pos_int("cycles", c.cycles), cycle_steps=steps if c.cycle_steps is None
         else _pos_int("cycle_steps", c.cycle_steps), interventions=interventions, invariant_weight=iw,
-        descendant_weight=dw, anchor=anchor, precision=precision, interval=interval, apg_eta=apg[0],
+        descendant_weight=dw, dcfg_form=dcfg_form, precision=precision, interval=interval, apg_eta=apg[0],
         apg_threshold=apg[1] or 0.0, apg_momentum=apg[2],
         anchor_scales=dict(getattr(pipe.config, "anchor_scales", {}) if c.anchor_scales is None else c.anchor_scales),
         chunk_size=_pos_int("chunk_size", c.chunk_size if c.chunk_size is not None else pipe.config.chunk_size),

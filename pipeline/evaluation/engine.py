@@ -2,10 +2,11 @@
 
 A counterfactual query with S DDIM steps costs ``(1 + r) S`` image-NFEs for the inversion (no guidance;
 ``r`` = the pipeline's ``config.refine_steps`` fixed-point iterations per step, 0 by default) and ``k * S`` for
-the decoding, with ``k = 1`` (no guidance), 2 (CFG) or ``M + 1`` (DCFG with M groups; anchored at the
-full condition, ``1 +`` the number of groups whose weight is not 1). The guidance variants APG and CFG++ cost
-their base's rows; a guidance interval makes the steps outside it cost 1 (:func:`decode_nfe`), and CFG++
-anchored at null inverts with its pair (2 rows per step inside the interval, :func:`invert_nfe`).
+the decoding, with ``k = 1`` (no guidance), 2 (CFG) or ``M + 1`` (DCFG with M groups; with
+``dcfg_form="conditional"``, ``1 +`` the number of groups whose weight is not 1). The guidance variants APG and
+CFG++ cost their base's rows; a guidance interval makes the steps outside it cost 1 (:func:`decode_nfe`), and
+CFG++ anchored at null (CFG, and DCFG's paper form) inverts with its pair (2 rows per step inside the interval,
+:func:`invert_nfe`).
 :class:`QueryEngine` runs both in chunks of ``chunk_size`` rows (peak memory does not grow with the
 number of images), adds up the image-NFEs it spent, and advances an optional tqdm bar by them.
 
@@ -23,20 +24,23 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from pipeline.options import anchor_renamed, check_dcfg_form, diffusion_anchor
+
 __all__ = ["QueryEngine", "nfe_per_step", "decode_nfe", "invert_nfe", "num_timesteps"]
 
 
+@anchor_renamed
 def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None,
-                 weights: Sequence[float] | None = None, anchor: str = "null") -> int:
+                 weights: Sequence[float] | None = None, dcfg_form: str = "paper") -> int:
     """Network evaluations per row and DDIM step when decoding: 1 (none), 2 (CFG), DCFG's row blocks.
 
-    DCFG with M groups costs ``M + 1`` (``anchor="null"``, the paper's) or ``1 +`` the number of groups
-    whose weight is not 1 (``anchor="full"``, which needs ``weights``).
+    DCFG with M groups costs ``M + 1`` (``dcfg_form="paper"``) or ``1 +`` the number of groups whose weight is
+    not 1 (``dcfg_form="conditional"``, which needs ``weights``).
 
     Example:
         >>> nfe_per_step("none"), nfe_per_step("cfg"), nfe_per_step("dcfg", [["t", "i"], ["y"]])
         (1, 2, 3)
-        >>> nfe_per_step("dcfg", [["t"], ["i"], ["y"]], [3.0, 1.0, 1.0], anchor="full")
+        >>> nfe_per_step("dcfg", [["t"], ["i"], ["y"]], [3.0, 1.0, 1.0], dcfg_form="conditional")
         2
     """
     from diffusion import dcfg_rows
@@ -48,14 +52,17 @@ def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None,
     if guidance == "dcfg":
         if not groups:
             raise ValueError("guidance='dcfg' needs its groups to count its network evaluations")
+        anchor = diffusion_anchor(dcfg_form)
         if anchor == "full" and weights is None:
-            raise ValueError("guidance='dcfg' with anchor='full' needs its weights to count its network evaluations")
+            raise ValueError("guidance='dcfg' with dcfg_form='conditional' needs its weights to count its network "
+                             "evaluations")
         return dcfg_rows(groups, weights if weights is not None else [1.0] * len(groups), anchor)
     raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
 
 
+@anchor_renamed
 def decode_nfe(guidance: str, groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
-               anchor: str = "null", steps: int = 1, interval: Sequence[float] | None = None,
+               dcfg_form: str = "paper", steps: int = 1, interval: Sequence[float] | None = None,
                num_timesteps: int = 1000) -> int:
     """Network evaluations per row of one DDIM decoding of ``steps`` steps (:func:`nfe_per_step` at every step
     inside ``interval``, 1 outside it). APG and CFG++ cost what their base costs.
@@ -66,25 +73,27 @@ def decode_nfe(guidance: str, groups: Sequence[Sequence[str]] | None = None, wei
     """
     from diffusion import ddim_eval_timesteps
 
-    k = nfe_per_step(guidance, groups, weights, anchor)
+    k = nfe_per_step(guidance, groups, weights, dcfg_form)
     if interval is None or k == 1:
         return k * int(steps)
     lo, hi = float(interval[0]), float(interval[1])
     return sum(k if lo <= t <= hi else 1 for t in ddim_eval_timesteps(num_timesteps, int(steps)))
 
 
-def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, anchor: str = "null",
+@anchor_renamed
+def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, dcfg_form: str = "paper",
                interval: Sequence[float] | None = None, num_timesteps: int = 1000) -> int:
     """Network evaluations per row of one DDIM inversion: ``(1 + refine_steps) steps``, and with CFG++ anchored at
-    null (its pair ``eps(c)``, ``eps(null)``) 2 rows at every evaluation inside ``interval``.
+    null (CFG, or DCFG's ``dcfg_form="paper"``: its pair ``eps(c)``, ``eps(null)``) 2 rows at every evaluation
+    inside ``interval``.
 
     Example:
-        >>> invert_nfe(10, 1), invert_nfe(10, 1, "cfgpp"), invert_nfe(10, 1, "cfgpp", anchor="full")
+        >>> invert_nfe(10, 1), invert_nfe(10, 1, "cfgpp"), invert_nfe(10, 1, "cfgpp", dcfg_form="conditional")
         (20, 40, 20)
     """
     from diffusion import ddim_eval_timesteps
 
-    if variant != "cfgpp" or anchor != "null":
+    if variant != "cfgpp" or check_dcfg_form(dcfg_form) != "paper":
         return (1 + int(refine_steps)) * int(steps)
     ts = ddim_eval_timesteps(num_timesteps, int(steps), invert=True, refine_steps=int(refine_steps))
     if interval is None:
@@ -94,8 +103,8 @@ def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, an
 
 def num_timesteps(pipe: Any) -> int:
     """T of a pipeline's image model (1000 for test doubles without a config)."""
-    cfg = getattr(getattr(pipe, "image_model", None), "config", None)
-    return int(getattr(cfg, "num_train_timesteps", 1000))
+    model_config = getattr(getattr(pipe, "image_model", None), "config", None)
+    return int(getattr(model_config, "num_train_timesteps", 1000))
 
 
 class QueryEngine:
@@ -133,17 +142,18 @@ class QueryEngine:
         if self.bar is not None:
             self.bar.update(int(nfe))
 
+    @anchor_renamed
     @torch.no_grad()
     def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int, variant: str | None = None,
-               anchor: str = "null", interval: Sequence[float] | None = None) -> Tensor:
+               dcfg_form: str = "paper", interval: Sequence[float] | None = None) -> Tensor:
         """DDIM-invert ``images`` under ``parents`` (image parents only are used), chunk by chunk.
 
-        ``variant="cfgpp"`` with ``anchor="null"``: CFG++'s inversion (:meth:`CounterfactualPipeline.invert`).
+        ``variant="cfgpp"`` with ``dcfg_form="paper"``: CFG++'s inversion (:meth:`CounterfactualPipeline.invert`).
         """
         names = list(self.pipe.graph.image_parents())
-        pair = variant == "cfgpp" and anchor == "null"
-        kw = {"variant": "cfgpp", "anchor": "null", "interval": interval} if pair else {}
-        per_row = invert_nfe(steps, self.refine_steps, variant, anchor, interval, self.num_timesteps)
+        pair = variant == "cfgpp" and check_dcfg_form(dcfg_form) == "paper"
+        kw = {"variant": "cfgpp", "dcfg_form": "paper", "interval": interval} if pair else {}
+        per_row = invert_nfe(steps, self.refine_steps, variant, dcfg_form, interval, self.num_timesteps)
         out = []
         for start in range(0, len(images), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
@@ -153,21 +163,22 @@ class QueryEngine:
             self._spent(per_row * len(x))
         return torch.cat(out) if out else images[:0].clone()
 
+    @anchor_renamed
     @torch.no_grad()
     def decode(self, x_T: Tensor, parents: Mapping[str, Tensor], guidance: str,
                groups: Sequence[Sequence[str]] | None, weights: Sequence[float] | None, steps: int,
-               anchor: str | None = None, variant: str | None = None, interval: Sequence[float] | None = None,
+               dcfg_form: str | None = None, variant: str | None = None, interval: Sequence[float] | None = None,
                apg: Mapping[str, Any] | None = None) -> Tensor:
         """DDIM-decode ``x_T`` under ``parents`` with the given guidance, chunk by chunk.
 
-        ``anchor``: DCFG's formulation (default: the pipeline's ``config.dcfg_anchor``). ``variant``,
+        ``dcfg_form``: DCFG's formulation (default: the pipeline's ``config.dcfg_form``). ``variant``,
         ``interval`` and ``apg`` (``apg_eta``, ``apg_threshold``, ``apg_momentum``): the guidance variant
         (:meth:`CounterfactualPipeline.decode`).
         """
         names = list(self.pipe.graph.image_parents())
-        if anchor is None:
-            anchor = getattr(self.pipe.config, "dcfg_anchor", "null")
-        per_row = decode_nfe(guidance, groups, weights, anchor, steps, interval, self.num_timesteps)
+        if dcfg_form is None:
+            dcfg_form = getattr(self.pipe.config, "dcfg_form", "paper")
+        per_row = decode_nfe(guidance, groups, weights, dcfg_form, steps, interval, self.num_timesteps)
         extra: dict[str, Any] = {}
         if guidance != "none" and (variant is not None or interval is not None):
             extra = {"variant": variant, "interval": interval, **(apg or {})}
@@ -179,7 +190,7 @@ class QueryEngine:
             if guidance == "none":
                 x = self.pipe.decode(z, cond, guidance="none", steps=steps)
             else:
-                kw = {"anchor": anchor} if guidance == "dcfg" else {}
+                kw = {"dcfg_form": dcfg_form} if guidance == "dcfg" else {}
                 x = self.pipe.decode(z, cond, guidance=guidance, groups=groups, weights=weights, steps=steps, **kw,
                                      **extra)
             out.append(x.to(x_T.device))

@@ -16,6 +16,8 @@ import numpy as np
 from scipy import linalg
 from torch import Tensor
 
+from dcfg_io.checks import is_integer
+
 ArrayLike = Tensor | np.ndarray
 
 
@@ -220,7 +222,7 @@ def equal_effectiveness_ratio(method: tuple[ArrayLike, ArrayLike], baseline: tup
         >>> round(res["ratio"], 6), res["at_baseline_best"]["effectiveness"], res["at_baseline_best"]["ratio"]
         (0.5, 0.2, 0.5)
     """
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+    if not is_integer(grid, 2, python_int=True):
         raise ValueError(f"grid={grid!r} must be an integer >= 2")
     ea, sa = pareto_front(*method, higher_is_better=higher_is_better)
     eb, sb = pareto_front(*baseline, higher_is_better=higher_is_better)

@@ -1,10 +1,10 @@
 """What each evaluated method asks of the decoder, and what the evaluation will cost before it runs.
 
-:func:`query_for` maps a method and a scale to the decoder's guidance, groups, weights and anchor (and a variant's
-settings); :func:`query_key` is the cache key under which a run keeps that decoding, so that equal computations are
-paid once. Cost, in image-NFEs (one network evaluation of one image): ``(1 + r) S`` per inverted image (``r`` the
-pipeline's fixed-point refinements), ``k S`` per decoded one (``k`` = 1 none, 2 CFG, M + 1 DCFG with M groups, or
-1 + the groups not at weight 1 anchored at the full condition). :func:`estimate_nfe` adds them up before the run
+:func:`query_for` maps a method and a scale to the decoder's guidance, groups, weights and DCFG formulation (and a
+variant's settings); :func:`query_key` is the cache key under which a run keeps that decoding, so that equal
+computations are paid once. Cost, in image-NFEs (one network evaluation of one image): ``(1 + r) S`` per inverted
+image (``r`` the pipeline's fixed-point refinements), ``k S`` per decoded one (``k`` = 1 none, 2 CFG, M + 1 DCFG
+with M groups, or 1 + the groups not at weight 1 with ``dcfg_form="conditional"``). :func:`estimate_nfe` adds them up before the run
 (``plan_nfe`` in ``metrics.json``; the run records what it spent beside it).
 """
 from __future__ import annotations
@@ -13,49 +13,47 @@ from typing import Any, Mapping, Sequence
 
 from pipeline.evaluation.config import METHODS, EvaluationConfig, parse_method
 from pipeline.evaluation.engine import decode_nfe, invert_nfe, nfe_per_step
+from pipeline.options import anchor_renamed, check_dcfg_form
 
 __all__ = ["groups_for", "query_for", "query_key", "refine_steps_of", "estimate_nfe"]
 
 
-def _descendant(value: float | str | None) -> float | None:
-    """A resolved config's ``descendant_weight`` as ``resolve_guidance`` takes it."""
-    return None if value is None or value == "scale" else float(value)
-
-
+@anchor_renamed
 def groups_for(graph: Any, node: str, method: str, scale: float, invariant_weight: float,
-               descendant_weight: float | str | None = None, anchor: str = "null",
+               descendant_weight: float | str | None = None, dcfg_form: str = "paper",
                anchor_scales: Mapping[str, float] | None = None) -> tuple[str, list[list[str]], list[float], str]:
-    """``(guidance, groups, weights, anchor)`` of one method at one scale, as the decoder takes them.
+    """``(guidance, groups, weights, dcfg_form)`` of one method at one scale, as the decoder takes them.
 
-    A method that is exactly the plain conditional at this scale is returned as guidance ``none`` (CFG at
-    w = 1; DCFG anchored at the full condition with every weight 1), so that it reuses those decodings.
+    ``descendant_weight``: a number or ``"scale"`` (``None``: ``"scale"``). A method that is exactly the plain
+    conditional at this scale is returned as guidance ``none`` (CFG at w = 1; DCFG with ``dcfg_form="conditional"``
+    and every weight 1), so that it reuses those decodings.
     """
     from pipeline.groups import resolve_guidance
 
-    guidance, groups, m_anchor, m_desc = METHODS[method]
-    anchor = m_anchor or anchor
+    guidance, groups, m_form, m_desc = METHODS[method]
+    dcfg_form = check_dcfg_form(m_form or dcfg_form)
     descendant_weight = m_desc or descendant_weight
     if guidance == "cfg" and scale == 1.0:  # CFG at w = 1 is the plain conditional
         guidance = "none"
     g, w = resolve_guidance(graph, [node], guidance, scale if guidance != "none" else 1.0, groups, None,
-                            invariant_weight, _descendant(descendant_weight) if guidance == "dcfg" else None,
+                            invariant_weight, "scale" if descendant_weight is None else descendant_weight,
                             anchor_scales=anchor_scales if method == "dcfg" else None)
-    if guidance == "dcfg" and anchor == "full" and all(v == 1.0 for v in w):
+    if guidance == "dcfg" and dcfg_form == "conditional" and all(v == 1.0 for v in w):
         guidance, g, w = "none", [list(graph.image_parents())], [1.0]  # eps(x, c) exactly
-    return guidance, g, w, anchor if guidance == "dcfg" else "null"
+    return guidance, g, w, dcfg_form if guidance == "dcfg" else "paper"
 
 
 def query_for(graph: Any, node: str, method: str, scale: float, c: EvaluationConfig) -> dict[str, Any]:
     """One (possibly variant) method at one scale under a resolved ``c``: the decoder's ``guidance``, ``groups``,
-    ``weights``, ``anchor``, ``variant``, ``interval`` and ``apg`` settings, and ``inversion``: ``None`` (the
+    ``weights``, ``dcfg_form``, ``variant``, ``interval`` and ``apg`` settings, and ``inversion``: ``None`` (the
     shared plain inversion) or CFG++'s ``("cfgpp", interval)``.
 
     Where the base method is the plain conditional (CFG at w = 1, ...), APG and the interval change nothing and the
     query is guidance ``none``; CFG++ at w = 1 is not (it re-noises with ``eps(null)``) and stays CFG.
     """
     base, variant, use_interval = (method, None, False) if method in METHODS else parse_method(method)
-    guidance, groups, weights, anchor = groups_for(graph, node, base, scale, c.invariant_weight,
-                                                   c.descendant_weight, c.anchor or "null", c.anchor_scales)
+    guidance, groups, weights, dcfg_form = groups_for(graph, node, base, scale, c.invariant_weight,
+                                                      c.descendant_weight, c.dcfg_form or "paper", c.anchor_scales)
     if variant == "cfgpp" and guidance == "none" and METHODS[base][0] == "cfg":
         guidance, weights = "cfg", [1.0]
     if guidance == "none":
@@ -65,27 +63,27 @@ def query_for(graph: Any, node: str, method: str, scale: float, c: EvaluationCon
             "apg_threshold": float(c.apg_threshold or 0.0),
             "apg_momentum": float(c.apg_momentum if c.apg_momentum is not None else 0.0)}
            if variant == "apg" else None)
-    inversion = ("cfgpp", interval) if variant == "cfgpp" and anchor == "null" else None
-    return {"guidance": guidance, "groups": groups, "weights": weights, "anchor": anchor, "variant": variant,
+    inversion = ("cfgpp", interval) if variant == "cfgpp" and dcfg_form == "paper" else None
+    return {"guidance": guidance, "groups": groups, "weights": weights, "dcfg_form": dcfg_form, "variant": variant,
             "interval": interval, "apg": apg, "inversion": inversion}
 
 
 def query_key(node: str, q: Mapping[str, Any], steps: int) -> tuple:
     """The cache key of one decoding (:func:`_decode_key`, plus the variant's settings where there are some)."""
-    key = _decode_key(node, q["guidance"], q["groups"], q["weights"], q["anchor"], steps)
+    key = _decode_key(node, q["guidance"], q["groups"], q["weights"], q["dcfg_form"], steps)
     if q["variant"] is None and q["interval"] is None:
         return key
     return key + (q["variant"], q["interval"], tuple(sorted((q["apg"] or {}).items())))
 
 
-def _decode_key(node: str, guidance: str, groups: Sequence[Sequence[str]], weights: Sequence[float], anchor: str,
-                steps: int) -> tuple:
-    """The cache key of one decoding. Anchored at the full condition, groups at weight 1 contribute nothing, so
+def _decode_key(node: str, guidance: str, groups: Sequence[Sequence[str]], weights: Sequence[float],
+                dcfg_form: str, steps: int) -> tuple:
+    """The cache key of one decoding. With ``dcfg_form="conditional"``, groups at weight 1 contribute nothing, so
     decodings that amplify the same groups by the same weights are the same computation and share a key."""
-    if guidance == "dcfg" and anchor == "full":
+    if guidance == "dcfg" and dcfg_form == "conditional":
         amplified = tuple(sorted((tuple(g), float(w)) for g, w in zip(groups, weights) if w != 1.0))
-        return (node, guidance, amplified, anchor, steps)
-    return (node, guidance, tuple(map(tuple, groups)), tuple(weights), anchor, steps)
+        return (node, guidance, amplified, dcfg_form, steps)
+    return (node, guidance, tuple(map(tuple, groups)), tuple(weights), dcfg_form, steps)
 
 
 def refine_steps_of(pipe: Any) -> int:
@@ -108,21 +106,21 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
     (a guidance interval's steps are counted on its DDIM grid: 1 row block outside the interval).
 
     The plan replays the run's decoding requests against the same cache the run keeps (a decoding is paid
-    once per method, groups, weights, anchor and step count, for the most rows asked), so it is exact when
-    the main table's ``"best"`` scales are not 1 (CFG at w = 1, and DCFG anchored at the full condition with
+    once per method, groups, weights, formulation and step count, for the most rows asked), so it is exact when
+    the main table's ``"best"`` scales are not 1 (CFG at w = 1, and DCFG with ``dcfg_form="conditional"`` and
     every weight 1, are guidance none and cost less).
 
     Example:
         >>> from pipeline.presets import morphomnist_graph
-        >>> cfg = EvaluationConfig(n=1000, steps=20, scale=3.0, cfg_scale=3.0, sweep_n=125, cycle_n=100,
-        ...                        per_attribute_n=125, cycle_steps=20, sweep_steps=20,
-        ...                        interventions=("thickness", "intensity", "digit"), invariant_weight=1.0)
-        >>> estimate_nfe(cfg, morphomnist_graph())["total"]
+        >>> config = EvaluationConfig(n=1000, steps=20, scale=3.0, cfg_scale=3.0, sweep_n=125, cycle_n=100,
+        ...                           per_attribute_n=125, cycle_steps=20, sweep_steps=20,
+        ...                           interventions=("thickness", "intensity", "digit"), invariant_weight=1.0)
+        >>> estimate_nfe(config, morphomnist_graph())["total"]
         674500
     """
     c = config
     nodes = list(c.interventions)
-    anchor = c.anchor or "null"
+    dcfg_form = c.dcfg_form or "paper"
     done: dict[tuple, int] = {}
     inverted: dict[tuple, int] = {}
     T = int(num_timesteps)
@@ -135,18 +133,18 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
             have_inv = inverted.get(ikey, 0)
             if m > have_inv:
                 inverted[ikey] = m
-                total += invert_nfe(steps, refine_steps, "cfgpp", "null", q["interval"], T) * (m - have_inv)
+                total += invert_nfe(steps, refine_steps, "cfgpp", "paper", q["interval"], T) * (m - have_inv)
         key = query_key(node, q, steps)
         have = done.get(key, 0)
         if m <= have:
             return total
         done[key] = m
-        return total + decode_nfe(q["guidance"], q["groups"], q["weights"], q["anchor"], steps, q["interval"],
+        return total + decode_nfe(q["guidance"], q["groups"], q["weights"], q["dcfg_form"], steps, q["interval"],
                                   T) * (m - have)
 
     def k(node: str, method: str, scale: float) -> int:
         guidance, groups, weights, a = groups_for(graph, node, method, scale, c.invariant_weight,
-                                                  c.descendant_weight, anchor, c.anchor_scales)
+                                                  c.descendant_weight, dcfg_form, c.anchor_scales)
         return nfe_per_step(guidance, groups, weights, a)
 
     def main_scale(node: str, requested: Any) -> float:

@@ -211,7 +211,7 @@ class _Run:
         done = 0 if have is None else len(have)
         if done < m:
             d = self.data
-            kw = {} if inversion is None else {"variant": "cfgpp", "anchor": "null", "interval": inversion[1]}
+            kw = {} if inversion is None else {"variant": "cfgpp", "dcfg_form": "paper", "interval": inversion[1]}
             new = self.engine.invert(d.images[done:m], {k: v[done:m] for k, v in d.parents.items()}, steps, **kw)
             self._x_T[key] = new if have is None else torch.cat([have, new])
         return self._x_T[key][:m]
@@ -219,7 +219,7 @@ class _Run:
     def decode(self, node: str, method: str, scale: float, m: int, steps: int) -> dict[str, Any]:
         """Counterfactual images (and their measurements) of rows [0, m) for one method and scale."""
         q = query_for(self.graph, node, method, scale, self.c)
-        guidance, groups, weights, anchor = q["guidance"], q["groups"], q["weights"], q["anchor"]
+        guidance, groups, weights, dcfg_form = q["guidance"], q["groups"], q["weights"], q["dcfg_form"]
         key = query_key(node, q, steps)
         entry = self._decoded.get(key)
         done = 0 if entry is None else len(entry["images"])
@@ -228,7 +228,7 @@ class _Run:
             cf = {k: v[done:m] for k, v in self.cf_parents[node].items()}
             kw = {} if q["variant"] is None and q["interval"] is None else {
                 "variant": q["variant"], "interval": q["interval"], "apg": q["apg"]}
-            imgs = self.engine.decode(z, cf, guidance, groups, weights, steps, anchor=anchor, **kw)
+            imgs = self.engine.decode(z, cf, guidance, groups, weights, steps, dcfg_form=dcfg_form, **kw)
             t0 = time.perf_counter()
             meas = self.data.oracles.measure(imgs)
             self.measure_s += time.perf_counter() - t0
@@ -240,7 +240,7 @@ class _Run:
             self._decoded[key] = entry
         # the request's own groups and weights (a shared key can hold an equivalent grouping's decodings)
         return {"images": entry["images"][:m], "measured": {k: v[:m] for k, v in entry["measured"].items()},
-                "guidance": guidance, "groups": groups, "weights": weights, "anchor": anchor}
+                "guidance": guidance, "groups": groups, "weights": weights, "dcfg_form": dcfg_form}
 
     # -- scoring ------------------------------------------------------------------------------------
     def score(self, node: str, method: str, scale: float, m: int, steps: int, extras: bool) -> dict[str, Any]:
@@ -251,7 +251,7 @@ class _Run:
         fmeas = {k: v[:m] for k, v in d.measured.items()}
         row: dict[str, Any] = {"method": method, "scale": None if method == "none" else scale,
                                "guidance": out["guidance"], "groups": out["groups"], "weights": out["weights"],
-                               "anchor": out["anchor"], "n": m, "steps": steps}
+                               "dcfg_form": out["dcfg_form"], "n": m, "steps": steps}
         row.update(effectiveness(self.graph, [node], tgt, out["measured"]))
         row.update(spurious_change(self.graph, [node], fact, fmeas, tgt, out["measured"]))
         total = total_spurious(self.graph, node, row, d.attribute_sd)
@@ -388,16 +388,16 @@ class _Run:
             for method in ("none", "cfg", "dcfg"):
                 scale = 1.0 if method == "none" else chosen[node][method]
                 dec = self.decode(node, method, scale, m, c.steps)
-                guidance, groups, weights, anchor = groups_for(self.graph, node, method, scale, c.invariant_weight,
-                                                               c.descendant_weight, c.anchor or "null",
-                                                               c.anchor_scales)
+                guidance, groups, weights, dcfg_form = groups_for(self.graph, node, method, scale,
+                                                                  c.invariant_weight, c.descendant_weight,
+                                                                  c.dcfg_form or "paper", c.anchor_scales)
                 dist = reversibility(
                     self.pipe, d.images[:m], {k: v[:m] for k, v in d.parents.items()},
                     {node: d.targets[node][:m]}, guidance, scale, c.steps, counterfactual=dec["images"],
                     counterfactual_parents={k: v[:m] for k, v in self.cf_parents[node].items()},
                     invariant_weight=c.invariant_weight, groups=groups if guidance == "dcfg" else None,
                     weights=weights if guidance == "dcfg" else None, seed=c.seed, engine=self.engine,
-                    anchor=anchor)
+                    dcfg_form=dcfg_form)
                 rows.append({"intervention": node, "method": method, "scale": None if method == "none" else scale,
                              "n": m, "steps": c.steps, "l1": float(np.mean(dist))})
         return rows

@@ -30,8 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
+from dcfg_io.checks import is_integer
 from pipeline.evaluation.metrics import (abs_change, accuracy, excess_change, flip_rate, frechet_distance, l1,
                                          mae, psnr)
+from pipeline.options import anchor_renamed
 
 __all__ = ["roles", "effectiveness", "spurious_change", "ground_truth_error", "realism", "composition",
            "reversibility"]
@@ -185,7 +187,7 @@ def composition(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], cycles
         >>> curve = composition(pipe, x, parents, cycles=10, steps=50)  # doctest: +SKIP
         >>> curve.mean(0)[[0, 9]]  # after 1 and 10 cycles              # doctest: +SKIP
     """
-    if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+    if not is_integer(cycles, 1, python_int=True):
         raise ValueError(f"cycles={cycles!r} must be a positive integer (the benchmark uses 10)")
     eng = _engine(pipe, engine, chunk_size)
     out = np.zeros((len(images), cycles))
@@ -197,11 +199,12 @@ def composition(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], cycles
     return out
 
 
+@anchor_renamed
 def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: Mapping[str, Any],
                   guidance: str = "dcfg", scale: float = 3.0, steps: int = 50, *,
                   counterfactual: Tensor | None = None, counterfactual_parents: Mapping[str, Tensor] | None = None,
                   invariant_weight: float = 1.0, groups: Any = None, weights: Any = None, seed: int | None = 0,
-                  engine: Any = None, chunk_size: int | None = None, anchor: str | None = None) -> np.ndarray:
+                  engine: Any = None, chunk_size: int | None = None, dcfg_form: str | None = None) -> np.ndarray:
     """Reversibility: L1 (0..255) between ``x`` and ``do(a')`` followed by ``do(a)`` back.
 
     The way there is the counterfactual query ``do(a = a')`` (given, or computed here); the way back is a
@@ -220,7 +223,7 @@ def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: 
         counterfactual, counterfactual_parents: the way there, if already computed.
         seed: seed of the SCM's abduction.
         engine, chunk_size: see :func:`composition`.
-        anchor: DCFG's formulation (default: the pipeline's ``config.dcfg_anchor``).
+        dcfg_form: DCFG's formulation (default: the pipeline's ``config.dcfg_form``).
 
     Returns:
         ``(B,)`` per-image L1 on 0..255.
@@ -235,10 +238,10 @@ def reversibility(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], do: 
     if counterfactual is None or counterfactual_parents is None:
         cf_parents = pipe.scm.predict(pipe.scm.abduct(parents, seed=seed), do=dict(do))
         x_T = eng.invert(images, parents, steps)
-        counterfactual = eng.decode(x_T, cf_parents, guidance, group_lists, weights, steps, anchor=anchor)
+        counterfactual = eng.decode(x_T, cf_parents, guidance, group_lists, weights, steps, dcfg_form=dcfg_form)
     else:
         cf_parents = dict(counterfactual_parents)
     back = pipe.scm.predict(pipe.scm.abduct(cf_parents, seed=seed), do={k: parents[k] for k in do})
     z = eng.invert(counterfactual, cf_parents, steps)
-    x_back = eng.decode(z, back, guidance, group_lists, weights, steps, anchor=anchor)
+    x_back = eng.decode(z, back, guidance, group_lists, weights, steps, dcfg_form=dcfg_form)
     return l1(x_back, images, scale=255.0)

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dcfg_io.checks import is_integer
 from pipeline.datasets.morpho import RENDER_ORDER, render_digits
 from pipeline.evaluation.oracles import Oracles
 
@@ -450,7 +451,7 @@ def write_morpho_csv(folder: str | os.PathLike, n_rows: int = 600, *, seed: int 
     from pipeline.datasets import MorphoMNIST
     from pipeline.images import atomic_save, to_uint8
 
-    if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 4:
+    if not is_integer(n_rows, 4, python_int=True):
         raise ValueError(f"n_rows={n_rows!r} must be an integer >= 4")
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)

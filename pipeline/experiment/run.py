@@ -199,7 +199,7 @@ def _train_pipeline(spec: ExperimentSpec, data: Any, data_key: str, stages: _Sta
     losses = _losses(image_folder / "run" / "loss.csv")
     g = spec.guidance
     pcfg = PipelineConfig(guidance="dcfg", scale=float(g.dcfg_scale) if g.dcfg_scale != "best" else 2.0,
-                          steps=spec.evaluation.steps, invariant_weight=g.invariant_weight, dcfg_anchor=g.anchor)
+                          steps=spec.evaluation.steps, invariant_weight=g.invariant_weight, dcfg_form=g.dcfg_form)
     pipe = CounterfactualPipeline(graph, scm, image_model, pcfg, classifier)
     info = {"source": "trained", "parameters": int(sum(p.numel() for p in image_model.parameters())),
             "train_steps": spec.training.steps, "batch_size": spec.training.batch_size, **losses,
@@ -282,7 +282,8 @@ def guidance_groups(spec: ExperimentSpec, dcfg_scales: Mapping[str, float], cfg_
                         "descendants": [d for d in graph.descendants(iv.node) if d != graph.image_node],
                         "affected": list(dag.affected), "invariant": list(dag.invariant),
                         "dcfg": {"groups": groups, "weights": [float(x) for x in weights],
-                                 **({"anchor": "full"} if spec.guidance.anchor == "full" else {})},
+                                 **({"dcfg_form": "conditional"} if spec.guidance.dcfg_form == "conditional"
+                                    else {})},
                         "cfg": {"groups": [list(graph.image_parents())], "weights": [cw]}}
     return out
 

@@ -56,8 +56,6 @@ import copy
 import difflib
 import hashlib
 import json
-import math
-import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -68,7 +66,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
+from dcfg_io.checks import is_integer, is_number
 from diffusion.config import ImageModelConfig
+from pipeline.options import DCFG_FORMS, check_dcfg_form, former_anchor, warn_deprecated
 
 __all__ = ["SpecError", "ExperimentSpec", "EquationSpec", "DataSpec", "ModelSpec", "ScmSpec", "TrainingSpec",
            "EvaluationSpec", "GuidanceSpec", "InterventionSpec", "EffectSpec", "load_spec", "parse_spec", "FORMS",
@@ -246,7 +246,8 @@ class GuidanceSpec:
     dcfg_scale: float | str = 2.0
     cfg_scale: float | str = "best"
     invariant_weight: float = 1.0
-    anchor: str = "null"  # DCFG's equation: "null" (the paper's) or "full" (each group given the others)
+    dcfg_form: str = "paper"  # DCFG's formulation: "paper" (the paper's equation) or "conditional" (each group
+    #                           amplified given the others); its former key ``anchor`` ("null" / "full") is deprecated
     variant: str | None = None  # "apg" or "cfgpp": every method without a variant is also swept with it
     interval: tuple[float, float] | None = None  # the guidance interval (lo, hi) of the "+interval" methods
     apg_eta: float = 0.0  # APG's weight of the parallel part, in [0, 1]
@@ -264,6 +265,12 @@ class GuidanceSpec:
         suffix = (f"+{self.variant}" if self.variant else "") + ("+interval" if self.interval else "")
         extra = [m + suffix for m in self.methods if suffix and "+" not in m]
         return tuple(dict.fromkeys(list(self.methods) + extra))
+
+    @property
+    def anchor(self) -> str:
+        """Deprecated: :attr:`dcfg_form` under its former name and values (``"null"``, ``"full"``)."""
+        warn_deprecated(f"GuidanceSpec.anchor is deprecated: read dcfg_form ({self.dcfg_form!r})", 2)
+        return former_anchor(self.dcfg_form)
 
 
 @dataclass(frozen=True)
@@ -392,7 +399,7 @@ def _tname(v: Any) -> str:
 
 
 def _int(value: Any, where: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_integer(value):
         raise SpecError(f"{where}: expected an integer, got {_tname(value)} {value!r:.60}")
     if minimum is not None and value < minimum:
         raise SpecError(f"{where}: {value} is too small; use an integer >= {minimum}")
@@ -401,7 +408,7 @@ def _int(value: Any, where: str, minimum: int | None = None) -> int:
 
 def _float(value: Any, where: str, low: float | None = None, high: float | None = None, *,
            open_low: bool = False, open_high: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+    if not is_number(value):
         raise SpecError(f"{where}: expected a finite number, got {_tname(value)} {value!r:.60}")
     v = float(value)
     if low is not None and (v < low or (open_low and v == low)):
@@ -552,14 +559,31 @@ def _interval(value: Any, where: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _former_anchor_key(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``[guidance] anchor = "null" | "full"`` (deprecated, with a warning) as ``dcfg_form = "paper" |
+    "conditional"``."""
+    table = raw.get("guidance")
+    if not isinstance(table, Mapping) or "anchor" not in table:
+        return raw
+    if "dcfg_form" in table:
+        raise SpecError("[guidance]: give dcfg_form only; anchor is its former name")
+    value = _str(table["anchor"], "[guidance] anchor", ("null", "full"))
+    form = check_dcfg_form(value, warn=False)
+    warn_deprecated(f"[guidance] anchor = {value!r} is deprecated: write dcfg_form = {form!r}", 4)
+    table = {("dcfg_form" if k == "anchor" else k): (check_dcfg_form(v, warn=False) if k == "anchor" else v)
+             for k, v in table.items()}
+    return {**raw, "guidance": table}
+
+
 def _parse_guidance(raw: Mapping[str, Any]) -> GuidanceSpec:
     parsers = {"methods": lambda v, w: _list(v, w, _method),
                "scales": lambda v, w: _list(v, w, lambda x, ww: _float(x, ww, 0.0)),
                "dcfg_scale": _scale_or_best, "cfg_scale": _scale_or_best,
                "invariant_weight": lambda v, w: _float(v, w, 0.0),
-               "anchor": lambda v, w: _str(v, w, ("null", "full")),
+               "dcfg_form": lambda v, w: _str(v, w, DCFG_FORMS),
                "variant": lambda v, w: None if _str(v, w, _VARIANTS + ("none",)) == "none" else v,
                "interval": _interval, "apg_eta": _prob}
+    raw = _former_anchor_key(raw)
     g = _section(raw, "guidance", GuidanceSpec, parsers)
     if "cfg" not in g.methods:
         raise SpecError(f"[guidance] methods: {list(g.methods)} lacks 'cfg', the baseline every other method is "
@@ -939,7 +963,7 @@ def _apply_quick(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+    return is_number(v, finite=False)
 
 
 _DEFAULTS = {"data": DataSpec("morpho"), "scm": ScmSpec(), "training": TrainingSpec(), "evaluation": EvaluationSpec()}

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from dcfg_io.checks import is_integer
+
 from .job import generate
 from .manifest import atomic_write
 
@@ -59,7 +61,7 @@ def bench_generate(n: int = 1000, *, pipeline: Any = None, data: str | None = No
     import resource
     import shutil
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_integer(n, 1, python_int=True):
         raise ValueError(f"n={n!r} must be a positive integer")
     if data is None:
         data = f"morpho-train:samples={max(1, math.ceil(n / 4000))}"

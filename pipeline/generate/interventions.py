@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import numbers
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dcfg_io.checks import is_integer
 from pipeline.parsing import parse_assignment, parse_number
 
 from .randomness import per_image_uniform
@@ -463,7 +463,7 @@ def draw_interventions(do: Mapping[str, Any], graph: Any, seed: int, rows: Any) 
         if isinstance(value, Tensor):
             out[name] = value[torch.from_numpy(index)]
         elif isinstance(value, Draw):
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            if not is_integer(seed, 0):
                 raise ValueError(f"seed={seed!r} must be an integer >= 0 for the per-image draw of {name!r}")
             v = value.draw(per_image_uniform(int(seed), f"do/{name}", index), spec)
             out[name] = (torch.from_numpy(np.asarray(v, dtype=np.int64)) if spec.is_discrete

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -21,10 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dcfg_io.checks import check_integer, is_integer, is_number
+
 from .interventions import (check_interventions, check_shifts, draw_interventions, interventions_json,
                             parse_interventions)
 from .manifest import (FORMAT_VERSION, Manifest, ShardRecord, atomic_write, check_out, finalize_run, pipeline_sha256,
                        plan_shards, shard_contents, start_run)
+from ..options import FROM_CONFIG
 from .randomness import shard_seed
 from .sources import Rows, open_rows
 
@@ -79,8 +81,8 @@ def generate(
     steps: int | None = None,
     seed: int = 0,
     shard_size: int = 256,
-    variant: str | None = "config",
-    interval: Any = "config",
+    variant: str | None = FROM_CONFIG,
+    interval: Any = FROM_CONFIG,
     solver: str | None = None,
     chunk_size: int | None = None,
     limit: int | None = None,
@@ -110,9 +112,9 @@ def generate(
         steps: DDIM steps (default: the pipeline's).
         seed: seed of the per-image draws and of the discrete-noise abduction.
         shard_size: rows per shard (the last may be shorter); part of the query.
-        variant: guidance variant, ``None``, ``"apg"`` or ``"cfgpp"`` (``"config"``: the pipeline's); part of the
+        variant: guidance variant, ``None``, ``"apg"`` or ``"cfgpp"`` (left out: the pipeline's); part of the
             query (with APG's settings) when there is one. See docs/guidance.md.
-        interval: guidance interval ``(lo, hi)`` or ``None`` (``"config"``: the pipeline's); part of the query
+        interval: guidance interval ``(lo, hi)`` or ``None`` (left out: the pipeline's); part of the query
             when there is one.
         chunk_size: rows per batched network call within a shard (default: the pipeline's
             ``chunk_size``); part of the query.
@@ -140,11 +142,10 @@ def generate(
 
     # 1. Validate everything before touching the disk.
     for name, value, low in (("shard_size", shard_size, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        check_integer(name, value, low)
     if image_dtype not in _IMAGE_DTYPES:
         raise ValueError(f"image_dtype={image_dtype!r} must be one of {', '.join(_IMAGE_DTYPES)}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and not is_integer(chunk_size, 1, python_int=True):
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer (or None for the pipeline's)")
     if not isinstance(out, (str, os.PathLike)):
         raise TypeError(f"out={out!r} must be the path of the output folder")
@@ -247,12 +248,12 @@ def _bundled_dir() -> Path:
 
 def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidance: str | None,
               scale: float | None, steps: int | None, seed: int, shard_size: int, chunk_size: int | None,
-              image_dtype: str, variant: Any = "config", interval: Any = "config", solver: str | None = None
+              image_dtype: str, variant: Any = FROM_CONFIG, interval: Any = FROM_CONFIG, solver: str | None = None
               ) -> tuple[Manifest, dict[str, Any]]:
     """The planned manifest (every shard pending) and the checked interventions."""
     from pipeline.groups import resolve_guidance
 
-    graph, cfg = pipe.graph, pipe.config
+    graph, config = pipe.graph, pipe.config
     if isinstance(do, str):
         do = parse_interventions(do)
     elif not isinstance(do, Mapping):
@@ -262,23 +263,22 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
         raise ValueError("do is empty; give at least one intervention, e.g. thickness=+1")
     interventions = check_interventions(do, pipe.scm, len(rows), draws=True, callables=False)
     check_shifts(interventions, rows, graph)
-    guidance = cfg.guidance if guidance is None else guidance
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
+    guidance = config.guidance if guidance is None else guidance
+    if scale is not None and not is_number(scale):
         raise ValueError(f"scale={scale!r} must be a finite number (e.g. 3.0), or None for the pipeline's default")
-    scale = float(cfg.default_scale(list(interventions)) if scale is None else scale)
-    steps = cfg.steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    scale = float(config.default_scale(list(interventions)) if scale is None else scale)
+    steps = config.steps if steps is None else steps
+    if not is_integer(steps, 1, python_int=True):
         raise ValueError(f"steps={steps!r} must be a positive integer (e.g. 50)")
     groups, weights = resolve_guidance(graph, list(interventions), guidance, scale,
-                                       invariant_weight=cfg.invariant_weight,
-                                       descendant_weight=cfg.descendant_weight,
-                                       anchor_scales=cfg.anchor_scales if guidance == "dcfg" else None)
+                                       invariant_weight=config.invariant_weight,
+                                       descendant_weight=config.descendant_weight,
+                                       anchor_scales=config.anchor_scales if guidance == "dcfg" else None)
     query = {"do": interventions_json(interventions), "guidance": guidance, "scale": scale, "steps": int(steps),
              "seed": seed, "groups": groups, "weights": [float(w) for w in weights], "shard_size": shard_size,
-             "chunk_size": int(cfg.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}
+             "chunk_size": int(config.chunk_size if chunk_size is None else chunk_size), "image_dtype": image_dtype}
     if guidance == "dcfg":
-        query["anchor"] = cfg.dcfg_anchor
+        query["dcfg_form"] = config.dcfg_form
     variant, interval, apg = pipe._variant_args(guidance, variant, interval, None, None, None)
     if variant is not None:  # recorded only when there is one: a query without stays as it was
         query["variant"] = variant
@@ -288,7 +288,7 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
         query["interval"] = list(interval)
     from diffusion.solvers import check_solver
 
-    solver = check_solver(cfg.solver if solver is None else solver)
+    solver = check_solver(config.solver if solver is None else solver)
     if solver != "ddim":  # recorded only when not DDIM: a DDIM run's manifest stays as it was
         if variant == "cfgpp":
             raise ValueError(f"variant='cfgpp' needs solver='ddim'; got solver={solver!r}")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from dcfg_io.atomic import atomic_write_bytes
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "Manifest", "ShardRecord", "atomic_write", "check_out", "finalize_run",
            "hash_tensor", "pipeline_sha256", "plan_shards", "sha256_file", "shard_contents", "start_run",
@@ -131,7 +132,7 @@ class Manifest:
         path = path / MANIFEST_NAME if path.is_dir() else path
         try:
             d = json.loads(path.read_text())
-            return cls(format_version=d["format_version"], pipeline=d["pipeline"], query=d["query"],
+            return cls(format_version=d["format_version"], pipeline=d["pipeline"], query=_current_query(d["query"]),
                        data=d["data"], complete=bool(d.get("complete")), contents=d.get("contents", {}),
                        shards=tuple(ShardRecord(**s) for s in d["shards"]))
         except FileNotFoundError:
@@ -139,6 +140,17 @@ class Manifest:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{str(path)!r} is not a valid dcfg generate manifest ({e}); delete the folder "
                              f"to start over") from None
+
+
+def _current_query(query: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's query in this version's words: the former ``anchor`` (``"null"`` / ``"full"``) is read as
+    ``dcfg_form`` (``"paper"`` / ``"conditional"``), so that a run started before resumes."""
+    if not isinstance(query, dict) or "anchor" not in query:
+        return query
+    from pipeline.options import form_from_former
+
+    return {("dcfg_form" if k == "anchor" else k): (form_from_former(v) if k == "anchor" else v)
+            for k, v in query.items()}
 
 
 def shard_contents(graph: Any, image_dtype: str) -> dict[str, str]:
@@ -156,21 +168,9 @@ def shard_contents(graph: Any, image_dtype: str) -> dict[str, str]:
     return out
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a hidden temporary file in its folder (fsynced, mode 644, renamed into
-    place; removed on failure), so that ``path`` is never seen half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+#: ``atomic_write(path, data)``: :func:`dcfg_io.atomic.atomic_write_bytes` (a hidden temporary ``.NAME.XXXX.tmp``
+#: in the folder, fsynced, renamed into place, removed on failure; :func:`start_run` removes a killed run's).
+atomic_write = atomic_write_bytes
 
 
 def plan_shards(length: int, shard_size: int) -> tuple[ShardRecord, ...]:

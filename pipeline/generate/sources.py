@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dcfg_io.checks import is_integer
+
 from .manifest import hash_tensor
 
 __all__ = ["DATA_SPEC_HELP", "GRAPH_SIZE", "Rows", "open_dataset", "open_rows"]
@@ -59,7 +61,7 @@ class Rows(torch.utils.data.Dataset):
         return None
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        if not is_integer(index):
             raise TypeError(f"index {index!r} must be an integer")
         n = len(self)
         if not -n <= index < n:
@@ -380,7 +382,7 @@ def _check_fits(rows: Rows, graph: Any) -> None:
 def _limited(rows: Rows, limit: int | None) -> Rows:
     if limit is None:
         return rows
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if not is_integer(limit, 1, python_int=True):
         raise ValueError(f"limit={limit!r} must be a positive integer (or None for every row)")
     return _Limited(rows, limit)
 

@@ -6,15 +6,15 @@ agreement; the achieved error of ``set_thickness`` at targets 1.5, 2.5, 3.5 and 
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dcfg_io.atomic import atomic_write_json
 
 __all__ = ["bench_morphometry", "format_report"]
 
@@ -111,22 +111,13 @@ def bench_morphometry(n: int = 1000, n_jobs: int | None = None, out: str | os.Pa
                                "max_abs_error": max(v["max"] for v in per_intensity.values())}
     result["machine"]["loadavg_after"] = list(os.getloadavg())
     if out is not None:
-        _write_json(Path(out), result)
+        atomic_write_json(Path(out), result)
     return result
 
 
 def _spread(test_idx: np.ndarray, n: int) -> np.ndarray:
     """``n`` test indices spread over the (label-sorted) test set, so that every class appears."""
     return np.sort(test_idx)[np.linspace(0, len(test_idx) - 1, n).round().astype(int)]
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary shared file
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def format_report(res: dict[str, Any]) -> str:

@@ -9,6 +9,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dcfg_io.checks import is_integer
+
 __all__ = ["resolve_jobs", "map_chunks"]
 
 _SHARED: dict[str, Any] = {}
@@ -21,7 +23,7 @@ def resolve_jobs(n_jobs: int | None) -> int:
             return max(1, len(os.sched_getaffinity(0)))
         except AttributeError:  # pragma: no cover - not Linux
             return max(1, os.cpu_count() or 1)
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs < 1:
+    if not is_integer(n_jobs, 1):
         raise ValueError(f"n_jobs={n_jobs!r} is invalid: use None (all CPUs) or a positive integer (1 = serial)")
     return int(n_jobs)
 

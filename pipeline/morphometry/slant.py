@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from dcfg_io.checks import is_integer
 from pipeline.morphometry.batch import apply_targets
 from pipeline.morphometry.measure import MEASURE_SCALE, is_blank, slant_of
 from pipeline.morphometry.pyramid import upsample
@@ -100,7 +101,7 @@ def set_slant(images: Any, slant: Any, *, iterations: int = 2, n_jobs: int | Non
         >>> round(float(measure_slant(set_slant(bar, -0.4, n_jobs=1))[0]), 2)
         -0.4
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or not 0 <= iterations <= 10:
+    if not is_integer(iterations, 0, 10):
         raise ValueError(f"iterations={iterations!r} is invalid: use an integer in 0..10 (default 2)")
     return apply_targets(set_slant_unit, images, slant, "slant", SLANT_RANGE, value_range=value_range, n_jobs=n_jobs,
                          chunk_size=_CHUNK, min_parallel=_MIN_PARALLEL, progress=progress, iterations=int(iterations))

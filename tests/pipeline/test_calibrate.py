@@ -38,7 +38,7 @@ def test_each_weight_is_the_best_point_of_its_curve(calibration):
 
 
 def test_cost_is_announced_up_front_and_bounds_the_spend(calibration, tiny_pipeline):
-    planned = plan_cost(tiny_pipeline.graph, 8, 3, WEIGHTS, ANCHORS, anchor=tiny_pipeline.config.dcfg_anchor,
+    planned = plan_cost(tiny_pipeline.graph, 8, 3, WEIGHTS, ANCHORS, dcfg_form=tiny_pipeline.config.dcfg_form,
                         descendant_weight=tiny_pipeline.config.descendant_weight,
                         refine_steps=tiny_pipeline.config.refine_steps)
     assert 0 < calibration.nfe <= planned
@@ -62,10 +62,10 @@ def test_the_pipeline_stores_and_uses_the_weights(tiny_pipeline, toy_data, tmp_p
     # the evaluation's dcfg method follows the pipeline's anchor weights, the paper's variant does not
     c = resolve_config(EvaluationConfig(n=4, steps=2), pipe, 40)
     assert c.anchor_scales == {"digit": 2.5}
-    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg", 2.0, 1.0, c.descendant_weight, c.anchor,
+    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg", 2.0, 1.0, c.descendant_weight, c.dcfg_form,
                             c.anchor_scales)
     assert w[g.index(["digit"])] == 2.5
-    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg_paper", 2.0, 1.0, c.descendant_weight, c.anchor,
+    _, g, w, _ = groups_for(pipe.graph, "thickness", "dcfg_paper", 2.0, 1.0, c.descendant_weight, c.dcfg_form,
                             c.anchor_scales)
     assert ["digit"] in g and w[g.index(["digit"])] == 1.0
     saved = pipe.save(tmp_path / "calibrated")

@@ -79,8 +79,8 @@ def test_descendant_weight_splits_the_affected_group(graph):
         [["b"], ["c"], ["d"]], [3.0, 1.0, 1.0])
     assert resolve_guidance(graph, ["b"], "dcfg", 3.0, invariant_weight=0.5, descendant_weight=2.0) == (
         [["b"], ["c"], ["d"]], [3.0, 2.0, 0.5])
-    # None is the paper's grouping: descendants share the intervention's scale
-    assert resolve_guidance(graph, ["b"], "dcfg", 3.0, descendant_weight=None) == ([["b", "c"], ["d"]], [3.0, 1.0])
+    # "scale" is the paper's grouping: descendants share the intervention's scale
+    assert resolve_guidance(graph, ["b"], "dcfg", 3.0, descendant_weight="scale") == ([["b", "c"], ["d"]], [3.0, 1.0])
     # no descendants among the image's parents: nothing to split
     assert resolve_guidance(graph, ["c"], "dcfg", 3.0, descendant_weight=1.0) == ([["c"], ["b", "d"]], [3.0, 1.0])
     # a non-parent intervention (a -> b -> c): every affected parent is a descendant

@@ -193,7 +193,7 @@ def test_descendant_weight_from_config_and_per_query(tiny_pipeline, tiny_batch, 
     assert loaded.config.descendant_weight == 1.0
     from_config = loaded.counterfactual(x, a, do=do, scale=3.0, steps=10, seed=0)
     assert from_config.groups == split.groups and torch.equal(from_config.image, split.image)
-    back_to_paper = loaded.counterfactual(x, a, do=do, scale=3.0, steps=10, seed=0, descendant_weight=None)
+    back_to_paper = loaded.counterfactual(x, a, do=do, scale=3.0, steps=10, seed=0, descendant_weight="scale")
     assert back_to_paper.groups == paper.groups and torch.equal(back_to_paper.image, paper.image)
     with pytest.raises(ValueError, match="descendant_weight"):
         PipelineConfigCls = type(tiny_pipeline.config)
@@ -201,37 +201,37 @@ def test_descendant_weight_from_config_and_per_query(tiny_pipeline, tiny_batch, 
 
 
 def test_dcfg_anchor_from_config_and_per_query(tiny_pipeline, tiny_batch, tmp_path):
-    """anchor='full' decodes with eps(c) + sum_m (w_m - 1)(eps(c) - eps(c^-m)): one group is CFG again, weight 1
-    everywhere is the plain conditional; the query argument overrides the config, and the value survives
+    """dcfg_form='conditional' decodes with eps(c) + sum_m (w_m - 1)(eps(c) - eps(c^-m)): one group is CFG again,
+    weight 1 everywhere is the plain conditional; the query argument overrides the config, and the value survives
     save/load."""
     from dataclasses import replace
 
     x, a = tiny_batch
     do = {"thickness": 4.0}
     paper = tiny_pipeline.counterfactual(x, a, do=do, scale=3.0, steps=6, seed=0, descendant_weight=1.0)
-    assert paper.anchor == "null"
+    assert paper.dcfg_form == "paper"
     full = tiny_pipeline.counterfactual(x, a, do=do, scale=3.0, steps=6, seed=0, descendant_weight=1.0,
-                                        anchor="full")
-    assert full.anchor == "full" and full.groups == paper.groups and full.weights == paper.weights
+                                        dcfg_form="conditional")
+    assert full.dcfg_form == "conditional" and full.groups == paper.groups and full.weights == paper.weights
     assert not torch.allclose(full.image, paper.image, atol=1e-4)
-    one_group = tiny_pipeline.counterfactual(x, a, do=do, steps=6, seed=0, anchor="full",
+    one_group = tiny_pipeline.counterfactual(x, a, do=do, steps=6, seed=0, dcfg_form="conditional",
                                              groups=[list(tiny_pipeline.graph.image_parents())], weights=[2.5])
     as_cfg = tiny_pipeline.counterfactual(x, a, do=do, guidance="cfg", scale=2.5, steps=6, seed=0)
     torch.testing.assert_close(one_group.image, as_cfg.image, rtol=1e-4, atol=1e-4)
     at_one = tiny_pipeline.counterfactual(x, a, do=do, scale=1.0, steps=6, seed=0, descendant_weight=1.0,
-                                          anchor="full")
+                                          dcfg_form="conditional")
     plain = tiny_pipeline.counterfactual(x, a, do=do, guidance="none", steps=6, seed=0)
     torch.testing.assert_close(at_one.image, plain.image, rtol=0, atol=1e-5)
 
     pipe = CounterfactualPipeline(tiny_pipeline.graph, tiny_pipeline.scm, tiny_pipeline.image_model,
-                                  replace(tiny_pipeline.config, dcfg_anchor="full"))
+                                  replace(tiny_pipeline.config, dcfg_form="conditional"))
     loaded = CounterfactualPipeline.load(pipe.save(tmp_path / "pipe"))
-    assert loaded.config.dcfg_anchor == "full"
+    assert loaded.config.dcfg_form == "conditional"
     from_config = loaded.counterfactual(x, a, do=do, scale=3.0, steps=6, seed=0, descendant_weight=1.0)
-    assert from_config.anchor == "full" and torch.equal(from_config.image, full.image)
-    back = loaded.counterfactual(x, a, do=do, scale=3.0, steps=6, seed=0, descendant_weight=1.0, anchor="null")
+    assert from_config.dcfg_form == "conditional" and torch.equal(from_config.image, full.image)
+    back = loaded.counterfactual(x, a, do=do, scale=3.0, steps=6, seed=0, descendant_weight=1.0, dcfg_form="paper")
     assert torch.equal(back.image, paper.image)
-    with pytest.raises(ValueError, match="dcfg_anchor='half' must be 'null'"):
-        type(tiny_pipeline.config)(dcfg_anchor="half")
-    with pytest.raises(ValueError, match="anchor='half' must be 'null'"):
-        tiny_pipeline.counterfactual(x, a, do=do, steps=2, anchor="half")
+    with pytest.raises(ValueError, match="dcfg_form='half' must be 'paper'"):
+        type(tiny_pipeline.config)(dcfg_form="half")
+    with pytest.raises(ValueError, match="dcfg_form='half' must be 'paper'"):
+        tiny_pipeline.counterfactual(x, a, do=do, steps=2, dcfg_form="half")

@@ -13,12 +13,13 @@ STEPS = 3
 DO = {"thickness": 4.0}
 
 
-@pytest.mark.parametrize("guidance, anchor", [("cfg", "null"), ("dcfg", "null"), ("dcfg", "full")])
+@pytest.mark.parametrize("guidance, dcfg_form", [("cfg", "paper"), ("dcfg", "paper"), ("dcfg", "conditional")])
 @pytest.mark.parametrize("variant, interval", [("apg", None), ("cfgpp", None), (None, (200, 700)),
                                                ("apg", (200, 700)), ("cfgpp", (200, 700))])
-def test_each_variant_runs_and_changes_the_answer(tiny_pipeline, tiny_batch, guidance, anchor, variant, interval):
+def test_each_variant_runs_and_changes_the_answer(tiny_pipeline, tiny_batch, guidance, dcfg_form, variant,
+                                                  interval):
     x, a = tiny_batch
-    kw = dict(do=DO, guidance=guidance, scale=3.0, steps=STEPS, seed=0, anchor=anchor)
+    kw = dict(do=DO, guidance=guidance, scale=3.0, steps=STEPS, seed=0, dcfg_form=dcfg_form)
     base = tiny_pipeline.counterfactual(x, a, **kw)
     res = tiny_pipeline.counterfactual(x, a, variant=variant, interval=interval, **kw)
     assert res.variant == variant and res.interval == (None if interval is None else tuple(map(float, interval)))
@@ -35,8 +36,8 @@ def test_cfgpp_inverts_with_its_own_pair_and_reconstructs(tiny_pipeline, tiny_ba
     plain = pipe.invert(x, fact, steps=10)
     pair = pipe.invert(x, fact, steps=10, variant="cfgpp")
     assert not torch.allclose(plain, pair, atol=1e-3)
-    # anchored at the full condition, CFG++ re-noises with eps(c): the plain inversion; APG inverts plainly
-    torch.testing.assert_close(pipe.invert(x, fact, steps=10, variant="cfgpp", anchor="full"), plain)
+    # in DCFG's conditional form, CFG++ re-noises with eps(c): the plain inversion; APG inverts plainly
+    torch.testing.assert_close(pipe.invert(x, fact, steps=10, variant="cfgpp", dcfg_form="conditional"), plain)
     torch.testing.assert_close(pipe.invert(x, fact, steps=10, variant="apg"), plain)
     res = pipe.counterfactual(x, a, do={}, guidance="cfg", scale=1.0, variant="cfgpp", steps=20, seed=0)
     assert (res.image - x).abs().mean() < 0.05

@@ -105,7 +105,7 @@ class IdealPipeline(CounterfactualPipeline):
         return images.clone()
 
     def decode(self, x_T, parents, guidance="none", groups=None, weights=None, scale=1.0, steps=None,
-               progress=False, anchor=None):
+               progress=False, dcfg_form=None):
         from pipeline.morphometry import set_intensity, set_thickness
 
         x = set_thickness(x_T, parents["thickness"].double().numpy(), n_jobs=1)

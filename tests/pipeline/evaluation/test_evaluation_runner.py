@@ -346,38 +346,38 @@ def test_targets_do_not_depend_on_the_other_interventions_or_n(tiny_pipeline, to
 
 
 def test_anchor_setting_and_the_paper_method(tiny_pipeline, toy_data):
-    """anchor: None -> the pipeline's; 'full' decodes DCFG with 1 + (groups not at weight 1) rows per step, which
-    the plan counts; DCFG-full at weight 1 is guidance none and reuses it; dcfg_paper is always the paper's
+    """dcfg_form: None -> the pipeline's; 'conditional' decodes DCFG with 1 + (groups not at weight 1) rows per step,
+    which the plan counts; conditional DCFG at weight 1 is guidance none and reuses it; dcfg_paper is always the paper's
     equation and grouping."""
     import copy
     from dataclasses import replace
 
     images, parents, oracles = toy_data
     pipe = copy.copy(tiny_pipeline)
-    pipe.config = replace(pipe.config, descendant_weight=1.0, dcfg_anchor="full")
+    pipe.config = replace(pipe.config, descendant_weight=1.0, dcfg_form="conditional")
     base = dict(n=5, steps=2, scales=(1.0, 2.0), scale=2.0, cfg_scale=2.0, sweep_n=4, cycle_n=2, cycles=1,
                 per_attribute_n=4, grid_n=1, interventions=("thickness", "digit"),
                 sweep_methods=("cfg", "dcfg", "dcfg_paper"))
-    assert resolve_config(EvaluationConfig(**base), tiny_pipeline, 40).anchor == "null"
-    assert resolve_config(EvaluationConfig(**base), pipe, 40).anchor == "full"
-    with pytest.raises(ValueError, match="anchor='half' must be None"):
-        resolve_config(EvaluationConfig(**base, anchor="half"), pipe, 40)
+    assert resolve_config(EvaluationConfig(**base), tiny_pipeline, 40).dcfg_form == "paper"
+    assert resolve_config(EvaluationConfig(**base), pipe, 40).dcfg_form == "conditional"
+    with pytest.raises(ValueError, match="dcfg_form='half' must be 'paper'"):
+        resolve_config(EvaluationConfig(**base, dcfg_form="half"), pipe, 40)
     res = evaluate(pipe, images, parents, oracles, EvaluationConfig(**base), progress=False)
     run = res.metrics["pipelines"]["main"]
     assert run["nfe"] == res.metrics["plan_nfe"]
-    assert res.metrics["settings"]["anchor"] == "full"
+    assert res.metrics["settings"]["dcfg_form"] == "conditional"
     sweep = run["sweep"]["thickness"]
     dc = {r["scale"]: r for r in sweep if r["method"] == "dcfg"}
-    assert dc[2.0]["anchor"] == "full" and dc[2.0]["groups"] == [["thickness"], ["intensity"], ["digit"]]
+    assert dc[2.0]["dcfg_form"] == "conditional" and dc[2.0]["groups"] == [["thickness"], ["intensity"], ["digit"]]
     assert dc[1.0]["guidance"] == "none"  # eps(c) exactly: the unguided decodings
     none = next(r for r in sweep if r["method"] == "none")
     assert dc[1.0]["thickness_mae"] == none["thickness_mae"]
     paper = {r["scale"]: r for r in sweep if r["method"] == "dcfg_paper"}
-    assert paper[2.0]["anchor"] == "null" and paper[2.0]["groups"] == [["thickness", "intensity"], ["digit"]]
+    assert paper[2.0]["dcfg_form"] == "paper" and paper[2.0]["groups"] == [["thickness", "intensity"], ["digit"]]
     assert {(t["method"], t["spurious"]) for t in run["tradeoff"] if t["intervention"] == "thickness"} >= {
         ("dcfg", "intensity_excess_change"), ("dcfg_paper", "intensity_excess_change")}
-    # the same evaluation with anchor='null' spends more: 4 rows per DCFG step instead of 2 under do(thickness)
-    null = evaluate(pipe, images, parents, oracles, EvaluationConfig(**base, anchor="null"), progress=False)
+    # the same evaluation with dcfg_form='paper' spends more: 4 rows per DCFG step instead of 2 under do(thickness)
+    null = evaluate(pipe, images, parents, oracles, EvaluationConfig(**base, dcfg_form="paper"), progress=False)
     assert null.metrics["pipelines"]["main"]["nfe"] == null.metrics["plan_nfe"]
     assert null.metrics["plan_nfe"]["main"] > res.metrics["plan_nfe"]["main"]
 

@@ -44,19 +44,19 @@ def test_nfe_of_the_variants_by_hand():
     # trailing grid of 4 steps: 999, 749, 499, 249; the interval [300, 800] holds 749 and 499
     assert decode_nfe("cfg", steps=4) == 8 and decode_nfe("cfg", steps=4, interval=(300, 800)) == 2 + 2 + 1 + 1
     assert decode_nfe("dcfg", [["a"], ["b"]], [3.0, 1.0], steps=4, interval=(300, 800)) == 3 + 3 + 1 + 1
-    assert decode_nfe("dcfg", [["a"], ["b"]], [3.0, 1.0], "full", steps=4, interval=(300, 800)) == 2 + 2 + 1 + 1
+    assert decode_nfe("dcfg", [["a"], ["b"]], [3.0, 1.0], "conditional", steps=4, interval=(300, 800)) == 2 + 2 + 1 + 1
     # CFG++'s inversion at null: 2 rows per evaluation (inside the interval); 4 steps, 1 refinement: 8 evaluations at
     # 249, 249, 249, 499, 499, 749, 749, 999 -> inside [300, 800]: 4 of them
     assert invert_nfe(4, 1, "cfgpp") == 16 and invert_nfe(4, 1, "cfgpp", interval=(300, 800)) == 4 * 2 + 4 * 1
-    assert invert_nfe(4, 1, "apg") == invert_nfe(4, 1) == invert_nfe(4, 1, "cfgpp", "full") == 8
+    assert invert_nfe(4, 1, "apg") == invert_nfe(4, 1) == invert_nfe(4, 1, "cfgpp", "conditional") == 8
 
 
 def test_engine_counts_what_the_variants_cost(tiny_pipeline, tiny_batch):
     x, a = tiny_batch
     eng = QueryEngine(tiny_pipeline, chunk_size=4)
     r = tiny_pipeline.config.refine_steps
-    z = eng.invert(x, a, steps=4, variant="cfgpp", anchor="null", interval=(300, 800))
-    assert eng.nfe == invert_nfe(4, r, "cfgpp", "null", (300, 800)) * len(x)
+    z = eng.invert(x, a, steps=4, variant="cfgpp", dcfg_form="paper", interval=(300, 800))
+    assert eng.nfe == invert_nfe(4, r, "cfgpp", "paper", (300, 800)) * len(x)
     before = eng.nfe
     eng.decode(z, a, "cfg", None, [2.0], steps=4, variant="apg", interval=(300, 800),
                apg={"apg_eta": 0.0, "apg_threshold": 0.0, "apg_momentum": 0.0})

@@ -102,7 +102,7 @@ CATALOGUE = [
     ("wrong type in a table", mutate(training__steps="many"), r"\[training\] steps: expected an integer, got string"),
     ("missing [data]", mutate(data=None), r"missing table \[data\]"),
     ("unknown data source", mutate(data__source="imagenet"), r"\[data\] source: 'imagenet' is not allowed"),
-    ("unknown DCFG anchor", mutate(guidance__anchor="half"), r"\[guidance\] anchor: 'half' is not allowed"),
+    ("unknown DCFG form", mutate(guidance__dcfg_form="half"), r"\[guidance\] dcfg_form: 'half' is not allowed"),
     ("unknown precision", mutate(evaluation__precision="fp16"), r"\[evaluation\] precision: 'fp16' is not allowed"),
     ("edge to a node not in the DAG", mutate(graph__edges=BASE["graph"]["edges"] + [["depth", "image"]]),
      r"\[graph\] edges\[8\]: node 'depth' is not in the DAG"),
@@ -455,11 +455,12 @@ def test_csv_with_a_bad_value_fails_in_one_line_and_writes_nothing(tmp_path):
 def test_guidance_anchor_reaches_the_pipeline_and_the_groups():
     from pipeline.experiment.run import guidance_groups
 
-    spec = parse_spec(mutate(guidance__anchor="full"), path=None)
-    assert spec.guidance.anchor == "full" and parse_spec(BASE, path=None).guidance.anchor == "null"
+    spec = parse_spec(mutate(guidance__dcfg_form="conditional"), path=None)
+    assert spec.guidance.dcfg_form == "conditional" and parse_spec(BASE, path=None).guidance.dcfg_form == "paper"
     g = guidance_groups(spec, {"slant": 2.0, "thickness": 2.0}, {"slant": 2.0, "thickness": 2.0})
-    assert g["slant"]["dcfg"]["anchor"] == "full"
-    assert "anchor" not in guidance_groups(parse_spec(BASE, path=None), {"slant": 2.0}, {"slant": 2.0})["slant"]["dcfg"]
+    assert g["slant"]["dcfg"]["dcfg_form"] == "conditional"
+    base = guidance_groups(parse_spec(BASE, path=None), {"slant": 2.0}, {"slant": 2.0})
+    assert "dcfg_form" not in base["slant"]["dcfg"]
 
 
 def test_csv_without_render_is_scored_by_predictors_and_stored_as_uint8(tmp_path):
