@@ -16,10 +16,30 @@ This package never imports ``scm`` or ``pipeline``.
 from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
 from diffusion.ddim import ddim_eval_timesteps, ddim_invert, ddim_sample, ddim_timesteps
 from diffusion.embedding import AttributeSplitEmbedding
-from diffusion.guidance import (APG_ETA, APG_MOMENTUM, APG_THRESHOLD, DCFG_ANCHORS, VARIANTS, GuidanceParts, GuidedEps,
-                                apg_guidance, apg_update, cfg, cfg_parts, cfgpp_eps, check_anchor, check_apg,
-                                check_groups, check_interval, check_variant, dcfg, dcfg_parts, dcfg_rows, guided_eps_fn,
-                                guided_rows)
+from diffusion.guidance import (
+                                APG_ETA,
+                                APG_MOMENTUM,
+                                APG_THRESHOLD,
+                                DCFG_ANCHORS,
+                                VARIANTS,
+                                GuidanceParts,
+                                GuidedEps,
+                                apg_guidance,
+                                apg_update,
+                                cfg,
+                                cfg_parts,
+                                cfgpp_eps,
+                                check_anchor,
+                                check_apg,
+                                check_groups,
+                                check_interval,
+                                check_variant,
+                                dcfg,
+                                dcfg_parts,
+                                dcfg_rows,
+                                guided_eps_fn,
+                                guided_rows,
+)
 from diffusion.model import PRECISIONS, ConditionalUNet, native_bf16, resolve_precision
 from diffusion.schedule import alphas_cumprod
 from diffusion.training import TrainResult, train

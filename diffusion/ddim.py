@@ -62,7 +62,8 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
         num_train_timesteps: T.
         steps: S, between 1 and T.
         spacing: ``"trailing"`` (``round(i T / S) - 1``, ends at T - 1), ``"leading"`` (``i * (T // S)``,
-            starts at 0, as in the DDIM paper and diffusers' default) or ``"linspace"`` (``round(linspace(0, T-1, S))``).
+            starts at 0, as in the DDIM paper and diffusers' default) or ``"linspace"``
+            (``round(linspace(0, T-1, S))``).
 
     Example:
         >>> ddim_timesteps(1000, 4).tolist()

@@ -48,8 +48,8 @@ from dcfg_io.checks import is_integer
 from dcfg_io.rollback import restored_on_error
 from dcfg_io.tensors import save_tensors
 from diffusion import _checkpoint as ckpt
-from diffusion.distributed import DistContext, setup
 from diffusion.config import RESUMABLE_CHANGES, ImageModelConfig, TrainConfig
+from diffusion.distributed import DistContext, setup
 from diffusion.model import CONFIG_NAME, WEIGHTS_NAME, ConditionalUNet, load_state_checked
 
 LOSS_CSV = "loss.csv"

@@ -40,7 +40,8 @@ def inside(ci, value):
 # ---------------------------------------------------------------------------------------------- 1. ground truth
 nodes, weights = np.polynomial.hermite_e.hermegauss(80)  # E f(e), e ~ N(0, 1)
 weights = weights / weights.sum()
-truth = eq.I_SPAN * float(np.sum(weights * (expit(0.5 * nodes + 2 * TREATED - 5) - expit(0.5 * nodes + 2 * CONTROL - 5))))
+truth = eq.I_SPAN * float(np.sum(weights * (expit(0.5 * nodes + 2 * TREATED - 5)
+                                            - expit(0.5 * nodes + 2 * CONTROL - 5))))
 
 # ---------------------------------------------------------------------------------------------- observational data
 noise = eq.sample_noise(N_OBS, torch.Generator().manual_seed(0))

@@ -500,7 +500,7 @@ def build_page(app: CounterfactualApp) -> Any:
         n = len(controls)
         out_keys = ["none", "cfg", "dcfg"]
 
-        def on_run(x, *values, progress=gr.Progress(track_tqdm=True)):
+        def on_run(x, *values, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's progress idiom)
             fact_vals, use, do_vals = values[:n], values[n:2 * n], values[2 * n:3 * n]
             chosen, w, st = values[3 * n], values[3 * n + 1], values[3 * n + 2]
             if x is None:

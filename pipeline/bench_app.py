@@ -175,10 +175,10 @@ def bench_app(pipeline: str | None, out: str | os.PathLike | None = None, *, exa
     (``pipe.counterfactual``, the model already loaded) and through ``dcfg counterfactual`` (whole process)."""
     import torch
 
-    from pipeline.machine import cpu_facts
+    from pipeline.app import CounterfactualApp, load_examples
     from pipeline.core import CounterfactualPipeline, resolve_pipeline_path
     from pipeline.images import save_image
-    from pipeline.app import CounterfactualApp, load_examples
+    from pipeline.machine import cpu_facts
 
     if threads:
         torch.set_num_threads(threads)

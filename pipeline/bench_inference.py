@@ -175,7 +175,7 @@ def format_inference_table(result: Mapping[str, Any]) -> str:
     head = (f"{m['cpu']} (avx512_bf16 {m['avx512_bf16']}, amx_bf16 {m['amx_bf16']}, avx2 {m.get('avx2')}), "
             f"{result['threads']} threads, {result['batch']} images per forward, default micro-batch "
             f"{result['default_chunk']}, {result['repeats']} interleaved rounds")
-    rows = [[f"{r['setting']} ({_describe(SETTINGS[r['setting']])})", f"{r['ms_per_image_median']:.2f}", f"{r['ms_per_image_min']:.2f}", f"{r['speedup']:.2f}",
-             f"{r['warmup_s']:.1f}"] for r in result["rows"]]
+    rows = [[f"{r['setting']} ({_describe(SETTINGS[r['setting']])})", f"{r['ms_per_image_median']:.2f}",
+             f"{r['ms_per_image_min']:.2f}", f"{r['speedup']:.2f}", f"{r['warmup_s']:.1f}"] for r in result["rows"]]
     return head + "\n\n" + markdown_table(["setting", "ms / image (median)", "ms / image (min)",
                                            "speed-up over eager fp32", "warm-up s (compile)"], rows)

@@ -446,7 +446,8 @@ def _plot(cal: Calibration, path: Path) -> None:
         if a in cal.anchor:
             curve = cal.anchor[a]
             k = "flip_rate" if "flip_rate" in curve[0] else "abs_change"
-            ax.plot([c["weight"] for c in curve], [np.nan if c[k] is None else c[k] for c in curve], "o-", color="tab:green")
+            ax.plot([c["weight"] for c in curve], [np.nan if c[k] is None else c[k] for c in curve], "o-",
+                    color="tab:green")
             ax.axvline(cal.anchor_scales[a], color="tab:red", ls="--", lw=1)
             ax.set_title(f"{a} held: {k}", fontsize=9)
             ax.set_xlabel("anchor weight", fontsize=8)

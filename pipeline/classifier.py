@@ -29,7 +29,6 @@ from dcfg_io.reads import read_json_object
 from dcfg_io.rollback import restored_on_error
 from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
 
-
 #: Bounds of a :class:`ClassifierConfig` (checked on creation, so before a saved classifier is built).
 CLASSIFIER_LIMITS = {"in_channels": 64, "num_classes": 100_000, "width": 1024, "feature_dim": 4096}
 

@@ -123,7 +123,7 @@ def bench_diffusion_command(model_dir, preset, channels, batch_sizes, sample_bat
             raise ValueError
     except ValueError:
         raise click.BadParameter(f"{batch_sizes!r} must be comma-separated positive integers, e.g. 1,64,256",
-                                 param_hint="--batch-sizes")
+                                 param_hint="--batch-sizes") from None
     _check_out(out)
     import torch
 
@@ -295,7 +295,7 @@ def data_preview_command(dataset, out, split, n_digits, sampling, seed, root, qu
             res = preview_colour(out, split=split, n=n_digits, seed=seed, attribute_sampling=sampling, root=root,
                                  progress=not quiet)
         except (FileNotFoundError, ValueError) as e:
-            raise click.UsageError(str(e))
+            raise click.UsageError(str(e)) from None
         err = {k: np.abs(res["measured"][k] - res["requested"][k]) for k in ("slant", "hue", "background")}
         click.echo(f"{len(err['hue'])} digits: max |measured - requested| slant {float(err['slant'].max()):.3f} rad, "
                    f"hue {float(err['hue'].max()):.2e}, background {float(err['background'].max()):.2e}")
@@ -305,7 +305,7 @@ def data_preview_command(dataset, out, split, n_digits, sampling, seed, root, qu
         res = preview_morpho(out, split=split, n=n_digits, seed=seed, attribute_sampling=sampling, root=root,
                              progress=not quiet)
     except (FileNotFoundError, ValueError) as e:
-        raise click.UsageError(str(e))
+        raise click.UsageError(str(e)) from None
     t_err = abs(res["measured"]["thickness"] - res["requested"]["thickness"])
     i_err = abs(res["measured"]["intensity"] - res["requested"]["intensity"])
     click.echo(f"{len(t_err)} digits: median |t measured - requested| {float(np.median(t_err)):.3f} px, "
@@ -789,12 +789,11 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n
     refines = _csv_ints(refine_text, "--refine", 0)
     _threads(threads)
     pipe = _load_pipeline(pipeline_dir)
-    from pipeline.bench_solvers import bench_solvers, format_solver_table
-    from pipeline.machine import cpu_facts
-
     import torch
 
     from dcfg_io.atomic import atomic_write_json
+    from pipeline.bench_solvers import bench_solvers, format_solver_table
+    from pipeline.machine import cpu_facts
 
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     head = {"command": _command_line("dcfg bench solvers"), "cpu": cpu_facts(),
@@ -849,7 +848,8 @@ def bench_inference_command(pipeline_dir, rows, repeats, settings_text, out, thr
 @click.option("--batch", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--steps", "steps_text", default=None,
               help="Comma-separated step counts (default: the pipeline's).")
-@click.option("--methods", "methods_text", default="none,cfg,dcfg,cfg+apg,dcfg+apg,cfg+cfgpp,dcfg+cfgpp,cfg+interval,dcfg+interval",
+@click.option("--methods", "methods_text",
+              default="none,cfg,dcfg,cfg+apg,dcfg+apg,cfg+cfgpp,dcfg+cfgpp,cfg+interval,dcfg+interval",
               show_default=True,
               help="none, cfg, dcfg and variants BASE[+apg|+cfgpp][+interval].")
 @click.option("--interval", "interval_text", default=None,
@@ -991,9 +991,11 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
               help="DCFG scale of the main table: a number, 'best', or 'pipeline' (the default: per "
                    "intervention, the pipeline's own default scale, which honours its attribute_scales).")
 @click.option("--cfg-scale", "cfg_scale_text", default="best", show_default=True,
-              help="CFG scale of the main table: 'best' (best effectiveness in the sweep, per intervention) or a number.")
+              help="CFG scale of the main table: 'best' (best effectiveness in the sweep, per intervention) "
+                   "or a number.")
 @click.option("--sweep-n", type=click.IntRange(1), default=None, help="Rows of the sweep (default: n/16, at least 4).")
-@click.option("--sweep-steps", type=click.IntRange(1, 1000), default=None, help="DDIM steps of the sweep (default: --steps).")
+@click.option("--sweep-steps", type=click.IntRange(1, 1000), default=None,
+              help="DDIM steps of the sweep (default: --steps).")
 @click.option("--sweep-methods", "sweep_methods_text", default="cfg,dcfg", show_default=True,
               help="Methods swept over --scales: cfg (required), dcfg, dcfg_per_attribute, dcfg_paper (the "
                    "paper's equation and grouping, whatever the pipeline's defaults), each optionally with "
@@ -1043,8 +1045,9 @@ def calibrate_cmd(pipeline_dir, data_spec, n, weights_text, anchor_text, steps, 
 @_DEVICE_OPT
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_rows, steps, scales_text, scale_text, cfg_scale_text, sweep_n, sweep_steps,
-                     sweep_methods_text, interval_text, apg_eta, per_attribute_n, cycle_n, cycles, cycle_steps, interventions_text,
+def evaluate_command(pipeline_dir, data_spec, update_card, solver, device, n_rows, steps, scales_text, scale_text,
+                     cfg_scale_text, sweep_n, sweep_steps, sweep_methods_text, interval_text, apg_eta, per_attribute_n,
+                     cycle_n, cycles, cycle_steps, interventions_text,
                      invariant_weight, descendant_weight_text, dcfg_form, former_anchor, ablation_dir, classifier_dir,
                      root, max_sources, seed, data_seed, chunk_size, n_jobs, precision, compile_text, out_dir, threads,
                      quiet):
@@ -1279,7 +1282,7 @@ def experiment_validate(spec_path, quick):
     try:
         spec = load_spec(spec_path, quick=quick)
     except SpecError as e:
-        raise _SpecFailure(str(e))
+        raise _SpecFailure(str(e)) from None
     click.echo(f"ok: {summarize_spec(spec)}")
 
 
@@ -1301,7 +1304,7 @@ def experiment_run(spec_path, out_dir, quick, n_jobs, threads, quiet):
         spec = load_spec(spec_path, quick=quick)
         out = check_experiment_dir(out_dir if out_dir is not None else default_out_dir(spec))
     except (SpecError, ValueError) as e:
-        raise _SpecFailure(str(e))
+        raise _SpecFailure(str(e)) from None
     _threads(threads)
     from pipeline.experiment.run import DataError, run_experiment
 
@@ -1311,7 +1314,7 @@ def experiment_run(spec_path, out_dir, quick, n_jobs, threads, quiet):
     try:
         res = run_experiment(spec, out, n_jobs=n_jobs, progress=not quiet, log=log, command=command)
     except (SpecError, DataError) as e:
-        raise _SpecFailure(str(e))
+        raise _SpecFailure(str(e)) from None
     click.echo(f"wrote {res.out}/report.md (metrics.json, groups.json, figures/) in "
                f"{res.metrics['timing']['wall_s'] / 60:.1f} min")
 

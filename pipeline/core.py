@@ -20,23 +20,30 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from dcfg_io.atomic import atomic_write_bytes
 from dcfg_io.checks import is_integer, is_number
+from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
+from dcfg_io.reads import check_entry, check_keys, read_json
 from diffusion import ConditionalUNet, ddim_sample, guided_eps_fn
+from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
 from diffusion.solvers import check_solver
 from diffusion.solvers import invert as solver_invert
 from diffusion.solvers import sample as solver_sample
-from dcfg_io.atomic import atomic_write_bytes
-from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
-from dcfg_io.reads import check_entry, check_keys, read_json
-from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
 from scm import SCM, CausalGraph, DoValue
 from scm.support import as_values
 
 from .generate.interventions import check_interventions
 from .groups import resolve_guidance
-from .options import (FROM_CONFIG, anchor_renamed, check_dcfg_form, check_descendant_weight, diffusion_anchor,
-                      former_anchor, renamed_arguments, warn_deprecated)
-
+from .options import (
+    FROM_CONFIG,
+    anchor_renamed,
+    check_dcfg_form,
+    check_descendant_weight,
+    diffusion_anchor,
+    former_anchor,
+    renamed_arguments,
+    warn_deprecated,
+)
 
 #: what scores a pipeline's counterfactuals: see :meth:`CounterfactualPipeline.make_oracles`
 ORACLE_KINDS = ("morpho", "morpho-colour", "predictors")

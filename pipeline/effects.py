@@ -296,7 +296,8 @@ class ImageEffect:
         return {"outcome": self.outcome, "arms": self.describe_arms(), "source": self.source, "n": self.n,
                 "value": self.value, "confidence_interval": list(self.confidence_interval),
                 "confidence_level": self.confidence_level, "ci_method": self.ci_method,
-                "treated_mean": float(self.treated_outcome.mean()), "baseline_mean": float(self.baseline_outcome.mean()),
+                "treated_mean": float(self.treated_outcome.mean()),
+                "baseline_mean": float(self.baseline_outcome.mean()),
                 "groups": self.groups, "weights": self.weights, "settings": dict(self.settings)}
 
     def __str__(self) -> str:

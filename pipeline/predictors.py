@@ -175,7 +175,7 @@ class AttributePredictor(nn.Module):
         self.config = c = config
         layers: list[nn.Module] = []
         c_in = c.image_shape[0]
-        for k, w in enumerate(c.widths):
+        for w in c.widths:
             layers.append(_stage(c_in, w))
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             c_in = w
@@ -331,8 +331,8 @@ class PredictorSet:
         for node in self.predictors:
             m = self.metrics.get(node, {})
             if "accuracy" in m:
-                out.append(f"{node}: held-out accuracy {m['accuracy']:.3f} (majority class {m['baseline_accuracy']:.3f},"
-                           f" n={m['n_val']})")
+                out.append(f"{node}: held-out accuracy {m['accuracy']:.3f} "
+                           f"(majority class {m['baseline_accuracy']:.3f}, n={m['n_val']})")
             elif "mae" in m:
                 out.append(f"{node}: held-out MAE {m['mae']:.4g} (predicting the mean {m['baseline_mae']:.4g},"
                            f" n={m['n_val']})")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-
 import torch
 from torch import Tensor
 

@@ -15,8 +15,16 @@ from scm.dowhy import gcm_frame, graph_from_dowhy, graph_from_gcm, to_dowhy, to_
 from scm.effects import EffectEstimate, Refutation, estimate_effect
 from scm.falsify import FalsificationReport, IndependenceResult, falsify_graph
 from scm.graph import CausalGraph, NodeSpec
-from scm.mechanisms import (AffineSigmoidMechanism, CategoricalMechanism, ConditionalAffine, FlowMechanism,
-                            GammaMechanism, GumbelMaxMechanism, LinearGaussianMechanism, Mechanism)
+from scm.mechanisms import (
+                            AffineSigmoidMechanism,
+                            CategoricalMechanism,
+                            ConditionalAffine,
+                            FlowMechanism,
+                            GammaMechanism,
+                            GumbelMaxMechanism,
+                            LinearGaussianMechanism,
+                            Mechanism,
+)
 from scm.model import SCM, DoValue, SCMConfig, noise_site
 
 __all__ = [

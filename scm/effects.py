@@ -35,8 +35,20 @@ import pandas as pd
 import torch
 
 from dcfg_io.checks import is_integer
-from scm.dowhy import (attribute_frame, causal_model, check_graph, check_level, check_pair, check_seed, gcm_frame,
-                       graph_from_dowhy, graph_from_gcm, seeded, to_dowhy, to_gcm)
+from scm.dowhy import (
+    attribute_frame,
+    causal_model,
+    check_graph,
+    check_level,
+    check_pair,
+    check_seed,
+    gcm_frame,
+    graph_from_dowhy,
+    graph_from_gcm,
+    seeded,
+    to_dowhy,
+    to_gcm,
+)
 from scm.falsify import CI_TESTS, CORRECTIONS, FalsificationReport, IndependenceResult, falsify_graph
 from scm.graph import CausalGraph
 from scm.support import as_values

@@ -26,8 +26,15 @@ import numpy as np
 import pandas as pd
 
 from dcfg_io.checks import is_integer
-from scm.dowhy import (attribute_digraph, attribute_frame, check_graph, check_level, check_seed, seeded,
-                       strings_for_discrete)
+from scm.dowhy import (
+    attribute_digraph,
+    attribute_frame,
+    check_graph,
+    check_level,
+    check_seed,
+    seeded,
+    strings_for_discrete,
+)
 from scm.graph import CausalGraph
 
 __all__ = ["CI_TESTS", "CORRECTIONS", "FalsificationReport", "IndependenceResult", "falsify_graph"]
@@ -128,8 +135,7 @@ def _partial_correlation(X: np.ndarray, Y: np.ndarray, Z: np.ndarray | None = No
 def _ci_test(method: str) -> Callable[..., float]:
     if method == "partial_correlation":
         return _partial_correlation
-    from dowhy.gcm.independence_test import (approx_kernel_based, generalised_cov_based, kernel_based,
-                                             regression_based)
+    from dowhy.gcm.independence_test import approx_kernel_based, generalised_cov_based, kernel_based, regression_based
 
     fns = {"kernel": kernel_based, "approx_kernel": approx_kernel_based, "regression": regression_based,
            "gcm": generalised_cov_based}

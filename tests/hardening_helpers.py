@@ -9,12 +9,12 @@ Untrained weights are enough: these tests check loading, validation and file han
 from __future__ import annotations
 
 import torch
+from tiny_unet import tiny_unet_config
 
 from diffusion import AttributeSpec, ConditionalUNet
 from pipeline.classifier import ClassifierConfig, DigitClassifier
 from pipeline.core import CounterfactualPipeline, PipelineConfig
 from scm import SCM, CausalGraph
-from tiny_unet import tiny_unet_config
 
 GRAPH = {
     "nodes": {"t": {"kind": "positive"}, "i": {"kind": "interval", "low": 0, "high": 255},

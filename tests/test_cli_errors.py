@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from hardening_helpers import small_pipeline
+
 from pipeline.cli import main
 from pipeline.images import save_image
 

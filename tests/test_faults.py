@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 import torch
+from hardening_helpers import query_batch, small_pipeline
+from tiny_unet import tiny_unet_config
 
 from diffusion import AttributeSpec, ConditionalUNet, TrainConfig, train
 from diffusion._checkpoint import CHECKPOINT_NAME, load_checkpoint
-from hardening_helpers import query_batch, small_pipeline
 from pipeline.classifier import DigitClassifier
 from pipeline.core import CounterfactualPipeline
 from scm import SCM
-from tiny_unet import tiny_unet_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = tiny_unet_config(AttributeSpec("y", "categorical", cardinality=2),

@@ -25,12 +25,12 @@ import pytest
 import torch
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
+from tiny_unet import tiny_unet_config
 
 from diffusion import AttributeSpec, ConditionalUNet
 from pipeline.core import CounterfactualPipeline, PipelineConfig
 from pipeline.parsing import parse_assignments, parse_do
 from scm import SCM, CausalGraph, NodeSpec
-from tiny_unet import tiny_unet_config
 
 torch.set_num_threads(1)
 
@@ -606,7 +606,8 @@ GUIDANCE_ARGS = {
     "chunk_size": (st.integers(1, 4), st.sampled_from([0, -2, 1.0, "8", True])),
     "weights": (st.just([2.0, 1.0]), st.sampled_from([[math.nan, 1.0], ["2", 1.0], [1.0], "2,1", 3])),
     "groups": (st.sampled_from(["dag", "per_attribute", None]), st.sampled_from(
-        ["tree", [["p"], ["i"]], [["p", "i", "b", "c", "p"]], [["zz"], ["p", "i", "b", "c"]], 5, [["p", "i", "b"], "c"]])),
+        ["tree", [["p"], ["i"]], [["p", "i", "b", "c", "p"]], [["zz"], ["p", "i", "b", "c"]], 5,
+         [["p", "i", "b"], "c"]])),
 }
 
 #: Argument names a message may name without quotes (node names and bad keys must be quoted).

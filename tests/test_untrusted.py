@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hardening_helpers import query_batch, small_pipeline
+
 from pipeline.core import CounterfactualPipeline
 
 torch.set_num_threads(1)

@@ -15,5 +15,5 @@ from pipeline.datasets.morpho import RENDER_VERSION, MorphoMNIST, default_cache_
 from pipeline.datasets.morpho_colour import MorphoColour, render_colour
 
 __all__ = ["MNIST5K_SPLIT_SEED", "load_mnist5k", "load_mnist_folder", "mnist5k_split", "read_idx", "morpho_equations",
-           "MorphoMNIST", "render", "colour_equations", "MorphoColour", "render_colour", "default_cache_dir", "RENDER_VERSION",
-           "ImageAttributeFolder", "CelebAAttributes", "DataNotFoundError"]
+           "MorphoMNIST", "render", "colour_equations", "MorphoColour", "render_colour", "default_cache_dir",
+           "RENDER_VERSION", "ImageAttributeFolder", "CelebAAttributes", "DataNotFoundError"]

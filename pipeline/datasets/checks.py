@@ -16,7 +16,8 @@ Example:
     >>> check_attributes({"smiling": torch.tensor([1.0, -1.0])}, g)
     Traceback (most recent call last):
     ...
-    ValueError: column 'smiling' is binary in the graph but holds -1 at row 1; binary nodes take 0/1: this column is coded -1/1, remap it with (x + 1) / 2
+    ValueError: column 'smiling' is binary in the graph but holds -1 at row 1; binary nodes take 0/1:
+        this column is coded -1/1, remap it with (x + 1) / 2
 """
 from __future__ import annotations
 

@@ -342,7 +342,8 @@ class MorphoMNIST(torch.utils.data.Dataset):
         """Ground-truth counterfactual attributes and images under ``do`` on thickness and/or intensity.
 
         Re-runs the SCM with the rows' own noise (docs/benchmark.md): ``do(t = t')`` gives
-        ``i' = intensity_from(t', e_i)`` (:mod:`~pipeline.datasets.morpho_equations`) and ``x' = render(source, t', i')``;
+        ``i' = intensity_from(t', e_i)`` (:mod:`~pipeline.datasets.morpho_equations`) and
+        ``x' = render(source, t', i')``;
         ``do(i = i')`` keeps ``t``. Both may be given at once. The digit never changes.
 
         Args:
@@ -377,7 +378,8 @@ class MorphoMNIST(torch.utils.data.Dataset):
             raise ValueError(f"do has unknown attribute(s) {unknown}: allowed are 'thickness' and 'intensity'")
         missing = [k for k in ("source_index", "u_t", "e_i") if k not in noise]
         if missing:
-            raise ValueError(f"noise lacks {missing}: pass the dict of (source_index, u_t, e_i), e.g. ds.noise_of(rows)")
+            raise ValueError(f"noise lacks {missing}: pass the dict of (source_index, u_t, e_i), "
+                             f"e.g. ds.noise_of(rows)")
         source_index = torch.as_tensor(noise["source_index"]).long().reshape(-1)
         n = source_index.numel()
         if n and (int(source_index.min()) < 0 or int(source_index.max()) >= len(self.source_images)):
@@ -409,7 +411,8 @@ class MorphoMNIST(torch.utils.data.Dataset):
             out = out.expand(factual.shape).clone()
         out = out.reshape(-1)
         if out.shape != factual.shape:
-            raise ValueError(f"do({name}) has {out.numel()} values for {factual.numel()} rows: pass one number or one per row")
+            raise ValueError(f"do({name}) has {out.numel()} values for {factual.numel()} rows: "
+                             f"pass one number or one per row")
         bad = ~torch.isfinite(out) | (out < low) | (out > high)
         if bool(bad.any()):
             raise ValueError(f"do({name}={float(out[bad][0]):g}) is out of range: allowed {low:g}..{high:g}")

@@ -26,9 +26,9 @@ from scipy import special
 
 from dcfg_io.checks import is_integer
 
-__all__ = ["as_generator", "T_OFFSET", "T_SHAPE", "T_RATE", "I_LOW", "I_SPAN", "INDEPENDENT_T_UNIFORM", "INDEPENDENT_T_MIX",
-           "INDEPENDENT_I_UNIFORM", "sample_noise", "thickness_from_noise", "noise_from_thickness", "intensity_from",
-           "noise_from_intensity", "sample_independent"]
+__all__ = ["as_generator", "T_OFFSET", "T_SHAPE", "T_RATE", "I_LOW", "I_SPAN", "INDEPENDENT_T_UNIFORM",
+           "INDEPENDENT_T_MIX", "INDEPENDENT_I_UNIFORM", "sample_noise", "thickness_from_noise", "noise_from_thickness",
+           "intensity_from", "noise_from_intensity", "sample_independent"]
 
 T_OFFSET, T_SHAPE, T_RATE = 0.5, 10.0, 5.0
 I_LOW, I_SPAN = 64.0, 191.0

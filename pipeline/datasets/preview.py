@@ -77,7 +77,8 @@ def preview_morpho(out: str | os.PathLike, split: str = "test", n: int = 32, see
         ax.imshow(ds.images[k, 0].numpy(), cmap="gray", vmin=-1, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"y={int(ds.attributes['digit'][k])}  t={m['thickness'][k]:.2f} ({ds.attributes['thickness'][k]:.2f})"
+        ax.set_title(f"y={int(ds.attributes['digit'][k])}  "
+                     f"t={m['thickness'][k]:.2f} ({ds.attributes['thickness'][k]:.2f})"
                      f"\ni={m['intensity'][k]:.0f} ({ds.attributes['intensity'][k]:.0f})", fontsize=6.5)
     bottom = grid[rows, :].subgridspec(1, 3, wspace=0.35)
     ax_t, ax_i, ax_s = (fig.add_subplot(bottom[0, j]) for j in range(3))

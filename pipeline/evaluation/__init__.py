@@ -18,8 +18,19 @@ Heavy modules are imported lazily.
 from importlib import import_module
 from typing import Any
 
-from pipeline.evaluation.metrics import (abs_change, accuracy, equal_effectiveness_ratio, excess_change,
-                                         flip_rate, frechet_distance, l1, mae, pareto_front, psnr, to_unit)
+from pipeline.evaluation.metrics import (
+    abs_change,
+    accuracy,
+    equal_effectiveness_ratio,
+    excess_change,
+    flip_rate,
+    frechet_distance,
+    l1,
+    mae,
+    pareto_front,
+    psnr,
+    to_unit,
+)
 
 _LAZY = {
     "Oracles": "pipeline.evaluation.oracles",

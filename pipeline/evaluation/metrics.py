@@ -126,7 +126,8 @@ def flip_rate(predicted: ArrayLike, factual: ArrayLike) -> float:
 
 
 # ---------------------------------------------------------------------------- equal-effectiveness comparison
-def pareto_front(effectiveness: ArrayLike, spurious: ArrayLike, higher_is_better: bool) -> tuple[np.ndarray, np.ndarray]:
+def pareto_front(effectiveness: ArrayLike, spurious: ArrayLike,
+                 higher_is_better: bool) -> tuple[np.ndarray, np.ndarray]:
     """The non-dominated points of a trade-off curve, sorted by oriented effectiveness.
 
     Effectiveness is oriented so that larger is better (``-MAE`` for an error, accuracy as is). A point is

@@ -40,8 +40,8 @@ def check_oracles(pipe: Any, *, n: int = 1000, seed: int = 0, n_jobs: int | None
                   progress: bool = True) -> dict[str, Any]:
     """Score the benchmark oracles of ``pipe`` (``oracles`` ``"morpho"`` or ``"morpho-colour"``) on ``n`` clean
     test renders, and ``predictors`` (default ``pipe.predictors``) against the truth and the measurement."""
-    from pipeline.machine import cpu_facts
     from pipeline.datasets import MorphoColour, MorphoMNIST
+    from pipeline.machine import cpu_facts
 
     kind = pipe.oracles
     if kind not in ("morpho", "morpho-colour"):

@@ -4,8 +4,8 @@
 variant's settings); :func:`query_key` is the cache key under which a run keeps that decoding, so that equal
 computations are paid once. Cost, in image-NFEs (one network evaluation of one image): ``(1 + r) S`` per inverted
 image (``r`` the pipeline's fixed-point refinements), ``k S`` per decoded one (``k`` = 1 none, 2 CFG, M + 1 DCFG
-with M groups, or 1 + the groups not at weight 1 with ``dcfg_form="conditional"``). :func:`estimate_nfe` adds them up before the run
-(``plan_nfe`` in ``metrics.json``; the run records what it spent beside it).
+with M groups, or 1 + the groups not at weight 1 with ``dcfg_form="conditional"``). :func:`estimate_nfe` adds them up
+before the run (``plan_nfe`` in ``metrics.json``; the run records what it spent beside it).
 """
 from __future__ import annotations
 
@@ -167,7 +167,8 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
     out["per_attribute"] = sum(cost(node, "dcfg_per_attribute", chosen[node]["dcfg"], c.per_attribute_n, c.steps)
                                for node in nodes) if c.per_attribute_n else 0
     out["composition"] = c.cycle_steps * c.cycle_n * (c.cycles + inv * (c.cycles - 1))
-    out["reversibility"] = sum(c.steps * c.cycle_n * (3 * inv + k(node, "none", 1.0) + k(node, "cfg", chosen[node]["cfg"])
+    out["reversibility"] = sum(c.steps * c.cycle_n * (3 * inv + k(node, "none", 1.0)
+                                                      + k(node, "cfg", chosen[node]["cfg"])
                                                       + k(node, "dcfg", chosen[node]["dcfg"]))
                                for node in nodes) if c.cycle_n else 0
     out = {key: v * pipelines for key, v in out.items()}

@@ -21,7 +21,8 @@ import numpy as np
 from dcfg_io.folders import SavedKind
 from pipeline.markdown import format_number, markdown_table
 
-__all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid", "to_json", "OUTPUT_FILES"]
+__all__ = ["check_out_dir", "write_outputs", "format_report", "format_headline", "plot_tradeoff", "plot_grid",
+           "to_json", "OUTPUT_FILES"]
 
 #: The files of an evaluation folder.
 OUTPUT_FILES = ("metrics.json", "report.md", "tradeoff.png", "grid.png")
@@ -214,7 +215,8 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     out = ["# Counterfactual evaluation: CFG vs DCFG", ""]
     if s.get("command"):
         out += ["Command:", "", f"```\n{s['command']}\n```", ""]
-    out += [f"{s['n']} test rows, {s['steps']} DDIM steps; sweep over scales {', '.join(_scale(x) for x in s['scales'])} "
+    out += [f"{s['n']} test rows, {s['steps']} DDIM steps; sweep over scales "
+            f"{', '.join(_scale(x) for x in s['scales'])} "
             f"on {s['sweep_n']} rows ({s['sweep_steps']} steps); composition ({s['cycles']} cycles, "
             f"{s['cycle_steps']} steps) and reversibility on {s['cycle_n']} rows; DCFG with one group per attribute "
             f"on {s['per_attribute_n']} rows. Seed {s['seed']}.", "",

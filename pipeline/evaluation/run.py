@@ -72,9 +72,9 @@ from pipeline.evaluation.engine import QueryEngine, num_timesteps
 from pipeline.evaluation.headline import headline_rows, primary_metric, recommend_scales, targets_of, tradeoff_ratios
 from pipeline.evaluation.metrics import frechet_distance
 from pipeline.evaluation.oracles import Oracles
-from pipeline.machine import cpu_facts
 from pipeline.evaluation.plan import estimate_nfe, groups_for, query_for, query_key, refine_steps_of
 from pipeline.evaluation.scores import effectiveness, ground_truth_error, roles, spurious_change
+from pipeline.machine import cpu_facts
 
 __all__ = ["EvaluationResult", "RunData", "evaluate", "prepare_rows", "total_spurious"]
 
@@ -478,7 +478,8 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
                 _set_inference(p, **before[name])
     wall = time.perf_counter() - t_start
     nfe_total = sum(r["nfe"]["total"] for r in results.values())
-    diffusion_s = sum(sum(v for k, v in r["seconds"].items() if k != "measure_oracles") - r["seconds"]["measure_oracles"]
+    diffusion_s = sum(sum(v for k, v in r["seconds"].items() if k != "measure_oracles")
+                      - r["seconds"]["measure_oracles"]
                       for r in results.values())
     metrics = {
         "settings": _settings(c),
@@ -488,7 +489,8 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
         "headline": headline_rows(pipe.graph, results, targets_of(pipe)),
         "solver": getattr(pipe.config, "solver", "ddim"),
         "timing": {"wall_s": wall, "prepare_s": prep_s, "nfe": nfe_total,
-                   "ms_per_nfe": 1000.0 * max(diffusion_s, 0.0) / max(nfe_total, 1), "torch_threads": torch.get_num_threads(),
+                   "ms_per_nfe": 1000.0 * max(diffusion_s, 0.0) / max(nfe_total, 1),
+                   "torch_threads": torch.get_num_threads(),
                    "precision": c.precision, "compile": compile_, "machine": cpu_facts()},
     }
     return EvaluationResult(metrics=metrics, grid=_grid(runs["main"], results["main"]["scales"]))

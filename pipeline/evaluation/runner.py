@@ -20,10 +20,24 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from pipeline.evaluation.config import (COMPILE_AUTO_NFE, METHOD_VARIANTS, METHODS, EvaluationConfig, parse_method,
-                                        resolve_config)
-from pipeline.evaluation.headline import (BENCHMARK_TARGETS, COLOUR_TARGETS, TARGETS, headline_rows, primary_metric,
-                                          recommend_scales, targets_of, tradeoff_ratios)
+from pipeline.evaluation.config import (
+    COMPILE_AUTO_NFE,
+    METHOD_VARIANTS,
+    METHODS,
+    EvaluationConfig,
+    parse_method,
+    resolve_config,
+)
+from pipeline.evaluation.headline import (
+    BENCHMARK_TARGETS,
+    COLOUR_TARGETS,
+    TARGETS,
+    headline_rows,
+    primary_metric,
+    recommend_scales,
+    targets_of,
+    tradeoff_ratios,
+)
 from pipeline.evaluation.oracles import Oracles
 from pipeline.evaluation.plan import estimate_nfe, groups_for, query_for, query_key, refine_steps_of
 from pipeline.evaluation.run import EvaluationResult, RunData, evaluate, prepare_rows, total_spurious

@@ -31,8 +31,7 @@ import numpy as np
 from torch import Tensor
 
 from dcfg_io.checks import is_integer
-from pipeline.evaluation.metrics import (abs_change, accuracy, excess_change, flip_rate, frechet_distance, l1,
-                                         mae, psnr)
+from pipeline.evaluation.metrics import abs_change, accuracy, excess_change, flip_rate, frechet_distance, l1, mae, psnr
 from pipeline.options import anchor_renamed
 
 __all__ = ["roles", "effectiveness", "spurious_change", "ground_truth_error", "realism", "composition",

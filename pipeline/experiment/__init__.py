@@ -39,7 +39,8 @@ def summarize_spec(spec: ExperimentSpec) -> str:
         ...                    "equations": {"t": {"form": "gamma", "concentration": 10, "rate": 5, "shift": 0.5}},
         ...                    "render": {"t": "thickness"}, "data": {"source": "morpho"}}, name="demo")
         >>> summarize_spec(spec)
-        "demo: 2 nodes, 1 edges, image parents ['t']; data morpho; pipeline train (2000 steps); interventions do(t); 0 effect(s)"
+        "demo: 2 nodes, 1 edges, image parents ['t']; data morpho; pipeline train (2000 steps);
+        interventions do(t); 0 effect(s)"
     """
     g = spec.graph
     model = spec.model.pipeline + (f" ({spec.training.steps} steps)" if spec.model.pipeline == "train" else "")

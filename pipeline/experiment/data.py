@@ -53,8 +53,8 @@ from dcfg_io.checks import is_integer
 from pipeline.datasets.morpho import RENDER_ORDER, render_digits
 from pipeline.evaluation.oracles import Oracles
 
-__all__ = ["ExperimentData", "ExperimentOracles", "as_float_images", "build_data", "true_scm", "make_mechanism", "render",
-           "write_morpho_csv", "bundled_classifier", "RENDER_ORDER", "DATA_VERSION"]
+__all__ = ["ExperimentData", "ExperimentOracles", "as_float_images", "build_data", "true_scm", "make_mechanism",
+           "render", "write_morpho_csv", "bundled_classifier", "RENDER_ORDER", "DATA_VERSION"]
 
 #: Bumped whenever the generated data change for the same spec (part of the data stage's hash).
 DATA_VERSION = 3

@@ -217,7 +217,8 @@ def _effects_section(effects: list[Mapping[str, Any]]) -> list[str]:
             rows.append([f"dowhy ({e['method']})", d["error"][:120], "–", "–"])
         else:
             note = f"adjusting for {d['adjustment_set']}" if d.get("adjustment_set") is not None else ""
-            refs = "; ".join(f"{n}: {'passed' if r['passed'] else 'FAILED'}" for n, r in d.get("refutations", {}).items())
+            refs = "; ".join(f"{n}: {'passed' if r['passed'] else 'FAILED'}"
+                             for n, r in d.get("refutations", {}).items())
             rows.append([f"dowhy ({e['method']}, {note}{'; ' + refs if refs else ''})", d["value"],
                          _ci(d.get("confidence_interval")), d.get("truth_covered")])
         s = e["scm"]
@@ -263,9 +264,10 @@ def format_experiment_report(metrics: Mapping[str, Any], graph: Any, evaluation_
                 + f": {d['train_images']} training rows, {d['test_images']} test rows. No ground truth (observed "
                 "attributes).", ""]
     else:
+        drawn = "independently (each shuffled on its own)" if d["image_parents"] == "independent" else "from the SCM"
         out += [f"Source digits: {d['source']} ({d['train_sources']} train, {d['test_sources']} test sources). "
                 f"{d['scm_rows']} observational rows (SCM fit, dowhy); {d['train_images']} training renders with "
-                f"image parents drawn {'independently (each shuffled on its own)' if d['image_parents'] == 'independent' else 'from the SCM'}; "
+                f"image parents drawn {drawn}; "
                 f"{d['test_images']} test rows with recorded noise (ground truth). Rows with a value clipped to a "
                 f"perturbation's range: {d['clipped_train']} train, {d['clipped_test']} test.", ""]
     out += ["![data](figures/data.png)", "", "## Model", ""]

@@ -491,8 +491,14 @@ def run_experiment(spec: ExperimentSpec | str | os.PathLike, out: str | os.PathL
         >>> res = run_experiment("examples/morphomnist.toml", quick=True)      # doctest: +SKIP
         >>> print((res.out / "report.md").read_text()[:200])                  # doctest: +SKIP
     """
-    from pipeline.experiment.data import (DATA_VERSION, ExperimentData, ExperimentOracles, build_data,
-                                          bundled_classifier, write_morpho_csv)
+    from pipeline.experiment.data import (
+        DATA_VERSION,
+        ExperimentData,
+        ExperimentOracles,
+        build_data,
+        bundled_classifier,
+        write_morpho_csv,
+    )
     from pipeline.experiment.report import write_report
 
     log = log or (lambda s: None)

@@ -48,7 +48,9 @@ Example:
     >>> parse_spec({"graph": {"nodes": {}, "edges": []}, "data": {"source": "morpho"}, "sede": 1})
     Traceback (most recent call last):
     ...
-    pipeline.experiment.spec.SpecError: spec: unknown key 'sede' (did you mean 'seed'?); allowed keys: ['data', 'description', 'effects', 'equations', 'evaluation', 'graph', 'guidance', 'interventions', 'model', 'name', 'quick', 'render', 'scm', 'seed', 'training']
+    pipeline.experiment.spec.SpecError: spec: unknown key 'sede' (did you mean 'seed'?); allowed keys:
+        ['data', 'description', 'effects', 'equations', 'evaluation', 'graph', 'guidance', 'interventions', 'model',
+        'name', 'quick', 'render', 'scm', 'seed', 'training']
 """
 from __future__ import annotations
 
@@ -682,7 +684,8 @@ def _parse_equation(node: str, raw: Any, graph: Any) -> EquationSpec:
         k = int(spec.cardinality or 2)
         probs = params["probs"]
         if len(probs) != k:
-            raise SpecError(f"{where} probs: {len(probs)} probabilities for a node with {k} classes; give one per class")
+            raise SpecError(f"{where} probs: {len(probs)} probabilities for a node with {k} classes; "
+                            f"give one per class")
         if abs(sum(probs) - 1.0) > 1e-6:
             raise SpecError(f"{where} probs: they sum to {sum(probs):.6g}; probabilities must sum to 1")
         return EquationSpec(node, form, params)
@@ -882,8 +885,8 @@ def _parse_effects(raw: Mapping[str, Any], graph: Any) -> tuple[EffectSpec, ...]
                 raise SpecError(f"{where} refuters: unknown refuter {r!r}{_suggest(r, REFUTERS)}; allowed: "
                                 f"{list(REFUTERS)}")
         if not graph.spec(e.outcome).is_continuous and graph.spec(e.outcome).kind != "binary":
-            raise SpecError(f"{where} outcome: {e.outcome!r} is {graph.spec(e.outcome).kind}; an average effect needs a "
-                            f"continuous or binary outcome")
+            raise SpecError(f"{where} outcome: {e.outcome!r} is {graph.spec(e.outcome).kind}; an average effect "
+                            f"needs a continuous or binary outcome")
         if e.glm_family is not None:
             if e.method != "backdoor.generalized_linear_model":
                 raise SpecError(f"{where} glm_family: only used with method = \"backdoor.generalized_linear_model\" "
@@ -1095,7 +1098,8 @@ def load_spec(path: str | os.PathLike, *, quick: bool = False) -> ExperimentSpec
         >>> load_spec(p)
         Traceback (most recent call last):
         ...
-        pipeline.experiment.spec.SpecError: bad.toml: [graph] edges[0]: node 'b' is not in the DAG; declared nodes: ['a']; declare it under [graph.nodes] or fix the edge
+        pipeline.experiment.spec.SpecError: bad.toml: [graph] edges[0]: node 'b' is not in the DAG; declared nodes:
+            ['a']; declare it under [graph.nodes] or fix the edge
     """
     p = Path(os.path.expanduser(str(path)))
     if not p.is_file():

@@ -66,9 +66,19 @@ import warnings
 from typing import Any
 
 from .bench import bench_generate
-from .interventions import (ChoiceDraw, Draw, Intervention, NormalDraw, ShiftDo, UniformDraw, check_intervention,
-                            check_interventions, draw_interventions, parse_interventions)
-from .job import generate, log  # log: the job's logger, importable here as before
+from .interventions import (
+    ChoiceDraw,
+    Draw,
+    Intervention,
+    NormalDraw,
+    ShiftDo,
+    UniformDraw,
+    check_intervention,
+    check_interventions,
+    draw_interventions,
+    parse_interventions,
+)
+from .job import generate, log  # noqa: F401  (log: the job's logger, importable here as before)
 from .manifest import FORMAT_VERSION, Manifest, ShardRecord, pipeline_sha256
 from .randomness import per_image_uniform
 from .sources import DATA_SPEC_HELP, GRAPH_SIZE, open_dataset

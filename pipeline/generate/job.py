@@ -22,11 +22,26 @@ from torch import Tensor
 
 from dcfg_io.checks import check_integer, is_integer, is_number
 
-from .interventions import (check_interventions, check_shifts, draw_interventions, interventions_json,
-                            parse_interventions)
-from .manifest import (FORMAT_VERSION, Manifest, ShardRecord, atomic_write, check_out, finalize_run, pipeline_sha256,
-                       plan_shards, shard_contents, start_run)
 from ..options import FROM_CONFIG
+from .interventions import (
+    check_interventions,
+    check_shifts,
+    draw_interventions,
+    interventions_json,
+    parse_interventions,
+)
+from .manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    ShardRecord,
+    atomic_write,
+    check_out,
+    finalize_run,
+    pipeline_sha256,
+    plan_shards,
+    shard_contents,
+    start_run,
+)
 from .randomness import shard_seed
 from .sources import Rows, open_rows
 

@@ -83,7 +83,7 @@ def as_unit_batch(images: Any, value_range: tuple[float, float] | None = None, n
     elif isinstance(images, (np.ndarray, list, tuple)):
         array = np.asarray(images)
         device, dtype = None, array.dtype
-        if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
             raise TypeError(f"{name} has dtype {dtype}; pass a numeric numpy array or torch tensor")
     else:
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(images).__name__}")

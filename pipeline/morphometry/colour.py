@@ -19,7 +19,8 @@ Example:
     >>> import numpy as np
     >>> x = np.zeros((1, 3, 28, 28)); x[:] = 0.2                       # background 0.2 everywhere
     >>> x[0, :, 8:20, 12:16] = np.array([0.2, 0.9, 0.2])[:, None, None]  # a green bar: hue 1/3
-    >>> round(float(measure_hue(x, value_range=(0, 1))[0]), 3), round(float(measure_background(x, value_range=(0, 1))[0]), 3)
+    >>> (round(float(measure_hue(x, value_range=(0, 1))[0]), 3),
+    ...  round(float(measure_background(x, value_range=(0, 1))[0]), 3))
     (0.333, 0.2)
 """
 from __future__ import annotations

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusion_helpers import tiny_config
 
 from diffusion import ImageModelConfig
-from diffusion_helpers import tiny_config
 
 torch.set_num_threads(1)
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
+from tiny_unet import tiny_unet_config
 
 from diffusion import AttributeSpec, ImageModelConfig
-from tiny_unet import tiny_unet_config
 
 torch.set_num_threads(1)
 

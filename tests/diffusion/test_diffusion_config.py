@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 from diffusers import DDPMScheduler
+from diffusion_helpers import tiny_config
 
 from diffusion import AttributeSpec, ImageModelConfig, TrainConfig, alphas_cumprod
 from diffusion.schedule import betas
-
-from diffusion_helpers import tiny_config
 
 
 def test_model_config_json_round_trip():

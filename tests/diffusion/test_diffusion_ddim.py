@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusion_helpers import ToyImages, tiny_config
 
 from diffusion import TrainConfig, ddim_invert, ddim_sample, ddim_timesteps, guided_eps_fn, train
 from diffusion.schedule import betas
-
-from diffusion_helpers import ToyImages, tiny_config
 
 ABAR = torch.cumprod(1 - betas(1000), 0)
 

@@ -82,7 +82,8 @@ def test_two_processes_equal_one(runs):
     l1, l2 = losses(tmp / "one" / "loss.csv"), losses(tmp / "two" / "loss.csv")
     assert len(l1) == len(l2) == 4
     torch.testing.assert_close(torch.tensor(l2), torch.tensor(l1), rtol=1e-4, atol=1e-6)
-    w1, w2 = load_file(tmp / "one" / "model" / "model.safetensors"), load_file(tmp / "two" / "model" / "model.safetensors")
+    w1, w2 = (load_file(tmp / "one" / "model" / "model.safetensors"),
+              load_file(tmp / "two" / "model" / "model.safetensors"))
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)

@@ -5,10 +5,9 @@ import itertools
 
 import pytest
 import torch
+from diffusion_helpers import ATTRS, random_attrs
 
 from diffusion import AttributeSpec, AttributeSplitEmbedding
-
-from diffusion_helpers import ATTRS, random_attrs
 
 NAMES = [a.name for a in ATTRS]
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusion_helpers import tiny_config
 from PIL import Image
 
 from diffusion import ConditionalUNet
 from diffusion.grid import sample_images, save_grid
-
-from diffusion_helpers import tiny_config
 
 
 def test_sample_images_is_seeded():

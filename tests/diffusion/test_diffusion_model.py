@@ -6,11 +6,10 @@ import os
 
 import pytest
 import torch
+from diffusion_helpers import random_attrs, tiny_config
 
 from diffusion import ConditionalUNet
 from diffusion.schedule import alphas_cumprod
-
-from diffusion_helpers import random_attrs, tiny_config
 
 
 @pytest.fixture
@@ -103,8 +102,9 @@ def test_unconditional_model_rejects_attributes():
 
 
 def test_default_config_is_about_one_million_parameters():
-    from diffusion import ImageModelConfig
     from diffusion_helpers import ATTRS
+
+    from diffusion import ImageModelConfig
     n = sum(p.numel() for p in ConditionalUNet(ImageModelConfig(attributes=ATTRS)).parameters())
     assert 0.9e6 < n < 1.3e6
 

@@ -8,12 +8,11 @@ import signal
 import numpy as np
 import pytest
 import torch
+from diffusion_helpers import ToyImages, tiny_config
 from safetensors.torch import load_file
 
 from diffusion import ConditionalUNet, TrainConfig, train
 from diffusion.training import _DataOrder, _step_draws
-
-from diffusion_helpers import ToyImages, tiny_config
 
 FAST = dict(batch_size=8, lr=2e-3, warmup=2, ckpt_every=2, log_every=1)
 

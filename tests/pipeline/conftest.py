@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, square_toy_data, tiny_graph
+from tiny_unet import tiny_unet_config
 
 from diffusion import TrainConfig
 from diffusion import train as train_diffusion
 from pipeline.core import CounterfactualPipeline
-from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, square_toy_data, tiny_graph
 from scm import SCM
-from tiny_unet import tiny_unet_config
 
 
 @pytest.fixture(scope="session")

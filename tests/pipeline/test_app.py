@@ -1,7 +1,7 @@
 """``dcfg app``: the page's logic from Python, and the page itself in a headless system Chromium.
 
-The browser tests need the ``test`` extra (Gradio, Selenium) and ``apt-get install chromium chromium-driver``; ``.ci/run``
-installs both and sets ``DCFG_REQUIRE_BROWSER=1``, which turns a missing browser into a failure instead of
+The browser tests need the ``test`` extra (Gradio, Selenium) and ``apt-get install chromium chromium-driver``;
+``.ci/run`` installs both and sets ``DCFG_REQUIRE_BROWSER=1``, which turns a missing browser into a failure instead of
 a skip.
 """
 import json

@@ -8,14 +8,13 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from pipeline_helpers import TINY_ATTRIBUTES
+from tiny_unet import tiny_unet_config
 
 from diffusion import ConditionalUNet
 from pipeline import bench_diffusion as bench
 from pipeline.bench_diffusion import bench_diffusion
 from pipeline.cli import main
-
-from pipeline_helpers import TINY_ATTRIBUTES
-from tiny_unet import tiny_unet_config
 
 
 def tiny_net(attributes=TINY_ATTRIBUTES) -> ConditionalUNet:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hardening_helpers import query_batch, small_pipeline
 
 pytestmark = pytest.mark.cuda

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from click.testing import CliRunner
+from tiny_unet import tiny_unet
 
 from diffusion import ConditionalUNet
 from pipeline.classifier import DigitClassifier
@@ -12,7 +13,6 @@ from pipeline.datasets import morpho_equations as eq
 from pipeline.presets import morphomnist_graph
 from pipeline.train import image_model_config_for
 from scm import SCM
-from tiny_unet import tiny_unet
 
 
 def test_demo_writes_grid_and_table(tmp_path, monkeypatch):

@@ -11,11 +11,20 @@ import types
 
 import pytest
 import torch
-
-from pipeline.effects import (ClassifierProbability, ImageEffect, Morphometric, StrokeArea, compare_effects,
-                              confidence_interval, effect_from_images, image_effect, morpho_true_effect,
-                              resolve_outcome)
 from pipeline_helpers import draw_attributes, render
+
+from pipeline.effects import (
+    ClassifierProbability,
+    ImageEffect,
+    Morphometric,
+    StrokeArea,
+    compare_effects,
+    confidence_interval,
+    effect_from_images,
+    image_effect,
+    morpho_true_effect,
+    resolve_outcome,
+)
 
 
 def _brightness(x: torch.Tensor) -> torch.Tensor:

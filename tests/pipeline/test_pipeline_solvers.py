@@ -11,7 +11,8 @@ from pipeline.core import CounterfactualPipeline, PipelineConfig
 
 def _forward_rows(pipe, fn) -> int:
     rows = [0]
-    handle = pipe.image_model.unet.register_forward_pre_hook(lambda m, args: rows.__setitem__(0, rows[0] + args[0].shape[0]))
+    handle = pipe.image_model.unet.register_forward_pre_hook(
+        lambda m, args: rows.__setitem__(0, rows[0] + args[0].shape[0]))
     try:
         fn()
     finally:

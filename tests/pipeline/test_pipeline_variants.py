@@ -169,11 +169,10 @@ def test_generate_records_and_applies_the_variant(tiny_pipeline, tiny_batch, tmp
 ])
 def test_cli_generate_variant_errors(tiny_pipeline, tmp_path, args, fragment):
     from click.testing import CliRunner
+    from pipeline_helpers import draw_attributes, render
 
     from pipeline.cli import main
-
     from pipeline.images import save_image
-    from pipeline_helpers import draw_attributes, render
 
     tiny_pipeline.save(tmp_path / "pipe")
     attrs = draw_attributes(2, seed=1)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import torch
+from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, tiny_graph
+from tiny_unet import tiny_unet_config
 
 from diffusion import TrainConfig
 from pipeline.core import CounterfactualPipeline
 from pipeline.train import plot_training_curve, train_pipeline
-
-from pipeline_helpers import TINY_ATTRIBUTES, draw_attributes, render, tiny_graph
-from tiny_unet import tiny_unet_config
 
 CFG = tiny_unet_config(*TINY_ATTRIBUTES, block_out_channels=(8, 8))
 

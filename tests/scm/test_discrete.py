@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from scm import SCM, CausalGraph, CategoricalMechanism, GumbelMaxMechanism, LinearGaussianMechanism
+from scm import SCM, CategoricalMechanism, CausalGraph, GumbelMaxMechanism, LinearGaussianMechanism
 
 
 def random_discrete_scm(seed: int = 0) -> SCM:

@@ -25,8 +25,17 @@ from scm_helpers import MORPHO_GRAPH, morpho_rows
 
 import scm.dowhy as scm_dowhy
 from scm import SCM, CausalGraph, NodeSpec
-from scm.effects import (EffectEstimate, FalsificationReport, estimate_effect, falsify_graph, gcm_frame,
-                         graph_from_dowhy, graph_from_gcm, to_dowhy, to_gcm)
+from scm.effects import (
+    EffectEstimate,
+    FalsificationReport,
+    estimate_effect,
+    falsify_graph,
+    gcm_frame,
+    graph_from_dowhy,
+    graph_from_gcm,
+    to_dowhy,
+    to_gcm,
+)
 
 dowhy = pytest.importorskip("dowhy")
 pytestmark = pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")  # inside dowhy, with pandas 3
@@ -387,7 +396,8 @@ ESTIMATE_ERRORS = [
     ("conf", None, {"outcome": "q"}, ValueError, r"unknown outcome 'q'"),
     ("conf", None, {"treatment": 3}, TypeError, r"treatment must be one node name"),
     ("conf", None, {"outcome": "t"}, ValueError, r"treatment and outcome are the same node 't'"),
-    ("morpho", None, {"treatment": "image", "outcome": "intensity"}, ValueError, r"treatment 'image' is the image node"),
+    ("morpho", None, {"treatment": "image", "outcome": "intensity"}, ValueError,
+     r"treatment 'image' is the image node"),
     ("morpho", None, {"treatment": "thickness", "outcome": "image"}, ValueError, r"outcome 'image' is the image node"),
     ("conf", [1, 2], {}, TypeError, r"data must be a dict node -> \(N,\) values or a pandas DataFrame"),
     ("conf", "drop z", {}, ValueError, r"data is missing column\(s\) \['z'\]"),
@@ -405,7 +415,8 @@ ESTIMATE_ERRORS = [
     ("conf", None, {"refuters": ["random_common_cause"] * 2}, ValueError, r"lists a refuter twice"),
     ("conf", None, {"refuters": [], "refuter_params": {"random_common_cause": {}}}, ValueError,
      r"refuter_params has refuter 'random_common_cause', which is not in refuters"),
-    ("conf", None, {"refuter_params": {"random_common_cause": 3}}, TypeError, r"refuter_params\['random_common_cause'\]"),
+    ("conf", None, {"refuter_params": {"random_common_cause": 3}}, TypeError,
+     r"refuter_params\['random_common_cause'\]"),
     ("conf", None, {"control_value": 0.0}, ValueError, r"pass both control_value and treatment_value for 't'"),
     ("conf", None, {"control_value": 1.0, "treatment_value": 1.0}, ValueError, r"both 1.0"),
     ("conf", None, {"control_value": "low", "treatment_value": 1.0}, TypeError, r"control_value must be a number"),

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scm_helpers import morpho_rows
 
-from scm import SCM, CausalGraph, CategoricalMechanism, LinearGaussianMechanism
+from scm import SCM, CategoricalMechanism, CausalGraph, LinearGaussianMechanism
 
 
 @pytest.fixture

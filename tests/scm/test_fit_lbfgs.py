@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-
 import pyro
 import pytest
 import torch
@@ -138,7 +137,8 @@ class _Trap(Mechanism):
 
     def log_prob(self, value, parents):
         self.calls += 1
-        lp = torch.distributions.Normal(parents["x"] + self.w, 1.0, validate_args=False).log_prob(value) - (self.w - 1.0) ** 2
+        lp = (torch.distributions.Normal(parents["x"] + self.w, 1.0, validate_args=False).log_prob(value)
+              - (self.w - 1.0) ** 2)
         if int(self.calls) >= self.after:
             if self.how == "nan":
                 return lp * torch.nan
@@ -187,7 +187,8 @@ def test_flow_log_prob_is_the_density_of_its_transforms(spec, parents) -> None:
             p.add_(0.5 * torch.randn(p.shape, generator=g))
     n = 3000
     par = {k: (torch.randint(0, 3 if s["kind"] == "categorical" else 2, (n,), generator=g)
-               if s["kind"] in ("binary", "categorical") else 3 * torch.rand(n, generator=g)) for k, s in parents.items()}
+               if s["kind"] in ("binary", "categorical") else 3 * torch.rand(n, generator=g))
+           for k, s in parents.items()}
     v = {"real": 3 * torch.randn(n, generator=g), "positive": 5 * torch.rand(n, generator=g) + 1e-3,
          "interval": 255 * torch.rand(n, generator=g)}[spec["kind"]]
     m.initialize(v, par)

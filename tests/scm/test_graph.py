@@ -13,10 +13,9 @@ import copy
 
 import networkx as nx
 import pytest
+from scm_helpers import MORPHO_GRAPH
 
 from scm import CausalGraph, NodeSpec
-
-from scm_helpers import MORPHO_GRAPH
 
 
 def test_structure_queries(morpho_graph: CausalGraph) -> None:

@@ -11,8 +11,7 @@ import pytest
 import torch
 from scm_helpers import morpho_rows
 
-from scm import (SCM, AffineSigmoidMechanism, CausalGraph, GammaMechanism, GumbelMaxMechanism,
-                 LinearGaussianMechanism)
+from scm import SCM, AffineSigmoidMechanism, CausalGraph, GammaMechanism, GumbelMaxMechanism, LinearGaussianMechanism
 
 
 class ParityLogits(GumbelMaxMechanism):

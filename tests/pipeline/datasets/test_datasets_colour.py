@@ -69,8 +69,8 @@ def test_do_hue_moves_the_background_and_keeps_the_coverage(data):
     def coverage(x, i):
         return ((saturation(x) + 1) / 2) / (i[:, None, None, None].float() / 255)
 
-    torch.testing.assert_close(coverage(images, attrs["intensity"]), coverage(data.images, data.attributes["intensity"]),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(coverage(images, attrs["intensity"]),
+                               coverage(data.images, data.attributes["intensity"]), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("do, fragment", [({"hue": 0.8}, "hue"), ({"hue": 0.01}, "hue"),

@@ -17,7 +17,6 @@ from pipeline.datasets import MorphoMNIST, mnist5k_split, render
 from pipeline.datasets import morpho_equations as eq
 from pipeline.morphometry import measure
 
-
 # --- equations --------------------------------------------------------------------------------
 
 def test_scm_noise_is_seeded_and_has_the_benchmark_marginals():

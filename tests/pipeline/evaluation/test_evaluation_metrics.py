@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.evaluation.metrics import (abs_change, equal_effectiveness_ratio, excess_change, flip_rate,
-                                         frechet_distance, pareto_front)
+from pipeline.evaluation.metrics import (
+    abs_change,
+    equal_effectiveness_ratio,
+    excess_change,
+    flip_rate,
+    frechet_distance,
+    pareto_front,
+)
 from pipeline.evaluation.scores import effectiveness, ground_truth_error, realism, roles, spurious_change
 from pipeline.presets import morphomnist_graph
 

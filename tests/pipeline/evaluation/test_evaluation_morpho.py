@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_unet import tiny_unet
 
 from pipeline.classifier import DigitClassifier
 from pipeline.cli import main
@@ -26,7 +27,6 @@ from pipeline.evaluation.report import OUTPUT_FILES
 from pipeline.presets import morphomnist_graph
 from pipeline.train import image_model_config_for
 from scm import SCM, AffineSigmoidMechanism, GammaMechanism
-from tiny_unet import tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,6 @@ class IdealPipeline(CounterfactualPipeline):
 
 def test_an_ideal_pipeline_scores_at_the_renderer_floor(test_digits):
     from diffusion import ConditionalUNet
-
     from pipeline.evaluation.runner import EvaluationConfig, evaluate
 
     graph = morphomnist_graph()

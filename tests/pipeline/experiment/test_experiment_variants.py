@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 from click.testing import CliRunner
+from test_experiment import BASE, mutate, write_toml
 
 from pipeline.cli import main
 from pipeline.evaluation.runner import parse_method
 from pipeline.experiment import SpecError, parse_spec
-from test_experiment import BASE, mutate, write_toml
 
 
 def test_variant_keys_and_the_swept_methods():
@@ -34,7 +34,8 @@ def test_variant_keys_and_the_swept_methods():
 VARIANT_CATALOGUE = [
     ("unknown variant", mutate(guidance__variant="apgg"), r"\[guidance\] variant: 'apgg' is not allowed"),
     ("interval lo >= hi", mutate(guidance__interval=[800, 200]), r"\[guidance\] interval: \[800, 200\] must be"),
-    ("interval beyond T", mutate(guidance__interval=[0, 1001]), r"\[guidance\] interval: \[0, 1001\] must be .* <= 1000"),
+    ("interval beyond T", mutate(guidance__interval=[0, 1001]),
+     r"\[guidance\] interval: \[0, 1001\] must be .* <= 1000"),
     ("interval below 0", mutate(guidance__interval=[-1, 10]), r"\[guidance\] interval\[0\]: -1 is out of range"),
     ("interval not a pair", mutate(guidance__interval=[5]), r"\[guidance\] interval: expected two numbers"),
     ("APG eta above 1", mutate(guidance__apg_eta=1.5), r"\[guidance\] apg_eta: 1.5 is out of range"),
