@@ -19,7 +19,7 @@ with every checkpoint (as ``epoch`` and ``offset``).
 Files in ``out_dir``:
 
 * ``checkpoint.safetensors`` (+ ``checkpoint.json`` summary): everything needed to resume, see
-  :mod:`diffusion._checkpoint`; written every ``ckpt_every`` steps and at exit, also on Ctrl-C / SIGTERM;
+  :mod:`diffusion.checkpoint`; written every ``ckpt_every`` steps and at exit, also on Ctrl-C / SIGTERM;
 * ``model/``: the EMA weights as a :meth:`ConditionalUNet.save_pretrained` directory, refreshed with every
   checkpoint (``ConditionalUNet.from_pretrained(out_dir / "model")``);
 * ``loss.csv``: ``step,loss,lr,wall_time`` (one row per step, global-batch mean loss, seconds since the run began).
@@ -47,7 +47,7 @@ from dcfg_io.atomic import atomic_write_bytes, atomic_write_json
 from dcfg_io.checks import is_integer
 from dcfg_io.rollback import restored_on_error
 from dcfg_io.tensors import save_tensors
-from diffusion import _checkpoint as ckpt
+from diffusion import checkpoint as ckpt
 from diffusion.config import RESUMABLE_CHANGES, ImageModelConfig, TrainConfig
 from diffusion.distributed import DistContext, setup
 from diffusion.model import CONFIG_NAME, WEIGHTS_NAME, ConditionalUNet, load_state_checked
@@ -92,7 +92,7 @@ def _mix(seed: int, tag: int, value: int) -> int:
     return int(np.random.SeedSequence([seed, tag, value]).generate_state(1, dtype=np.uint64)[0] & (2 ** 63 - 1))
 
 
-class _DataOrder:
+class DataOrder:
     """The infinite index stream: a seeded permutation of ``range(n)`` per epoch, cut into batches."""
 
     def __init__(self, n: int, seed: int) -> None:
@@ -121,7 +121,7 @@ class _DataOrder:
         return [i for _, i in self.batch_with_epochs(step, batch_size)]
 
 
-def _step_draws(train_config: TrainConfig, step: int, shape: Sequence[int], num_attrs: int, T: int
+def step_draws(train_config: TrainConfig, step: int, shape: Sequence[int], num_attrs: int, T: int
                 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(t, eps, keep)`` of global batch ``step``: timesteps (B,), noise (B, C, H, W), keep-mask (B, K) bool."""
     g = torch.Generator().manual_seed(_mix(train_config.seed, _TAG_STEP, step))
@@ -182,7 +182,7 @@ class _StepBatches(torch.utils.data.Dataset):
     """Item ``step`` is this rank's collated slice of the global batch of that step (the DataLoader's unit, so
     that worker processes read and decode ahead of the training loop in the same deterministic order)."""
 
-    def __init__(self, order: "_DataOrder", load: _Loader, batch_size: int, lo: int, hi: int,
+    def __init__(self, order: "DataOrder", load: _Loader, batch_size: int, lo: int, hi: int,
                  config: ImageModelConfig) -> None:
         self.order, self.load, self.batch_size, self.lo, self.hi, self.config = order, load, batch_size, lo, hi, config
 
@@ -215,7 +215,7 @@ def training_batches(dataset: Any, config: ImageModelConfig, batch_size: int, st
         >>> [tuple(x.shape) for x, _ in training_batches(data, config, batch_size=2, steps=3)]
         [(2, 1, 4, 4), (2, 1, 4, 4), (2, 1, 4, 4)]
     """
-    batches = _StepBatches(_DataOrder(len(dataset), seed), _Loader(dataset), batch_size, 0, batch_size, config)
+    batches = _StepBatches(DataOrder(len(dataset), seed), _Loader(dataset), batch_size, 0, batch_size, config)
     return _batch_stream(batches, 0, steps, num_workers)
 
 
@@ -477,7 +477,7 @@ def _train(model_config: ImageModelConfig, train_config: TrainConfig, dataset: A
     abar = model.alphas_cumprod.to(dev)
     T = model_config.num_train_timesteps
     names_k = model_config.attribute_names
-    order = _DataOrder(n_data, train_config.seed)
+    order = DataOrder(n_data, train_config.seed)
     load = _Loader(dataset)
     b_local = train_config.batch_size // ctx.world_size
     lo, hi = ctx.rank * b_local, (ctx.rank + 1) * b_local
@@ -526,7 +526,7 @@ def _train(model_config: ImageModelConfig, train_config: TrainConfig, dataset: A
                     stop.raise_now()
                 # 1. the global batch of this step, and this rank's slice of it
                 x0, attrs = next(stream)
-                t, eps, keep = _step_draws(train_config, step, model_config.image_shape, len(names_k), T)
+                t, eps, keep = step_draws(train_config, step, model_config.image_shape, len(names_k), T)
                 x0, eps, t = x0.to(dev), eps[lo:hi].to(dev), t[lo:hi].to(dev)
                 attrs = {k: v.to(dev) for k, v in attrs.items()}
                 keep_mask = {k: keep[lo:hi, i].to(dev) for i, k in enumerate(names_k)}

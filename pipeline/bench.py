@@ -31,7 +31,7 @@ DEFAULT_METHODS = ("none", "cfg", "dcfg", "cfg+apg", "dcfg+apg", "cfg+cfgpp", "d
                    "dcfg+interval")
 
 
-class _NetworkCalls:
+class NetworkCalls:
     """Context manager that records the rows and wall time of every ``model.eps`` call while it is active."""
 
     def __init__(self, model: Any) -> None:
@@ -39,7 +39,7 @@ class _NetworkCalls:
         self.rows: list[int] = []
         self.seconds = 0.0
 
-    def __enter__(self) -> "_NetworkCalls":
+    def __enter__(self) -> "NetworkCalls":
         inner = self.model.eps
 
         def recorded(x, *args, **kwargs):
@@ -157,7 +157,7 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
                                 steps=2, seed=seed, **kwargs[method])  # warm-up
             runs = []
             for _ in range(max(1, repeats)):
-                with _NetworkCalls(pipe.image_model) as calls:
+                with NetworkCalls(pipe.image_model) as calls:
                     t0 = time.perf_counter()
                     pipe.counterfactual(x, parents, do=do, steps=s, seed=seed, **kwargs[method])
                     wall = time.perf_counter() - t0

@@ -50,7 +50,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def _inputs(model: Any, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def random_inputs(model: Any, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((rows, *model.config.image_shape), generator=g)
     t = torch.randint(0, model.config.num_train_timesteps, (rows,), generator=g)
@@ -59,7 +59,8 @@ def _inputs(model: Any, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
     return x, t, attrs
 
 
-def _variant(model: Any, setting: Mapping[str, Any]) -> Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]:
+def setting_forward(model: Any, setting: Mapping[str, Any]
+                    ) -> Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]:
     """The noise prediction of a copy of ``model`` under ``setting`` (a compiled one compiles on its first call)."""
     m = copy.deepcopy(model).eval()
     m.cpu_chunk_size = setting.get("chunk", model.cpu_chunk_size)
@@ -125,12 +126,12 @@ def bench_inference(model: Any, *, rows: int = 256, repeats: int = 5, settings: 
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         raise ValueError(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
-    x, t, attrs = _inputs(model, rows, seed)
+    x, t, attrs = random_inputs(model, rows, seed)
     fns, warmup = {}, {}
     for name in names:
         if log:
             log(f"preparing {name}")
-        fn = _variant(model, SETTINGS[name])
+        fn = setting_forward(model, SETTINGS[name])
         t0 = time.perf_counter()
         try:
             fn(x, t, attrs)  # the warm-up, and the compilation of the compiled settings

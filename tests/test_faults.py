@@ -30,7 +30,7 @@ from hardening_helpers import query_batch, small_pipeline
 from tiny_unet import tiny_unet_config
 
 from diffusion import AttributeSpec, ConditionalUNet, TrainConfig, train
-from diffusion._checkpoint import CHECKPOINT_NAME, load_checkpoint
+from diffusion.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from pipeline.classifier import DigitClassifier
 from pipeline.core import CounterfactualPipeline
 from scm import SCM

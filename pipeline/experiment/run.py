@@ -289,7 +289,7 @@ def guidance_groups(spec: ExperimentSpec, dcfg_scales: Mapping[str, float], cfg_
 
 
 # ================================================================================ evaluation
-def _evaluation_stage(spec: ExperimentSpec, pipe: Any, data: Any, oracles: Any, progress: bool,
+def evaluation_stage(spec: ExperimentSpec, pipe: Any, data: Any, oracles: Any, progress: bool,
                       log: Callable[[str], None]) -> Callable[[Path], None]:
     def compute(folder: Path) -> None:
         from pipeline.evaluation.report import format_report, plot_grid, plot_tradeoff, to_json
@@ -337,7 +337,7 @@ def _mc_effect(scm: Any, outcome: str, treatment: str, treated: float, control: 
     return {"value": float(diff.mean()), "confidence_interval": [lo, hi], "n": n}
 
 
-def _dowhy_inputs(spec: ExperimentSpec, rows: Mapping[str, torch.Tensor], e: Any
+def dowhy_inputs(spec: ExperimentSpec, rows: Mapping[str, torch.Tensor], e: Any
                   ) -> tuple[Any, dict[str, torch.Tensor], dict[str, Any] | None, float]:
     """Graph, data, method params and the outcome's unit for dowhy; ``glm_family = "binomial"`` rescales an
     interval outcome to [0, 1] for a logistic GLM (by its ``affine_sigmoid`` equation's range if it has one,
@@ -360,7 +360,7 @@ def _dowhy_inputs(spec: ExperimentSpec, rows: Mapping[str, torch.Tensor], e: Any
     return CausalGraph.from_dict(g), scaled, {"init_params": {"glm_family": sm.families.Binomial()}}, high - low
 
 
-def _scm_bootstrap(spec: ExperimentSpec, rows: Mapping[str, torch.Tensor], e: Any, value: float) -> dict[str, Any]:
+def scm_bootstrap(spec: ExperimentSpec, rows: Mapping[str, torch.Tensor], e: Any, value: float) -> dict[str, Any]:
     """The SCM's ATE refitted on ``e.scm_bootstrap`` bootstrap resamples of the rows: ``value +- 1.96 sd``."""
     n = len(next(iter(rows.values())))
     estimates = []
@@ -402,7 +402,7 @@ def _effects_stage(spec: ExperimentSpec, pipe: Any, data: Any, classifier: Any, 
                                    "treated": e.treated, "method": e.method}
             # Attribute level: dowhy on the observational rows.
             try:
-                graph, rows, params, unit = _dowhy_inputs(spec, data.scm_rows, e)
+                graph, rows, params, unit = dowhy_inputs(spec, data.scm_rows, e)
                 est = estimate_effect(graph, rows, e.treatment, e.outcome, method=e.method, refuters=e.refuters,
                                       control_value=e.control, treatment_value=e.treated,
                                       num_simulations=e.num_simulations, seed=spec.seed, method_params=params)
@@ -419,7 +419,7 @@ def _effects_stage(spec: ExperimentSpec, pipe: Any, data: Any, classifier: Any, 
                                     spec.seed)
             row["scm"]["interval"] = "Monte Carlo only"
             if e.scm_bootstrap >= 2 and spec.model.pipeline == "train":
-                row["scm"].update(_scm_bootstrap(spec, data.scm_rows, e, row["scm"]["value"]))
+                row["scm"].update(scm_bootstrap(spec, data.scm_rows, e, row["scm"]["value"]))
             if truth_scm is not None:
                 row["truth"] = _mc_effect(truth_scm, e.outcome, e.treatment, e.treated, e.control,
                                           max(e.scm_samples, 100000), spec.seed + 1)
@@ -559,7 +559,7 @@ def run_experiment(spec: ExperimentSpec | str | os.PathLike, out: str | os.PathL
     eval_key = {"model": model_keys, "data": data_key, "version": STAGE_VERSIONS["evaluation"],
                 **{k: spec.raw.get(k) for k in ("evaluation", "guidance", "interventions")},
                 "interventions_resolved": [asdict(iv) for iv in spec.interventions]}
-    evaluation, _ = stages.run("evaluation", eval_key, _evaluation_stage(spec, pipe, data, oracles, progress, log),
+    evaluation, _ = stages.run("evaluation", eval_key, evaluation_stage(spec, pipe, data, oracles, progress, log),
                                lambda f: json.loads((f / "metrics.json").read_text()))
     eval_folder = Path(stages.records[-1].folder)
 

@@ -12,7 +12,7 @@ from diffusion_helpers import ToyImages, tiny_config
 from safetensors.torch import load_file
 
 from diffusion import ConditionalUNet, TrainConfig, train
-from diffusion.training import _DataOrder, _step_draws
+from diffusion.training import DataOrder, step_draws
 
 FAST = dict(batch_size=8, lr=2e-3, warmup=2, ckpt_every=2, log_every=1)
 
@@ -161,7 +161,7 @@ def test_model_argument_must_match_config(tmp_path, config):
                                                   ("whole", 0.3, 0.2)])
 def test_condition_dropout_statistics(mode, p_attr, p_all):
     cfg = TrainConfig(batch_size=20000, dropout_mode=mode, p_attr=p_attr, p_all=p_all)
-    _, _, keep = _step_draws(cfg, step=0, shape=(1, 1, 1), num_attrs=3, T=1000)
+    _, _, keep = step_draws(cfg, step=0, shape=(1, 1, 1), num_attrs=3, T=1000)
     assert keep.shape == (20000, 3) and keep.dtype == torch.bool
     rate = keep.float().mean(0)
     expected = (1 - p_all) * ((1 - p_attr) if mode == "per_group" else 1.0)
@@ -177,18 +177,18 @@ def test_condition_dropout_statistics(mode, p_attr, p_all):
 
 def test_step_draws_are_a_function_of_seed_and_step():
     cfg = TrainConfig(batch_size=4)
-    a, b = _step_draws(cfg, 5, (1, 2, 2), 3, 1000), _step_draws(cfg, 5, (1, 2, 2), 3, 1000)
+    a, b = step_draws(cfg, 5, (1, 2, 2), 3, 1000), step_draws(cfg, 5, (1, 2, 2), 3, 1000)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    c = _step_draws(cfg, 6, (1, 2, 2), 3, 1000)
+    c = step_draws(cfg, 6, (1, 2, 2), 3, 1000)
     assert not torch.equal(a[1], c[1])
 
 
 def test_data_order_covers_each_epoch_once():
-    order = _DataOrder(10, seed=3)
+    order = DataOrder(10, seed=3)
     stream = [i for s in range(5) for i in order.batch(s, 4)]  # 20 indices = 2 epochs
     assert sorted(stream[:10]) == list(range(10)) and sorted(stream[10:]) == list(range(10))
     assert stream[:10] != stream[10:]
-    assert _DataOrder(10, seed=3).batch(3, 4) == order.batch(3, 4)
+    assert DataOrder(10, seed=3).batch(3, 4) == order.batch(3, 4)
 
 
 class Redrawn(ToyImages):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffusion import AttributeSpec, ConditionalUNet, ImageModelConfig
-from pipeline.bench_inference import SETTINGS, _inputs, _variant, bench_inference
+from pipeline.bench_inference import SETTINGS, bench_inference, random_inputs, setting_forward
 
 
 @pytest.fixture(scope="module")
@@ -17,14 +17,14 @@ def model():
 
 
 def test_settings_compute_the_same_forward_on_a_copy(model):
-    x, t, attrs = _inputs(model, 6, seed=0)
+    x, t, attrs = random_inputs(model, 6, seed=0)
     with torch.no_grad():
         want = model.eps(x, t, attrs)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for name in ("chunk-32", "channels-last", "threads-1"):
-        got = _variant(model, SETTINGS[name])(x, t, attrs)
+        got = setting_forward(model, SETTINGS[name])(x, t, attrs)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    got = _variant(model, SETTINGS["bf16"])(x, t, attrs)  # bf16 autocast: close, not equal
+    got = setting_forward(model, SETTINGS["bf16"])(x, t, attrs)  # bf16 autocast: close, not equal
     assert (got - want).abs().max() < 0.1
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) and after[k].is_contiguous() for k in before)

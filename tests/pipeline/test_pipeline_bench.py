@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipeline.bench import _NetworkCalls, bench_pipeline
+from pipeline.bench import NetworkCalls, bench_pipeline
 
 
 def test_bench_rows_count_the_network_calls(tiny_pipeline, tmp_path):
@@ -43,11 +43,11 @@ def test_bench_refuses_unknown_methods_before_any_work(tiny_pipeline):
 
 def test_network_calls_record_only_inside_calls(tiny_pipeline, tiny_batch):
     model = tiny_pipeline.image_model
-    with _NetworkCalls(model) as calls:
+    with NetworkCalls(model) as calls:
         pass
     assert calls.seconds == 0.0 and calls.rows == []
     x, parents = tiny_batch
-    with _NetworkCalls(model) as calls:
+    with NetworkCalls(model) as calls:
         tiny_pipeline.counterfactual(x[:2], {k: v[:2] for k, v in parents.items()}, do={}, steps=2,
                                      guidance="none")
     assert calls.seconds > 0 and calls.rows == [2] * (2 * (1 + tiny_pipeline.config.refine_steps) + 2)

@@ -379,7 +379,7 @@ def test_summary_line():
 
 
 def test_logistic_glm_uses_the_equation_range_and_scm_bootstrap(tiny_data):
-    from pipeline.experiment.run import _dowhy_inputs, _scm_bootstrap
+    from pipeline.experiment.run import dowhy_inputs, scm_bootstrap
 
     _, data = tiny_data
     spec = parse_spec(mutate(graph__nodes={**BASE["graph"]["nodes"], "intensity": {"kind": "interval", "low": 0,
@@ -387,10 +387,10 @@ def test_logistic_glm_uses_the_equation_range_and_scm_bootstrap(tiny_data):
                              effects__0__method="backdoor.generalized_linear_model",
                              effects__0__glm_family="binomial", effects__0__scm_bootstrap=3))
     e = spec.effects[0]
-    graph, rows, params, unit = _dowhy_inputs(spec, data.scm_rows, e)
+    graph, rows, params, unit = dowhy_inputs(spec, data.scm_rows, e)
     assert unit == 191.0 and graph.spec("intensity").high == 1.0 and "init_params" in params
     assert torch.allclose(rows["intensity"], (data.scm_rows["intensity"].double() - 64) / 191)
-    boot = _scm_bootstrap(spec, data.scm_rows, e, 50.0)
+    boot = scm_bootstrap(spec, data.scm_rows, e, 50.0)
     lo, hi = boot["confidence_interval"]
     assert len(boot["bootstrap"]) == 3 and lo < 50.0 < hi and hi - lo > 0
 

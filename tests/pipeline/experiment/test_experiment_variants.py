@@ -64,7 +64,7 @@ def test_bad_variant_keys_on_the_command_line_write_nothing(tmp_path, label, spe
 
 def test_the_evaluation_stage_passes_the_variants(monkeypatch, tmp_path):
     import pipeline.evaluation.runner as runner
-    from pipeline.experiment.run import _evaluation_stage
+    from pipeline.experiment.run import evaluation_stage
 
     spec = parse_spec(mutate(guidance__variant="apg", guidance__interval=[100, 900], guidance__apg_eta=0.25),
                       path=None)
@@ -77,7 +77,7 @@ def test_the_evaluation_stage_passes_the_variants(monkeypatch, tmp_path):
     monkeypatch.setattr(runner, "evaluate", fake_evaluate)
     data = SimpleNamespace(test_images=torch.zeros(4, 1, 28, 28, dtype=torch.uint8), test_attributes={})
     with pytest.raises(RuntimeError, match="stop"):
-        _evaluation_stage(spec, None, data, SimpleNamespace(complete=True), False, lambda s: None)(tmp_path)
+        evaluation_stage(spec, None, data, SimpleNamespace(complete=True), False, lambda s: None)(tmp_path)
     c = seen["config"]
     assert c.sweep_methods == ("cfg", "dcfg", "cfg+apg+interval", "dcfg+apg+interval")
     assert c.interval == (100.0, 900.0) and c.apg_eta == 0.25
