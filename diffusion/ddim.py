@@ -20,10 +20,15 @@ Both directions use the *same* grid and evaluate the model only at ``tau_1..tau_
 * a guidance may give the two roles of eps different values (CFG++, :class:`~diffusion.guidance.GuidedEps`):
   sampling predicts ``x0_hat`` with ``denoise`` and re-noises with ``renoise``; inversion swaps them, which is
   the algebraic inverse of the sampling step (a plain tensor plays both roles).
-* ``refine_steps = k`` (opt-in) then iterates ``x_{tau_i} <- step(x_{tau_{i-1}}, eps(x_{tau_i}, tau_i))`` k times.
-  A fixed point is a state that the sampling step maps exactly back onto ``x_{tau_{i-1}}``, so the
-  reconstruction error falls sharply (same model, 50 steps: 0.056 -> 0.009 with k = 1) for k extra model calls per
-  step.
+* ``refine_steps = k`` (opt-in) then iterates ``x_{tau_i} <- step(x_{tau_{i-1}}, eps(x_{tau_i}, tau_i))`` k times
+  (the corrector). A fixed point is a state that the sampling step maps exactly back onto ``x_{tau_{i-1}}``, so
+  the reconstruction error falls, for k extra model calls per step.
+* ``predictor`` is the first guess of ``eps(x_{tau_i}, tau_i)`` that the corrector starts from: ``"explicit"``
+  (the default, above) calls the model at ``(x_{tau_{i-1}}, tau_{i-1})``; ``"extrapolated"`` calls nothing and
+  extrapolates linearly from the last corrector evaluations of the two previous steps, ``2 e_{i-1} - e_{i-2}``
+  (the first step calls the model, the second reuses ``e_1``). Near the clean image the corrector map is barely
+  contractive, so the guess it starts from decides the error: with one corrector per step the extrapolated guess
+  reconstructs better than the explicit one at half the calls (``1 + k S`` against ``(1 + k) S``).
 
 The update arithmetic is float64 (the state is carried in float64; the model sees the input's dtype). Nothing is
 clipped, so the maps stay invertible. ``spacing="trailing"`` (default) puts ``tau_S = T - 1`` so that sampling
@@ -53,6 +58,8 @@ from diffusion.guidance import GuidedEps
 
 EpsFn = Callable[[Tensor, Tensor], "Tensor | GuidedEps"]
 SPACINGS = ("trailing", "leading", "linspace")
+#: first guesses of the inversion's implicit eps (see the module docstring)
+PREDICTORS = ("explicit", "extrapolated")
 
 
 def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailing") -> Tensor:
@@ -86,21 +93,38 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
 
 
 def ddim_eval_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailing", *, invert: bool = False,
-                        refine_steps: int = 0) -> list[int]:
-    """The timestep of every ``eps_fn`` call of :func:`ddim_sample` (or :func:`ddim_invert` with ``invert=True``
-    and its ``refine_steps``), in call order: what a guidance whose cost depends on ``t`` costs.
+                        refine_steps: int = 0, predictor: str = "explicit") -> list[int]:
+    """The timestep of every ``eps_fn`` call of :func:`ddim_sample` (or :func:`ddim_invert` with ``invert=True``,
+    its ``refine_steps`` and ``predictor``), in call order: what a guidance whose cost depends on ``t`` costs.
 
     Example:
         >>> ddim_eval_timesteps(1000, 4), ddim_eval_timesteps(1000, 2, invert=True, refine_steps=1)
         ([999, 749, 499, 249], [499, 499, 499, 999])
+        >>> ddim_eval_timesteps(1000, 3, invert=True, refine_steps=1, predictor="extrapolated")
+        [332, 332, 666, 999]
     """
+    check_inversion(refine_steps, predictor)
     ts = ddim_timesteps(num_train_timesteps, steps, spacing).tolist()
     if not invert:
         return ts[::-1]
     out: list[int] = []
     for i, t in enumerate(ts):
-        out += [ts[max(i - 1, 0)]] + [t] * int(refine_steps)
+        if predictor == "explicit" or i == 0:
+            out.append(ts[max(i - 1, 0)])
+        out += [t] * int(refine_steps)
     return out
+
+
+def check_inversion(refine_steps: object, predictor: object) -> None:
+    """``ValueError`` unless ``refine_steps`` is an integer >= 0 and ``predictor`` one of :data:`PREDICTORS` (the
+    extrapolated predictor needs at least one corrector: it calls the model nowhere else)."""
+    if not is_integer(refine_steps, 0, python_int=True):
+        raise ValueError(f"refine_steps={refine_steps!r} must be a non-negative integer (0 = plain inversion)")
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor={predictor!r} is not one of {list(PREDICTORS)}")
+    if predictor == "extrapolated" and refine_steps < 1:
+        raise ValueError("predictor='extrapolated' needs refine_steps >= 1: the extrapolated guess calls no model, so "
+                         "the corrector is the inversion's only look at the image")
 
 
 def _roles(out: "Tensor | GuidedEps") -> tuple[Tensor, Tensor]:
@@ -181,8 +205,8 @@ def ddim_sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, 
 
 
 def ddim_invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, *, spacing: str = "trailing",
-                refine_steps: int = 0, progress: bool = False, return_trajectory: bool = False
-                ) -> Tensor | tuple[Tensor, list[Tensor]]:
+                refine_steps: int = 0, predictor: str = "explicit", progress: bool = False,
+                return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Encode images ``x_0`` into DDIM noise ``x_T`` (the exact reverse of :func:`ddim_sample`'s grid).
 
     Args:
@@ -195,6 +219,8 @@ def ddim_invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, 
         spacing: the timestep grid; must match the decoding call.
         refine_steps: fixed-point iterations per step (0 = plain DDIM inversion); each costs one more model call
             per step and makes the sampling step map back onto the previous state more exactly.
+        predictor: the corrector's first guess, ``"explicit"`` (a model call at the current state) or
+            ``"extrapolated"`` (no call; needs ``refine_steps >= 1``); see the module docstring.
         progress: show a tqdm bar.
         return_trajectory: also return ``[x_0, x_{tau_1}, ..., x_{tau_S}]``.
 
@@ -209,23 +235,33 @@ def ddim_invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, 
         0.0
     """
     abar = check_sampler_inputs(x_0, alphas_cumprod, "x_0")
-    if not is_integer(refine_steps, 0, python_int=True):
-        raise ValueError(f"refine_steps={refine_steps!r} must be a non-negative integer (0 = plain inversion)")
+    check_inversion(refine_steps, predictor)
     ts = ddim_timesteps(len(abar), steps, spacing).tolist()  # tau_1, ..., tau_S
     x = x_0.to(torch.float64)
     traj = [x_0.clone()] if return_trajectory else []
     abar_prev: Tensor | float = 1.0  # the clean image
     t_prev = ts[0]  # the clean image is evaluated at tau_1 (diffusers #5145)
-    for t in tqdm(ts, disable=not progress, desc="ddim invert", leave=False):
-        # 1. eps of the current image at its own noise level, then the DDIM move up to tau_i
-        t_vec = torch.full((x.shape[0],), t_prev, dtype=torch.long, device=x.device)
-        eps, renoise = _roles(eps_fn(x.to(x_0.dtype), t_vec))
+    history: list[tuple[Tensor, Tensor]] = []  # the last corrector's (eps, renoise) of the previous two steps
+    for i, t in enumerate(tqdm(ts, disable=not progress, desc="ddim invert", leave=False)):
+        # 1. the predictor: eps of the current image at its own noise level (a model call), or the extrapolation
+        #    of the previous steps' eps; then the DDIM move up to tau_i
+        if predictor == "explicit" or i == 0:
+            t_vec = torch.full((x.shape[0],), t_prev, dtype=torch.long, device=x.device)
+            eps, renoise = _roles(eps_fn(x.to(x_0.dtype), t_vec))
+        elif i == 1:
+            eps, renoise = history[-1]
+        else:
+            (e2, r2), (e1, r1) = history[-2:]
+            eps = 2.0 * e1 - e2
+            renoise = eps if (r1 is e1 and r2 is e2) else 2.0 * r1 - r2
         x_next = _ddim_step(x, renoise, abar_prev, abar[t], None if renoise is eps else eps)
-        # 2. optional fixed-point refinement: make the sampling step from x_next land back on x
+        # 2. the corrector (fixed-point refinement): make the sampling step from x_next land back on x
         t_vec = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         for _ in range(refine_steps):
             eps, renoise = _roles(eps_fn(x_next.to(x_0.dtype), t_vec))
             x_next = _ddim_step(x, renoise, abar_prev, abar[t], None if renoise is eps else eps)
+        if predictor == "extrapolated":
+            history = [*history[-1:], (eps, renoise)]
         x, abar_prev, t_prev = x_next, abar[t], t
         if return_trajectory:
             traj.append(x.to(x_0.dtype))
