@@ -14,7 +14,7 @@
 This package never imports ``scm`` or ``pipeline``.
 """
 from diffusion.config import AttributeSpec, ImageModelConfig, TrainConfig
-from diffusion.ddim import ddim_eval_timesteps, ddim_invert, ddim_sample, ddim_timesteps
+from diffusion.ddim import PREDICTORS, ddim_eval_timesteps, ddim_invert, ddim_invert_nfe, ddim_sample, ddim_timesteps
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.guidance import (
                                 APG_ETA,
@@ -54,6 +54,7 @@ __all__ = [
     "GuidanceParts",
     "GuidedEps",
     "PRECISIONS",
+    "PREDICTORS",
     "AttributeSplitEmbedding",
     "ConditionalUNet",
     "ImageModelConfig",
@@ -75,6 +76,7 @@ __all__ = [
     "dcfg_rows",
     "ddim_eval_timesteps",
     "ddim_invert",
+    "ddim_invert_nfe",
     "ddim_sample",
     "ddim_timesteps",
     "guided_eps_fn",

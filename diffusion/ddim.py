@@ -115,6 +115,20 @@ def ddim_eval_timesteps(num_train_timesteps: int, steps: int, spacing: str = "tr
     return out
 
 
+def ddim_invert_nfe(steps: int, refine_steps: int = 0, predictor: str = "explicit") -> int:
+    """Model calls of one :func:`ddim_invert`: ``(1 + k) S`` with the explicit predictor, ``1 + k S`` with the
+    extrapolated one (``k = refine_steps``).
+
+    Example:
+        >>> ddim_invert_nfe(50, 1), ddim_invert_nfe(30, 1, "extrapolated"), ddim_invert_nfe(20)
+        (100, 31, 20)
+    """
+    check_inversion(refine_steps, predictor)
+    if predictor == "explicit":
+        return (1 + int(refine_steps)) * int(steps)
+    return 1 + int(refine_steps) * int(steps)
+
+
 def check_inversion(refine_steps: object, predictor: object) -> None:
     """``ValueError`` unless ``refine_steps`` is an integer >= 0 and ``predictor`` one of :data:`PREDICTORS` (the
     extrapolated predictor needs at least one corrector: it calls the model nowhere else)."""

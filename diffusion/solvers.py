@@ -6,7 +6,8 @@ The guidance stays solver-agnostic: a solver asks ``eps_fn(x, t)`` for eps and t
 roles (CFG++), since its step is the only one written in those two roles.
 
 * ``"ddim"``: :func:`~diffusion.ddim.ddim_sample` / :func:`~diffusion.ddim.ddim_invert`, the exact reverse of
-  each other on the trailing grid, with optional fixed-point refinement of the inversion (``refine_steps``).
+  each other on the trailing grid, with optional fixed-point refinement of the inversion (``refine_steps``) started
+  from an explicit or extrapolated guess (``predictor``).
 * ``"dpmpp_2m"``: diffusers' ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2, lower order at the final
   step) to decode, ``DPMSolverMultistepInverseScheduler`` to invert (Lu et al. 2022, "DPM-Solver++").
 * ``"unipc"``: diffusers' ``UniPCMultistepScheduler`` (order 2, bh2) to decode; it has no inverse scheduler, so
@@ -37,7 +38,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dcfg_io.checks import is_integer
-from diffusion.ddim import EpsFn, check_sampler_inputs, ddim_invert, ddim_sample
+from diffusion.ddim import EpsFn, check_sampler_inputs, ddim_invert, ddim_invert_nfe, ddim_sample
 from diffusion.guidance import GuidedEps
 
 #: The solvers of :func:`sample` and :func:`invert`.
@@ -54,14 +55,21 @@ def check_solver(solver: Any) -> str:
 
 
 def uses_refinement(solver: str) -> bool:
-    """Whether ``refine_steps`` affects ``solver``'s inversion (it does where the inversion is DDIM's)."""
+    """Whether ``refine_steps`` and the inversion's ``predictor`` affect ``solver``'s inversion (they do where the
+    inversion is DDIM's)."""
     return INVERTERS[check_solver(solver)] == "ddim"
 
 
-def nfe(solver: str, steps: int, refine_steps: int = 0) -> tuple[int, int]:
-    """Model evaluations (of one row) of ``(inversion, decoding)`` with ``steps`` steps."""
-    inv = steps * (1 + int(refine_steps)) if uses_refinement(solver) else steps
-    return inv, steps
+def nfe(solver: str, steps: int, refine_steps: int = 0, predictor: str = "explicit") -> tuple[int, int]:
+    """Model evaluations (of one row) of ``(inversion, decoding)`` with ``steps`` steps.
+
+    Example:
+        >>> nfe("ddim", 50, 1), nfe("ddim", 30, 1, "extrapolated"), nfe("dpmpp_2m", 20, 1)
+        ((100, 50), (31, 30), (20, 20))
+    """
+    if not uses_refinement(solver):
+        return int(steps), int(steps)
+    return ddim_invert_nfe(steps, refine_steps, predictor), int(steps)
 
 
 def _scheduler(solver: str, abar: Tensor, steps: int, inverse: bool = False) -> Any:
@@ -116,12 +124,14 @@ def sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, *, so
 
 
 def invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, *, solver: str = "ddim",
-           refine_steps: int = 0, progress: bool = False) -> Tensor:
-    """Encode images ``x_0`` into noise at the last timestep with ``solver``'s inverter (``refine_steps`` applies
-    where that is DDIM). Returns ``x_T`` in ``x_0``'s dtype."""
+           refine_steps: int = 0, predictor: str = "explicit", progress: bool = False) -> Tensor:
+    """Encode images ``x_0`` into noise at the last timestep with ``solver``'s inverter (``refine_steps`` and
+    ``predictor`` apply where that is DDIM, :func:`~diffusion.ddim.ddim_invert`). Returns ``x_T`` in ``x_0``'s
+    dtype."""
     check_solver(solver)
     if INVERTERS[solver] == "ddim":
-        return ddim_invert(eps_fn, x_0, alphas_cumprod, steps, refine_steps=refine_steps, progress=progress)
+        return ddim_invert(eps_fn, x_0, alphas_cumprod, steps, refine_steps=refine_steps, predictor=predictor,
+                           progress=progress)
     abar = check_sampler_inputs(x_0, alphas_cumprod, "x_0")
     _check_steps(steps)
     sched = _scheduler(solver, abar, steps, inverse=True)

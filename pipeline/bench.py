@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .core import CounterfactualPipeline
+from .options import inversion_predictor
 
 #: The methods timed by default: the three guidances and each variant on CFG and DCFG.
 DEFAULT_METHODS = ("none", "cfg", "dcfg", "cfg+apg", "dcfg+apg", "cfg+cfgpp", "dcfg+cfgpp", "cfg+interval",
@@ -173,7 +174,9 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
                          "floor_s": floor, "ratio": wall / floor, "in_network_s": net,
                          "in_situ_ratio": wall / net if net > 0 else float("nan"), "repeats": len(runs)})
     result = {"rows": rows, "forward_ms": {str(r): 1000 * v for r, v in sorted(fwd.items())},
-              "solver": pipe.config.solver, "refine_steps": pipe.config.refine_steps, "interval": list(interval),
+              "solver": pipe.config.solver, "refine_steps": pipe.config.refine_steps,
+              "invert_predictor": inversion_predictor(pipe.config, pipe.config.refine_steps),
+              "interval": list(interval),
               "threads": torch.get_num_threads(), "machine": cpu_facts(),
               **pipe.image_model.inference_settings,
               "do": {k: ("per-row tensor" if torch.is_tensor(v) and v.dim() else "callable" if callable(v) else v)
@@ -192,7 +195,8 @@ def format_pipeline_table(result: dict) -> str:
     """A Markdown table of :func:`bench_pipeline`'s result, with the machine and the floor beside the wall time."""
     m = result["machine"]
     lines = [f"{m['cpu']} (avx512_bf16 {m['avx512_bf16']}, amx_bf16 {m['amx_bf16']}), {result['threads']} torch "
-             f"threads, solver {result['solver']}, refine {result['refine_steps']}; one forward: "
+             f"threads, solver {result['solver']}, refine {result['refine_steps']} "
+             f"({result['invert_predictor']}); one forward: "
              + ", ".join(f"{r} rows {ms:.1f} ms" for r, ms in result["forward_ms"].items()),
              "",
              "| method | steps | image-NFEs / cf | ms / cf | floor ms / cf | wall / floor | wall / in-query network |",

@@ -19,6 +19,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
+from diffusion.ddim import check_inversion
 from diffusion.solvers import check_solver, uses_refinement
 
 
@@ -69,23 +70,29 @@ def _counted_nfe(pipe: Any, ev: Any, steps: int) -> float:
 def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "unipc"),
                   steps: Sequence[int] = (10, 15, 20, 30, 50), refines: Sequence[int] = (0, 1), n: int = 100,
                   cycle_n: int = 10, data: str | None = None, precision: str = "auto", seed: int = 0,
+                  predictors: Sequence[str] = ("explicit", "extrapolated"),
                   log: Callable[[str], None] | None = None,
                   on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
-    """One row per (solver, steps, refine) with the figures of the module docstring, in the order the
-    arguments give them. A refinement count is measured only for the solvers whose inversion is DDIM's (the
-    others get refine 0 once). ``on_row(rows so far)`` is called after each setting (to save partial results)."""
+    """One row per (solver, refine, predictor, steps) with the figures of the module docstring, in the order the
+    arguments give them. A refinement count and inversion predictor are measured only for the solvers whose
+    inversion is DDIM's (the others get refine 0 once), and without refinement only the explicit predictor (plain
+    DDIM inversion). ``on_row(rows so far)`` is called after each setting (to save partial results)."""
     from pipeline.evaluation.runner import EvaluationConfig, evaluate, load_evaluation_data
 
     for s in solvers:
         check_solver(s)
+    for p in predictors:
+        check_inversion(1, p)
     ev = load_evaluation_data(pipe, data, progress=False)
     base = pipe.config
     rows = []
     try:
+        inversions = [(int(r), p) for r in refines for p in (predictors if r else ("explicit",))]
         for solver in solvers:
-            for refine in (refines if uses_refinement(solver) else (0,)):
+            for refine, predictor in (inversions if uses_refinement(solver) else [(0, "explicit")]):
                 for s in steps:
-                    pipe.config = dataclasses.replace(base, solver=solver, refine_steps=int(refine))
+                    pipe.config = dataclasses.replace(base, solver=solver, refine_steps=refine,
+                                                      invert_predictor=predictor)
                     eval_config = EvaluationConfig(n=n, steps=int(s), scales=(1.0,), scale=None,
                                                    cfg_scale=float(base.scale), sweep_n=1, per_attribute_n=0,
                                                    cycle_n=cycle_n, cycles=10, cycle_steps=int(s), grid_n=1,
@@ -94,7 +101,7 @@ def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "u
                                    reference_images=ev.images, progress=False)
                     m = res.metrics
                     per_cf = _counted_nfe(pipe, ev, int(s))
-                    row = {"solver": solver, "steps": int(s), "refine": int(refine),
+                    row = {"solver": solver, "steps": int(s), "refine": refine, "predictor": predictor,
                            **_summary(m, pipe.graph),
                            "nfe_per_counterfactual": per_cf, "ms_per_nfe": m["timing"]["ms_per_nfe"],
                            # the run's measured time per image-NFE times this query's count
@@ -104,7 +111,7 @@ def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "u
                     if on_row:
                         on_row(rows)
                     if log:
-                        log(f"{solver} steps={s} refine={refine}: {per_cf:.0f} NFE, composition "
+                        log(f"{solver} steps={s} refine={refine} {predictor}: {per_cf:.0f} NFE, composition "
                             f"{row['composition_1']:.3f} / {row['composition_10']:.3f}, gt_l1 {row['gt_l1_mean']}")
     finally:
         pipe.config = base
@@ -116,12 +123,13 @@ def format_solver_table(rows: Sequence[dict[str, Any]]) -> str:
     def f(v: Any, digits: int = 3) -> str:
         return "–" if v is None else f"{v:.{digits}f}"
 
-    lines = ["| solver | steps | refine | NFE / cf | composition 1 / 10 | GT L1 | effectiveness | total spurious "
-             "(mean) | ms / NFE | s / cf |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| solver | steps | refine | predictor | NFE / cf | composition 1 / 10 | GT L1 | effectiveness | "
+             "total spurious (mean) | ms / NFE | s / cf |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eff = ", ".join(f"{k.split(': ')[1]} {v:.3g}" for k, v in r["effectiveness"].items())
         sp = list(r["total_spurious"].values())
-        lines.append(f"| {r['solver']} | {r['steps']} | {r['refine']} | {r['nfe_per_counterfactual']:.0f} | "
+        lines.append(f"| {r['solver']} | {r['steps']} | {r['refine']} | {r.get('predictor', 'explicit')} | "
+                     f"{r['nfe_per_counterfactual']:.0f} | "
                      f"{f(r['composition_1'], 2)} / {f(r['composition_10'], 2)} | {f(r['gt_l1_mean'], 4)} | {eff} | "
                      f"{f(sum(sp) / len(sp) if sp else None)} | {r['ms_per_nfe']:.2f} | "
                      f"{r['wall_s_per_counterfactual']:.3f} |")

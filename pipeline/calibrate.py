@@ -34,10 +34,11 @@ import torch
 from torch import Tensor
 
 from dcfg_io.checks import is_integer, is_number
+from diffusion.solvers import nfe as solver_nfe
 
 from .evaluation.engine import QueryEngine, nfe_per_step
 from .evaluation.scores import roles
-from .options import anchor_renamed
+from .options import anchor_renamed, inversion_predictor
 
 #: amplified weights tried by default
 WEIGHTS = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -141,7 +142,8 @@ def _anchored(graph: Any, a: str) -> list[str]:
 
 @anchor_renamed
 def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_weights: Sequence[float], *,
-              dcfg_form: str = "conditional", descendant_weight: float | str = 1.0, refine_steps: int = 0) -> int:
+              dcfg_form: str = "conditional", descendant_weight: float | str = 1.0, refine_steps: int = 0,
+              predictor: str = "explicit", solver: str = "ddim") -> int:
     """The image-NFEs :func:`calibrate_guidance` will spend (inversion, then every decoding).
 
     Each amplified sweep point costs one DCFG decoding of ``n`` rows; each anchor sweep point one more, except
@@ -149,7 +151,7 @@ def plan_cost(graph: Any, n: int, steps: int, weights: Sequence[float], anchor_w
     first phase, so the anchor phase is costed at the largest amplified weight (an upper bound).
     """
     parents = list(graph.image_parents())
-    total = (1 + refine_steps) * steps * n
+    total = solver_nfe(solver, steps, refine_steps, predictor)[0] * n
     for a in parents:
         for w in weights:
             g, ws = dcfg_groups(graph, [a], w, descendant_weight=descendant_weight)
@@ -249,7 +251,8 @@ def calibrate_guidance(pipe: Any, images: Tensor, parents: Mapping[str, Any], or
         raise ValueError(f"the oracles do not measure {lacking}; calibration needs every image parent measured")
 
     total = plan_cost(graph, m, steps, weights, anchor_weights, dcfg_form=dcfg_form, descendant_weight=desc,
-                      refine_steps=int(config.refine_steps))
+                      refine_steps=int(config.refine_steps),
+                      predictor=inversion_predictor(config, int(config.refine_steps)), solver=config.solver)
     model = pipe.image_model
     before = dict(model.inference_settings) if hasattr(model, "inference_settings") else None
     if before is not None:
@@ -359,6 +362,7 @@ def _calibrate(pipe: Any, x: Tensor, pa: dict[str, Tensor], oracles: Any, fmeas:
     settings = {"n": m, "steps": steps, "seed": seed, "weights": list(weights), "anchor_weights": list(anchor_weights),
                 "dcfg_form": dcfg_form, "descendant_weight": desc, "data": data_spec,
                 "refine_steps": int(config.refine_steps),
+                "invert_predictor": inversion_predictor(config, int(config.refine_steps)),
                 "inference": dict(getattr(pipe.image_model, "inference_settings", {}) or {})}
     return Calibration(attribute_scales, anchor_scales, amplified, anchor_curves, settings, engine.nfe,
                        time.perf_counter() - t0)

@@ -766,6 +766,9 @@ def _csv_ints(text: str, flag: str, low: int = 0) -> list[int]:
 @click.option("--steps", "steps_text", default="10,15,20,30,50", show_default=True, help="Step counts.")
 @click.option("--refine", "refine_text", default="0,1", show_default=True,
               help="Fixed-point refinements of a DDIM inversion (ignored for dpmpp_2m's own inverse).")
+@click.option("--predictors", "predictors_text", default="explicit,extrapolated", show_default=True,
+              help="First guesses of a refined DDIM inversion: 'explicit' (a network call per step) and/or "
+                   "'extrapolated' (from the previous steps, no call).")
 @click.option("--n", type=click.IntRange(1, 1000), default=100, show_default=True, help="Test rows per setting.")
 @click.option("--cycle-n", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="Rows of composition (1 and 10 cycles).")
@@ -774,13 +777,17 @@ def _csv_ints(text: str, flag: str, low: int = 0) -> list[int]:
               help="JSON file for the results.")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No log lines.")
-def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n, cycle_n, precision, out, threads,
-                          quiet):
+def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, predictors_text, n, cycle_n,
+                          precision, out, threads, quiet):
     """Quality and cost of each solver x steps x refinement (composition, ground-truth L1, effectiveness,
     spurious change, image-NFEs and wall time per counterfactual), at the pipeline's DCFG defaults."""
+    from diffusion.ddim import PREDICTORS
     from diffusion.solvers import SOLVERS
 
     _check_out(out)
+    predictors = [v.strip() for v in predictors_text.split(",") if v.strip()]
+    if not predictors or any(v not in PREDICTORS for v in predictors):
+        _fail(f"--predictors {predictors_text!r}: choose from {list(PREDICTORS)}")
     solvers = [v.strip() for v in solvers_text.split(",") if v.strip()]
     bad = [v for v in solvers if v not in SOLVERS]
     if bad or not solvers:
@@ -800,7 +807,7 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, n
             "torch_threads": torch.get_num_threads()}
     try:
         rows = bench_solvers(pipe, solvers=solvers, steps=steps, refines=refines, n=n, cycle_n=cycle_n,
-                             precision=precision, log=log,
+                             precision=precision, predictors=predictors, log=log,
                              on_row=lambda done: atomic_write_json(out, {**head, "rows": done}))
     except (ValueError, TypeError) as e:
         _fail(str(e))

@@ -25,6 +25,7 @@ from dcfg_io.checks import is_integer, is_number
 from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
 from dcfg_io.reads import check_entry, check_keys, read_json
 from diffusion import ConditionalUNet, ddim_sample, guided_eps_fn
+from diffusion.ddim import PREDICTORS
 from diffusion.guidance import APG_ETA, APG_MOMENTUM, APG_THRESHOLD, check_apg, check_interval, check_variant
 from diffusion.solvers import check_solver
 from diffusion.solvers import invert as solver_invert
@@ -41,6 +42,7 @@ from .options import (
     check_descendant_weight,
     diffusion_anchor,
     former_anchor,
+    inversion_predictor,
     renamed_arguments,
     warn_deprecated,
 )
@@ -118,6 +120,11 @@ class PipelineConfig:
         refine_steps: fixed-point iterations per DDIM inversion step (0 = plain DDIM inversion);
             each costs one more network call per step and makes inversion closer to exact (the default is
             one; docs/benchmarks.md has the measured gain).
+        invert_predictor: the first guess the refinement starts from (:func:`diffusion.ddim.ddim_invert`):
+            ``"extrapolated"`` (default; no network call, ``1 + refine_steps * steps`` calls per inversion) or
+            ``"explicit"`` (one more call per step, ``(1 + refine_steps) * steps``). With ``refine_steps=0`` the
+            inversion is plain DDIM whatever this says. A saved config without it loads as ``"explicit"``, the
+            inversion it was saved with.
         descendant_weight: DCFG weight of the affected image parents that are not intervened on (the
             intervention's descendants): a number, or ``"scale"`` (default, the paper's grouping), which gives
             them the intervention's scale. See :func:`pipeline.groups.resolve_guidance`. (``None``, its former
@@ -147,6 +154,7 @@ class PipelineConfig:
     invariant_weight: float = 1.0
     chunk_size: int = 256
     refine_steps: int = 1
+    invert_predictor: str = "extrapolated"
     solver: str = "ddim"
     attribute_scales: dict[str, float] = field(default_factory=dict)
     descendant_weight: float | str = "scale"
@@ -184,6 +192,9 @@ class PipelineConfig:
         count("steps", self.steps, 1)
         count("chunk_size", self.chunk_size, 1)
         count("refine_steps", self.refine_steps, 0)
+        if self.invert_predictor not in PREDICTORS:
+            raise ValueError(f"pipeline config invert_predictor={self.invert_predictor!r:.80} is not one of "
+                             f"{list(PREDICTORS)}")
         try:
             check_solver(self.solver)
         except ValueError as e:
@@ -232,6 +243,7 @@ class PipelineConfig:
             settings["dcfg_form"] = check_dcfg_form(settings["dcfg_form"], warn=False)
         if "descendant_weight" in settings and settings["descendant_weight"] is None:
             settings["descendant_weight"] = "scale"
+        settings.setdefault("invert_predictor", "explicit")  # saved before the extrapolated predictor existed
         return cls(**settings)
 
 
@@ -625,10 +637,11 @@ class CounterfactualPipeline:
     def invert(self, images: Tensor, parents: Mapping[str, Tensor], steps: int | None = None,
                refine_steps: int | None = None, progress: bool = False, variant: str | None = None,
                dcfg_form: str = "paper", interval: Sequence[float] | None = None,
-               solver: str | None = None) -> Tensor:
+               solver: str | None = None, predictor: str | None = None) -> Tensor:
         """Invert images to their noise ``x_T`` under the given parents (no guidance), with ``solver``'s
-        inverter (default: ``config.solver``; DDIM with ``refine_steps`` fixed-point iterations, or DPM-Solver++'s
-        inverse scheduler; see :mod:`diffusion.solvers`).
+        inverter (default: ``config.solver``; DDIM with ``refine_steps`` fixed-point iterations started from
+        ``predictor``'s guess, or DPM-Solver++'s inverse scheduler; see :mod:`diffusion.solvers`). ``None``:
+        the config's; ``refine_steps=0`` is plain DDIM inversion whatever the predictor.
 
         ``variant="cfgpp"`` inverts with CFG++'s pair at weight 1 instead: the clean image predicted with
         ``eps(c)``, re-noised with the anchor eps, ``eps(null)`` (CFG, and DCFG's ``dcfg_form="paper"``) or
@@ -638,6 +651,7 @@ class CounterfactualPipeline:
         """
         steps = self.config.steps if steps is None else steps
         refine = self.config.refine_steps if refine_steps is None else refine_steps
+        predictor = inversion_predictor(self.config, refine, predictor)
         images, parents = self._on_device(images, parents)
         if check_variant(variant) == "cfgpp" and check_dcfg_form(dcfg_form) == "paper":
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="cfg", scale=1.0, variant="cfgpp",
@@ -646,7 +660,7 @@ class CounterfactualPipeline:
             eps_fn = guided_eps_fn(self.image_model, dict(parents), guidance="none")
         return solver_invert(eps_fn, images, self._alphas(images.device), steps,
                              solver=self.config.solver if solver is None else solver, refine_steps=refine,
-                             progress=progress)
+                             predictor=predictor, progress=progress)
 
     @anchor_renamed
     @torch.no_grad()

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from dcfg_io.checks import is_integer, is_number
+from diffusion.solvers import nfe as solver_nfe
 
 __all__ = ["Outcome", "StrokeArea", "Morphometric", "ClassifierProbability", "resolve_outcome", "ImageEffect",
            "EffectComparison", "image_effect", "effect_from_images", "morpho_true_effect", "compare_effects",
@@ -469,6 +470,7 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
 
     from pipeline.evaluation.engine import QueryEngine, nfe_per_step
     from pipeline.groups import resolve_guidance
+    from pipeline.options import inversion_predictor
 
     # --- validate everything before any network call
     config = pipeline.config
@@ -502,7 +504,9 @@ def image_effect(pipeline: Any, images: Tensor, parents: Mapping[str, Any], do: 
 
     refine = int(getattr(config, "refine_steps", 0) or 0)
     dcfg_form = getattr(config, "dcfg_form", "paper")
-    total = batch * steps * ((1 + refine) + sum(nfe_per_step(guidance, p[2], p[3], dcfg_form) for p in plans.values()))
+    inversion = solver_nfe(getattr(config, "solver", "ddim"), steps, refine, inversion_predictor(config, refine))[0]
+    total = batch * (inversion
+                     + steps * sum(nfe_per_step(guidance, p[2], p[3], dcfg_form) for p in plans.values()))
     bar = tqdm(total=total, unit="nfe", unit_scale=True, desc=f"image effect on {name}", disable=not progress)
     try:
         engine = QueryEngine(pipeline, chunk_size=chunk_size, bar=bar)

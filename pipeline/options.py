@@ -25,7 +25,7 @@ from dcfg_io.checks import is_number
 
 __all__ = ["DCFG_FORMS", "FROM_CONFIG", "check_dcfg_form", "diffusion_anchor", "check_descendant_weight",
            "warn_deprecated", "renamed_arguments", "anchor_renamed",
-           "former_anchor", "form_from_former"]
+           "former_anchor", "form_from_former", "inversion_predictor"]
 
 #: DCFG's formulations: the paper's equation, or each group amplified given the others
 DCFG_FORMS = ("paper", "conditional")
@@ -146,3 +146,11 @@ def renamed_arguments(**renames: str | tuple[str, Callable[[Any], Any]]) -> Call
 #: :func:`renamed_arguments` of the functions whose ``anchor`` argument (``"null"`` / ``"full"``) is now
 #: ``dcfg_form`` (``"paper"`` / ``"conditional"``)
 anchor_renamed = renamed_arguments(anchor=("dcfg_form", form_from_former))
+
+
+def inversion_predictor(config: Any, refine_steps: int, predictor: str | None = None) -> str:
+    """The DDIM inversion predictor a pipeline with ``config`` uses for ``refine_steps`` refinements: ``predictor``
+    or the config's ``invert_predictor``, and ``"explicit"`` (plain DDIM inversion) without refinement."""
+    if not refine_steps:
+        return "explicit"
+    return getattr(config, "invert_predictor", "explicit") if predictor is None else predictor

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pipeline.options import anchor_renamed, check_dcfg_form, diffusion_anchor
+from pipeline.options import anchor_renamed, check_dcfg_form, diffusion_anchor, inversion_predictor
 
 __all__ = ["QueryEngine", "nfe_per_step", "decode_nfe", "invert_nfe", "num_timesteps"]
 
@@ -82,20 +82,24 @@ def decode_nfe(guidance: str, groups: Sequence[Sequence[str]] | None = None, wei
 
 @anchor_renamed
 def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, dcfg_form: str = "paper",
-               interval: Sequence[float] | None = None, num_timesteps: int = 1000) -> int:
-    """Network evaluations per row of one DDIM inversion: ``(1 + refine_steps) steps``, and with CFG++ anchored at
-    null (CFG, or DCFG's ``dcfg_form="paper"``: its pair ``eps(c)``, ``eps(null)``) 2 rows at every evaluation
-    inside ``interval``.
+               interval: Sequence[float] | None = None, num_timesteps: int = 1000,
+               predictor: str = "explicit") -> int:
+    """Network evaluations per row of one DDIM inversion: ``(1 + refine_steps) steps`` (``1 + refine_steps
+    steps`` with the extrapolated ``predictor``), and with CFG++ anchored at null (CFG, or DCFG's
+    ``dcfg_form="paper"``: its pair ``eps(c)``, ``eps(null)``) 2 rows at every evaluation inside ``interval``.
 
     Example:
         >>> invert_nfe(10, 1), invert_nfe(10, 1, "cfgpp"), invert_nfe(10, 1, "cfgpp", dcfg_form="conditional")
         (20, 40, 20)
+        >>> invert_nfe(10, 1, predictor="extrapolated"), invert_nfe(10, 1, "cfgpp", predictor="extrapolated")
+        (11, 22)
     """
-    from diffusion import ddim_eval_timesteps
+    from diffusion import ddim_eval_timesteps, ddim_invert_nfe
 
     if variant != "cfgpp" or check_dcfg_form(dcfg_form) != "paper":
-        return (1 + int(refine_steps)) * int(steps)
-    ts = ddim_eval_timesteps(num_timesteps, int(steps), invert=True, refine_steps=int(refine_steps))
+        return ddim_invert_nfe(int(steps), int(refine_steps), predictor)
+    ts = ddim_eval_timesteps(num_timesteps, int(steps), invert=True, refine_steps=int(refine_steps),
+                             predictor=predictor)
     if interval is None:
         return 2 * len(ts)
     return sum(2 if interval[0] <= t <= interval[1] else 1 for t in ts)
@@ -128,6 +132,7 @@ class QueryEngine:
         self.solver = getattr(pipe.config, "solver", "ddim")
         # refinement is a DDIM inversion's: DPM-Solver++'s inverse scheduler takes one evaluation per step
         self.refine_steps = int(getattr(pipe.config, "refine_steps", 0) or 0) if uses_refinement(self.solver) else 0
+        self.predictor = inversion_predictor(pipe.config, self.refine_steps)
         self.num_timesteps = num_timesteps(pipe)
         try:
             self.device = next(pipe.image_model.parameters()).device
@@ -153,7 +158,8 @@ class QueryEngine:
         names = list(self.pipe.graph.image_parents())
         pair = variant == "cfgpp" and check_dcfg_form(dcfg_form) == "paper"
         kw = {"variant": "cfgpp", "dcfg_form": "paper", "interval": interval} if pair else {}
-        per_row = invert_nfe(steps, self.refine_steps, variant, dcfg_form, interval, self.num_timesteps)
+        per_row = invert_nfe(steps, self.refine_steps, variant, dcfg_form, interval, self.num_timesteps,
+                             self.predictor)
         out = []
         for start in range(0, len(images), self.chunk_size):
             sl = slice(start, start + self.chunk_size)

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from diffusion.ddim import ddim_invert_nfe
 from pipeline.evaluation.config import METHODS, EvaluationConfig, parse_method
 from pipeline.evaluation.engine import decode_nfe, invert_nfe, nfe_per_step
-from pipeline.options import anchor_renamed, check_dcfg_form
+from pipeline.options import anchor_renamed, check_dcfg_form, inversion_predictor
 
-__all__ = ["groups_for", "query_for", "query_key", "refine_steps_of", "estimate_nfe"]
+__all__ = ["groups_for", "query_for", "query_key", "refine_steps_of", "predictor_of", "estimate_nfe"]
 
 
 @anchor_renamed
@@ -95,12 +96,19 @@ def refine_steps_of(pipe: Any) -> int:
     return int(getattr(pipe.config, "refine_steps", 0) or 0)
 
 
+def predictor_of(pipe: Any) -> str:
+    """The predictor of ``pipe``'s DDIM inversion (``"explicit"`` without refinement)."""
+    return inversion_predictor(pipe.config, refine_steps_of(pipe))
+
+
 def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0,
-                 pipeline_config: Any = None, num_timesteps: int = 1000) -> dict[str, int]:
+                 pipeline_config: Any = None, num_timesteps: int = 1000, predictor: str = "explicit"
+                 ) -> dict[str, int]:
     """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
 
-    ``pipelines`` identical pipelines are counted; ``refine_steps`` is the pipelines' fixed-point
-    refinement of DDIM inversion (each inversion step then costs ``1 + refine_steps`` forwards);
+    ``pipelines`` identical pipelines are counted; ``refine_steps`` and ``predictor`` are the pipelines'
+    fixed-point refinement of DDIM inversion and its first guess (an inversion of S steps then costs
+    :func:`diffusion.ddim.ddim_invert_nfe` forwards);
     ``pipeline_config`` (a :class:`~pipeline.core.PipelineConfig`) resolves a ``"pipeline"`` DCFG scale
     (otherwise, like ``"best"``, it is counted as a scale other than 1); ``num_timesteps`` is the image model's T
     (a guidance interval's steps are counted on its DDIM grid: 1 row block outside the interval).
@@ -133,7 +141,8 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
             have_inv = inverted.get(ikey, 0)
             if m > have_inv:
                 inverted[ikey] = m
-                total += invert_nfe(steps, refine_steps, "cfgpp", "paper", q["interval"], T) * (m - have_inv)
+                total += invert_nfe(steps, refine_steps, "cfgpp", "paper", q["interval"], T,
+                                    predictor) * (m - have_inv)
         key = query_key(node, q, steps)
         have = done.get(key, 0)
         if m <= have:
@@ -152,12 +161,14 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
             return float(pipeline_config.default_scale([node]))
         return 3.0 if isinstance(requested, str) else float(requested)  # 'best' / unresolved: not 1
 
-    inv = 1 + int(refine_steps)
-    out = {"inversion": inv * c.steps * c.n}
+    def inv(steps: int) -> int:  # one row's inversion
+        return ddim_invert_nfe(int(steps), int(refine_steps), predictor)
+
+    out = {"inversion": inv(c.steps) * c.n}
     if c.sweep_steps != c.steps:
-        out["inversion"] += inv * c.sweep_steps * c.sweep_n
+        out["inversion"] += inv(c.sweep_steps) * c.sweep_n
     if c.cycle_steps not in (c.steps, c.sweep_steps):
-        out["inversion"] += inv * c.cycle_steps * c.cycle_n
+        out["inversion"] += inv(c.cycle_steps) * c.cycle_n
     out["sweep"] = sum(cost(node, "none", 1.0, c.sweep_n, c.sweep_steps)
                        + sum(cost(node, m, s, c.sweep_n, c.sweep_steps) for m in c.sweep_methods for s in c.scales)
                        for node in nodes)
@@ -166,10 +177,10 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
                       + cost(node, "dcfg", chosen[node]["dcfg"], c.n, c.steps) for node in nodes)
     out["per_attribute"] = sum(cost(node, "dcfg_per_attribute", chosen[node]["dcfg"], c.per_attribute_n, c.steps)
                                for node in nodes) if c.per_attribute_n else 0
-    out["composition"] = c.cycle_steps * c.cycle_n * (c.cycles + inv * (c.cycles - 1))
-    out["reversibility"] = sum(c.steps * c.cycle_n * (3 * inv + k(node, "none", 1.0)
-                                                      + k(node, "cfg", chosen[node]["cfg"])
-                                                      + k(node, "dcfg", chosen[node]["dcfg"]))
+    out["composition"] = c.cycle_n * (c.cycle_steps * c.cycles + inv(c.cycle_steps) * (c.cycles - 1))
+    out["reversibility"] = sum(c.cycle_n * (3 * inv(c.steps) + c.steps * (k(node, "none", 1.0)
+                                                                          + k(node, "cfg", chosen[node]["cfg"])
+                                                                          + k(node, "dcfg", chosen[node]["dcfg"])))
                                for node in nodes) if c.cycle_n else 0
     out = {key: v * pipelines for key, v in out.items()}
     out["total"] = sum(out.values())

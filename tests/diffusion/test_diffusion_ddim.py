@@ -5,7 +5,16 @@ import pytest
 import torch
 from diffusion_helpers import ToyImages, tiny_config
 
-from diffusion import TrainConfig, ddim_invert, ddim_sample, ddim_timesteps, guided_eps_fn, train
+from diffusion import (
+    TrainConfig,
+    ddim_eval_timesteps,
+    ddim_invert,
+    ddim_invert_nfe,
+    ddim_sample,
+    ddim_timesteps,
+    guided_eps_fn,
+    train,
+)
 from diffusion.schedule import betas
 
 ABAR = torch.cumprod(1 - betas(1000), 0)
@@ -136,3 +145,50 @@ def test_clip_denoised_bounds_the_prediction():
     # with a well-behaved model whose predictions stay in range, clipping changes nothing
     fn = gaussian_eps(0.0, 0.1)
     torch.testing.assert_close(ddim_sample(fn, x_T, ABAR, 10, clip_denoised=True), ddim_sample(fn, x_T, ABAR, 10))
+
+
+# ---------------------------------------------------------------------------------------------------- predictor
+@pytest.mark.parametrize("steps, k", [(1, 1), (4, 1), (6, 2)])
+def test_the_extrapolated_predictor_calls_the_model_once_plus_k_per_step(steps, k):
+    seen = []
+
+    def fn(x, t):
+        seen.append(int(t[0]))
+        return 0.1 * x
+    ddim_invert(fn, torch.randn(2, 1, 2, 2), ABAR, steps, refine_steps=k, predictor="extrapolated")
+    assert len(seen) == 1 + k * steps == ddim_invert_nfe(steps, k, "extrapolated")
+    assert seen == ddim_eval_timesteps(1000, steps, invert=True, refine_steps=k, predictor="extrapolated")
+    grid = ddim_timesteps(1000, steps).tolist()
+    assert seen[0] == grid[0] and seen[1:] == [t for t in grid for _ in range(k)]  # x_0 at tau_1, then correctors
+
+
+def test_both_predictors_reach_the_same_exact_fixed_point():
+    """The predictor is only the corrector's starting point: iterated to convergence, both invert exactly."""
+    x0 = 0.3 + 0.2 * torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fn = gaussian_eps(0.3, 0.2)
+    xs = {p: ddim_invert(fn, x0, ABAR, 20, refine_steps=32, predictor=p) for p in ("explicit", "extrapolated")}
+    assert (xs["explicit"] - xs["extrapolated"]).abs().max() < 1e-10
+    assert (ddim_sample(fn, xs["extrapolated"], ABAR, 20) - x0).abs().max() < 1e-10
+
+
+def test_the_extrapolated_guess_is_exact_for_eps_linear_in_the_step():
+    """``2 e_{i-1} - e_{i-2}`` is the next value of an eps that moves linearly along the (uniform) grid, so with
+    such an eps one corrector lands on the fixed point that many correctors reach."""
+    def fn(x, t):  # depends on the state weakly and on t linearly
+        return 1e-3 * t.to(x.dtype).view(-1, 1, 1, 1) + 1e-6 * x
+    x0 = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    exact = ddim_invert(fn, x0, ABAR, 10, refine_steps=40)
+    one = {p: (ddim_invert(fn, x0, ABAR, 10, refine_steps=1, predictor=p) - exact).abs().max().item()
+           for p in ("explicit", "extrapolated")}
+    assert one["extrapolated"] < one["explicit"] / 10, one
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(refine_steps=0, predictor="extrapolated"), "needs refine_steps >= 1"),
+    (dict(refine_steps=1, predictor="implicit"), r"predictor='implicit' is not one of \['explicit', 'extrapolated'\]"),
+])
+def test_bad_predictors_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ddim_invert(lambda x, t: x, torch.zeros(1, 1, 2, 2), ABAR, 10, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        ddim_invert_nfe(10, **kwargs)

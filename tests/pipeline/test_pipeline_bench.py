@@ -15,10 +15,11 @@ def test_bench_rows_count_the_network_calls(tiny_pipeline, tmp_path):
     rows = result["rows"]
     assert [(r["method"], r["steps"]) for r in rows] == [
         ("none", 1), ("none", 2), ("cfg", 1), ("cfg", 2), ("dcfg+interval", 1), ("dcfg+interval", 2)]
-    r_inv = 1 + tiny_pipeline.config.refine_steps  # DDIM inversion: one call per step and refinement
+    assert (tiny_pipeline.config.refine_steps, tiny_pipeline.config.invert_predictor) == (1, "extrapolated")
+    inv = 1 + 2  # the default DDIM inversion of 2 steps: one call for x_0, one refinement per step
     nfe = {(r["method"], r["steps"]): r["nfe_per_counterfactual"] for r in rows}
-    assert nfe[("none", 2)] == 2 * r_inv + 2          # decoding: the plain conditional, one row per image
-    assert nfe[("cfg", 2)] == 2 * r_inv + 2 * 2       # decoding: null and full condition
+    assert nfe[("none", 2)] == inv + 2          # decoding: the plain conditional, one row per image
+    assert nfe[("cfg", 2)] == inv + 2 * 2       # decoding: null and full condition
     assert nfe[("none", 2)] <= nfe[("dcfg+interval", 2)] <= nfe[("cfg", 2)] + 2  # guided only inside the interval
     fwd = {int(k): v / 1000 for k, v in result["forward_ms"].items()}
     for r in rows:
@@ -50,5 +51,5 @@ def test_network_calls_record_only_inside_calls(tiny_pipeline, tiny_batch):
     with NetworkCalls(model) as calls:
         tiny_pipeline.counterfactual(x[:2], {k: v[:2] for k, v in parents.items()}, do={}, steps=2,
                                      guidance="none")
-    assert calls.seconds > 0 and calls.rows == [2] * (2 * (1 + tiny_pipeline.config.refine_steps) + 2)
+    assert calls.seconds > 0 and calls.rows == [2] * ((1 + 2) + 2)  # inversion 1 + r S, decoding S
     assert "eps" not in vars(model)

@@ -113,14 +113,17 @@ def test_main_table_reuses_the_sweep_decodings(result, tiny_pipeline):
     spent = run["nfe"]
     # the plan of estimate_nfe is what the run spent when the chosen CFG scales are >= 1 and in the sweep
     assert spent["total"] <= plan["total"]
-    assert spent["inversion"] == (1 + tiny_pipeline.config.refine_steps) * 3 * 12
+    c = tiny_pipeline.config
+    assert (c.refine_steps, c.invert_predictor) == (1, "extrapolated")  # the default inversion: 1 + r S calls
+    assert spent["inversion"] == (1 + 3) * 12
 
 
 def test_nfe_accounting_of_the_engine(tiny_pipeline, tiny_batch):
     x, a = tiny_batch
     eng = QueryEngine(tiny_pipeline, chunk_size=4)
     z = eng.invert(x, a, steps=2)
-    inv = (1 + tiny_pipeline.config.refine_steps) * 2 * len(x)
+    assert (tiny_pipeline.config.refine_steps, tiny_pipeline.config.invert_predictor) == (1, "extrapolated")
+    inv = (1 + 2) * len(x)  # 1 + r S
     assert eng.nfe == inv
     eng.decode(z, a, "dcfg", [["thickness", "intensity"], ["digit"]], [2.0, 1.0], steps=2)
     assert eng.nfe == inv + 3 * 2 * len(x)

@@ -56,7 +56,9 @@ def test_engine_counts_what_the_variants_cost(tiny_pipeline, tiny_batch):
     eng = QueryEngine(tiny_pipeline, chunk_size=4)
     r = tiny_pipeline.config.refine_steps
     z = eng.invert(x, a, steps=4, variant="cfgpp", dcfg_form="paper", interval=(300, 800))
-    assert eng.nfe == invert_nfe(4, r, "cfgpp", "paper", (300, 800)) * len(x)
+    assert tiny_pipeline.config.invert_predictor == "extrapolated"
+    # the calls at 249 (x_0), 249, 499, 749, 999 (one corrector each); 2 rows inside [300, 800]
+    assert eng.nfe == invert_nfe(4, r, "cfgpp", "paper", (300, 800), predictor="extrapolated") * len(x) == 7 * len(x)
     before = eng.nfe
     eng.decode(z, a, "cfg", None, [2.0], steps=4, variant="apg", interval=(300, 800),
                apg={"apg_eta": 0.0, "apg_threshold": 0.0, "apg_momentum": 0.0})

@@ -216,6 +216,8 @@ def test_manifest_and_shards(setup, reference, tiny_pipeline):
     assert m["query"]["do"] == {"thickness": {"shift": 1.0}}
     assert m["query"]["steps"] == 3 and m["query"]["seed"] == 0 and m["query"]["shard_size"] == 4
     assert m["query"]["groups"] == [["thickness", "intensity"], ["digit"]]
+    # the pipeline's inversion (extrapolated, one refinement) is part of the query: a resume checks it
+    assert m["query"]["inversion"] == {"refine_steps": 1, "predictor": "extrapolated"}
     assert m["data"]["spec"] == "csv" and m["data"]["length"] == N_ROWS
     assert [(s["start"], s["stop"], s["status"]) for s in m["shards"]] == [
         (0, 4, "complete"), (4, 8, "complete"), (8, 12, "complete")]
