@@ -121,7 +121,7 @@ class NodeSpec:
         if kind == "interval":
             low, high = d.get("low"), d.get("high")
             try:
-                if any(isinstance(v, (bool, str)) for v in (low, high)):
+                if any(isinstance(v, (bool, str, bytes, bytearray)) for v in (low, high)):
                     raise TypeError
                 low_f, high_f = float(low), float(high)  # type: ignore[arg-type]
             except (TypeError, ValueError):

@@ -284,7 +284,8 @@ class SCM(nn.Module):
 
     def check_do(self, do: Mapping[str, DoValue] | None, n: int | None = None) -> dict[str, Tensor | Callable]:
         """Check interventions: attribute nodes only; numbers and ``(n,)`` tensors in the support (callables are
-        checked when applied); returns node -> tensor (0-d for a number) or the callable."""
+        checked when applied; a bool only for a binary node, where it means 1 / 0); returns node -> tensor (0-d
+        for a number) or the callable."""
         if do is None:
             return {}
         if not isinstance(do, Mapping):
@@ -300,6 +301,10 @@ class SCM(nn.Module):
             if callable(value) and not isinstance(value, Tensor):
                 out[name] = value
                 continue
+            if self.graph.spec(name).kind != "binary" and (  # True/False mean 1/0 only for a binary node
+                    isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")):
+                raise TypeError(f"do[{name!r}]={value!r:.80}: pass a number, a (B,) tensor or a callable of the "
+                                f"factual value, not a bool (a class index is an integer, e.g. 1)")
             t = as_values(name, self.graph.spec(name), value, what="do", dtype=self.dtype, device=self.device,
                           allow_scalar=True)
             if t.dim() == 1 and n is not None and t.shape[0] != n:

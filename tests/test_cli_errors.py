@@ -8,6 +8,8 @@ empty and the pipeline directory unchanged.
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +24,12 @@ from pipeline.images import save_image
 torch.set_num_threads(1)
 
 GOOD_PARENTS = "t=1.5,i=130,d=1"
+#: name -> (file in the saved pipeline, path of keys in its JSON, an oversized value)
+OVERSIZED = {
+    "layers_per_block": ("image_model/config.json", ["layers_per_block"], 100000),
+    "scm hidden": ("scm/config.json", ["scm", "hidden"], [100000, 100000]),
+    "mechanism count_bins": ("scm/config.json", ["mechanisms", "t", "config", "count_bins"], 10 ** 8),
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +54,18 @@ def files(tmp_path_factory) -> Path:
     pipe.save(damaged)
     w = damaged / "image_model" / "model.safetensors"
     w.write_bytes(w.read_bytes()[:-10])
+    for name, (file, keys, value) in OVERSIZED.items():  # saved pipelines with one oversized config field
+        folder = root / f"oversized_{name.replace(' ', '_')}"
+        pipe.save(folder)
+        cfg = json.loads((folder / file).read_text())
+        node = cfg
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+        (folder / file).write_text(json.dumps(cfg))
+    binary = root / "binary_config_pipe"
+    pipe.save(binary)
+    (binary / "scm" / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff binary, not JSON")
     return root
 
 
@@ -249,6 +269,19 @@ OTHER_CASES = {
                                       "--data and --graph go together"),
     "data preview: unknown dataset": (["data", "preview", "--dataset", "nosuch", "--out", "{OUT}/p.png"],
                                       "--dataset"),
+    "bench generate: --out under a file": (["bench", "generate", "--pipeline", "{F}/pipe", "--out",
+                                            "{F}/a_file/b.json"], "not a writable directory"),
+    "bench generate: unknown --data": (["bench", "generate", "--pipeline", "{F}/pipe", "--data", "nosuch:thing",
+                                        "--out", "{OUT}/b.json"], "--data 'nosuch:thing' is not a data spec"),
+    "bench oracles: --out under a file": (["bench", "oracles", "--pipeline", "{F}/pipe", "--out",
+                                           "{F}/a_file/b.json"], "not a writable directory"),
+    "bench oracles: --predictors not a predictors folder": (["bench", "oracles", "--pipeline", "{F}/pipe",
+                                                             "--predictors", "{F}/a_dir", "--out", "{OUT}/b.json"],
+                                                            "metrics.json is missing"),
+    "bench app: --out under a file": (["bench", "app", "--pipeline", "{F}/pipe", "--out", "{F}/a_file/b.json"],
+                                      "not a writable directory"),
+    "bench app: --example -1": (["bench", "app", "--pipeline", "{F}/pipe", "--example", "-1", "--out",
+                                 "{OUT}/b.json"], "--example"),
 }
 
 
@@ -256,6 +289,51 @@ OTHER_CASES = {
 def test_other_commands_user_errors(files, tmp_path, case):
     args, fragment = OTHER_CASES[case]
     run_user_error(files, tmp_path, args, fragment)
+
+
+@pytest.mark.parametrize("field", sorted(OVERSIZED))
+def test_an_oversized_config_field_through_the_cli_is_one_error_line(files, tmp_path, field):
+    """Before: an unbounded size field (layers_per_block 100000, SCM hidden [100000, 100000]) built huge modules,
+    and through the CLI that was a traceback with exit code 1. Now: the load refuses it from the config's bounds,
+    and ``dcfg counterfactual`` prints one ``Error:`` line naming the field and its file, exit code 2."""
+    file, keys, value = OVERSIZED[field]
+    folder = f"{{F}}/oversized_{field.replace(' ', '_')}"
+    line = run_user_error(files, tmp_path, _cf(pipeline=folder), f"{keys[-1]}=")
+    assert str(value) in line and Path(file).parent.name in line, line
+
+
+def test_a_binary_config_json_through_the_cli_is_one_error_line(files, tmp_path):
+    """Before: a binary config.json gave a bare UnicodeDecodeError without naming the file. Now: one ``Error:``
+    line naming the file, exit code 2."""
+    line = run_user_error(files, tmp_path, _cf(pipeline="{F}/binary_config_pipe"), "is not a JSON text file")
+    assert "binary_config_pipe/scm/config.json" in line and "not UTF-8" in line, line
+
+
+@pytest.mark.parametrize("command", ["counterfactual", "sample"])
+def test_an_oserror_while_writing_is_one_error_line(files, tmp_path, monkeypatch, command):
+    """Before: the write of --out was outside the error handling, so a full disk (like /proc) gave a traceback.
+    Now: an OSError raised while the output is written, after every check passed, is one ``Error:`` line with
+    exit code 2, and neither the output nor its temporary file is left behind. The full disk is simulated:
+    ENOSPC from PIL writing the PNG into the temporary file (counterfactual), or from the fsync of the temporary
+    file (sample)."""
+    from PIL import Image
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    if command == "counterfactual":
+        args = _cf(out=f"{out}/cf.png")
+        monkeypatch.setattr(Image.Image, "save", full_disk)
+    else:
+        args = SAMPLE + ["--parents", "d=2", "--out", f"{out}/g.png"]
+        monkeypatch.setattr(os, "fsync", full_disk)
+    res = CliRunner().invoke(main, [a.replace("{F}", str(files)) for a in args])
+    assert res.exit_code == 2, f"exit {res.exit_code}: {res.output}\n{res.exception!r}"
+    assert res.stderr.splitlines() == [f"Error: {os.strerror(errno.ENOSPC)}"], res.stderr
+    assert "Traceback" not in res.output
+    assert list(out.iterdir()) == [], "the failed write left a file behind"
 
 
 def test_the_good_command_line_works(files, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -286,6 +287,8 @@ def _edit_graph(path: Path, edit) -> None:
     (lambda g: g["nodes"].update(u={"kind": "real"}), "'u'"),
     (lambda g: g["edges"].append(["i", "t"]), "cycle"),
     (lambda g: g.pop("nodes"), "nodes"),
+    (lambda g: g["nodes"]["i"].update(low="0"), "interval node 'i' needs numeric 'low' and 'high'"),
+    (lambda g: g["nodes"]["i"].update(high=True), "interval node 'i' needs numeric 'low' and 'high'"),
 ])
 def test_config_with_a_changed_graph_is_refused(saved, tmp_path, edit, names):
     _, path = saved
@@ -330,6 +333,110 @@ def test_edited_configs_are_refused(saved, tmp_path, where, edit, match):
     f.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=match):
         CounterfactualPipeline.load(copy)
+
+
+CONFIGS = ["config.json", "scm/config.json", "image_model/config.json", "classifier/config.json"]
+
+
+@pytest.mark.parametrize("where", CONFIGS)
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+                                  '{"format": "dcfg-scm", "é": 1}'.encode("latin-1")], ids=["binary", "latin-1"])
+def test_a_binary_config_json_is_refused_naming_the_file(saved, tmp_path, where, data):
+    """Before: a binary config.json gave UnicodeDecodeError without naming the file. Now: one ValueError line
+    naming the file, the first byte that is not UTF-8, and what the file should have been."""
+    _, path = saved
+    copy = tmp_path / "pipe"
+    shutil.copytree(path, copy)
+    (copy / where).write_bytes(data)
+    with pytest.raises(ValueError, match=r"is not a JSON text file \(byte \d+ is 0x[0-9a-f]{2}, not UTF-8\); it is "
+                                         r"damaged or not an? [a-zA-Z ]*config") as info:
+        CounterfactualPipeline.load(copy)
+    msg = str(info.value)
+    assert str(copy / where) in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("where, keys, match", [
+    ("config.json", [], r"config\.json: unknown key 'colour' in the pipeline config; the known keys are \["),
+    ("config.json", ["pipeline"], r"config\.json: 'pipeline': unknown key 'colour' in the pipeline settings"),
+    ("scm/config.json", [], r"config\.json: unknown key 'colour' in the SCM config; the known keys are \["),
+    ("scm/config.json", ["scm"], r"config\.json: 'scm': unknown key 'colour' in the SCM settings"),
+    ("scm/config.json", ["mechanisms", "t"], r"config\.json: mechanism of node 't': unknown key 'colour' in the "
+                                             r"mechanism entry"),
+    ("scm/config.json", ["mechanisms", "t", "config"], r"config\.json: config of node 't' does not fit "
+                                                       r"scm\.mechanisms:FlowMechanism: .*'colour'"),
+    ("image_model/config.json", [], r"config\.json: unknown ImageModelConfig keys \['colour'\]"),
+    ("classifier/config.json", [], r"config\.json: unknown key 'colour' in the classifier config"),
+])
+def test_an_unknown_config_key_is_refused_naming_the_key(saved, tmp_path, where, keys, match):
+    """Before: unknown keys in a config.json were accepted (and ignored). Now: the load of a saved pipeline, SCM,
+    image model or classifier folder refuses an unknown key at any level, in one line naming the key and the file
+    (docs/saving.md: 'an unknown key in any config is an error naming the key and the file')."""
+    _, path = saved
+    copy = tmp_path / "pipe"
+    shutil.copytree(path, copy)
+    cfg = json.loads((copy / where).read_text())
+    node = cfg
+    for k in keys:
+        node = node[k]
+    node["colour"] = "red"
+    (copy / where).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=match) as info:
+        CounterfactualPipeline.load(copy)
+    assert str(copy / where) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key, value", [("hidden", [16, 16]), ("count_bins", 3), ("bound", 5.0)])
+def test_an_scm_setting_that_no_mechanism_uses_is_refused(saved, tmp_path, key, value):
+    """Before: an edited scm.hidden that no mechanism uses was accepted and silently ignored. Now (docs/saving.md):
+    the SCM's settings must agree with the built-in mechanisms they describe, or the load is refused naming the
+    key, the node and the file; a mechanism entry marked "custom": true keeps its own settings and loads."""
+    _, path = saved
+    copy = tmp_path / "pipe"
+    shutil.copytree(path, copy)
+    f = copy / "scm" / "config.json"
+    cfg = json.loads(f.read_text())
+    own = cfg["mechanisms"]["t"]["config"][key]
+    cfg["scm"][key] = value
+    f.write_text(json.dumps(cfg))
+    match = (rf"scm\.{key}={re.escape(repr(value))} does not match the {key}=.* of node '.'.s built-in mechanism; "
+             rf".*would be ignored.*\"custom\": true")
+    with pytest.raises(ValueError, match=match) as info:
+        CounterfactualPipeline.load(copy)
+    assert str(f) in str(info.value)
+    for entry in cfg["mechanisms"].values():
+        entry["custom"] = True
+    f.write_text(json.dumps(cfg))
+    back = SCM.load(copy / "scm")  # the documented exemption: each mechanism keeps its own saved settings
+    assert back.mechanisms["t"].get_config()[key] == own != value
+    reference = SCM.load(path / "scm").state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in back.state_dict().items())
+
+
+@pytest.mark.parametrize("do", [{"d": True}, {"d": False}, {"t": True}, {"d": torch.tensor([True, False])}])
+def test_a_bool_do_is_refused_for_a_node_that_is_not_binary(saved, do):
+    """Before: do={"digit": True} was accepted (as class 1). Now: a TypeError naming the node; a bool means 1/0
+    for a binary node only (docs/saving.md). The toy graph has no binary node."""
+    pipe, _ = saved
+    x, parents = query_batch()
+    (node, value), = do.items()
+    with pytest.raises(TypeError, match=rf"do\[{node!r}\]=.*not a bool \(a class index is an integer, e\.g\. 1\)"):
+        pipe.counterfactual(x, parents, do=do, steps=1)
+
+
+def test_factual_parents_are_copies_of_the_callers_tensors(saved):
+    """Before: res.factual_parents held the caller's own tensors, so editing the result edited the caller's input.
+    Now: copies with the same values; editing either side leaves the other unchanged."""
+    pipe, _ = saved
+    x, parents = query_batch()
+    before = {k: v.clone() for k, v in parents.items()}
+    res = pipe.counterfactual(x, parents, do={"t": 2.0}, steps=1, seed=0)
+    assert res.factual_parents.keys() == parents.keys()
+    for k, v in res.factual_parents.items():
+        assert torch.equal(v, before[k]) and v.data_ptr() != parents[k].data_ptr(), k
+        v.add_(1)  # editing the result ...
+    assert all(torch.equal(parents[k], before[k]) for k in parents)  # ... leaves the caller's input as it was
+    parents["t"].mul_(3)  # and editing the input afterwards leaves the result as it was
+    assert torch.equal(res.factual_parents["t"], before["t"] + 1)
 
 
 @pytest.mark.parametrize("remove", ["config.json", "scm", "image_model/model.safetensors",

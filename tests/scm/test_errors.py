@@ -208,6 +208,50 @@ def test_loading_bad_directories(tmp_path, morpho_graph) -> None:
         SCM.load(d)
 
 
+@pytest.mark.parametrize("node, value", [
+    ("digit", True), ("digit", False), ("digit", torch.tensor([True, False, True, False, True, False])),
+    ("thickness", True),
+])
+def test_a_bool_do_value_is_refused_except_for_a_binary_node(scm, obs, node, value) -> None:
+    """Before: do={"digit": True} was accepted silently (as class 1). Now: a bool (or a bool tensor) is refused
+    for every node but a binary one, where True / False mean 1 / 0 (docs/saving.md)."""
+    before = snapshot(scm)
+    with pytest.raises(TypeError, match=rf"do\[{node!r}\]=.*not a bool \(a class index is an integer, e\.g\. 1\)"):
+        scm.counterfactual(obs, do={node: value})
+    assert_unchanged(scm, before)
+    binary = CausalGraph.from_dict({"nodes": {"b": {"kind": "binary"}, "y": {"kind": "real"}},
+                                    "edges": [["b", "y"]]})
+    bscm = SCM(binary, hidden=(4,), seed=0)
+    rows = {"b": torch.tensor([0, 1, 0]), "y": torch.tensor([0.5, -1.0, 2.0])}
+    as_bool = bscm.counterfactual(rows, do={"b": True}, seed=0)
+    assert torch.equal(as_bool["b"], torch.ones(3, dtype=torch.int64))
+    assert torch.equal(as_bool["y"], bscm.counterfactual(rows, do={"b": 1}, seed=0)["y"])
+
+
+def test_wrongly_typed_fields_of_a_saved_scm_name_the_file_and_key(tmp_path, morpho_graph) -> None:
+    """Before: SCM format_version "abc" gave a bare `invalid literal for int()`; count_bins "eight" named the file
+    but not the key. Now: one line naming the file, the key and what it must be."""
+    d = SCM(morpho_graph, hidden=(4,), count_bins=2).save(tmp_path / "s")
+    original = json.loads((d / "config.json").read_text())
+    cases = [
+        (lambda c: c.update(format_version="abc"), r"format_version='abc' must be an integer \(this dcfg writes 1\)"),
+        (lambda c: c.update(format_version=True), r"format_version=True must be an integer"),
+        (lambda c: c["scm"].update(count_bins="eight"), r"scm\.count_bins='eight' must be an integer in 2\.\.1024"),
+        (lambda c: c["mechanisms"]["thickness"]["config"].update(count_bins="eight"),
+         r"mechanisms\.thickness\.config\.count_bins='eight' must be an integer in 2\.\.1024"),
+    ]
+    for edit, match in cases:
+        cfg = json.loads(json.dumps(original))
+        edit(cfg)
+        (d / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match=match) as info:
+            SCM.load(d)
+        msg = str(info.value)
+        assert msg.startswith(f"{d / 'config.json'}: ") and "\n" not in msg and "invalid literal" not in msg, msg
+    (d / "config.json").write_text(json.dumps(original))
+    SCM.load(d)  # the unedited config loads
+
+
 # ------------------------------------------------------------------------------ construction, types
 def test_constructor_errors(morpho_graph) -> None:
     with pytest.raises(TypeError, match="graph must be a CausalGraph"):

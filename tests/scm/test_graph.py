@@ -112,6 +112,18 @@ def test_validation_errors_name_the_culprit(graph, match) -> None:
         CausalGraph.from_dict(graph)
 
 
+@pytest.mark.parametrize("low, high", [("0", "255"), (0, "255"), ("0", 255), (True, 255), (0, True),
+                                       (False, 1), (0, b"255")])
+def test_interval_bounds_must_be_numbers_not_strings_or_bools(low, high) -> None:
+    """Before: interval bounds given as strings or True were accepted (turned into floats). Now: refused, naming
+    the node and the bounds given; numbers of any type (int, float) are still accepted."""
+    spec = {"kind": "interval", "low": low, "high": high}
+    with pytest.raises(ValueError, match=rf"interval node 'intensity' needs numeric 'low' and 'high' "
+                                         rf"\(got low={low!r}, high={high!r}\)"):
+        CausalGraph.from_dict(_with(intensity=spec))
+    assert NodeSpec.from_dict("intensity", {"kind": "interval", "low": 0, "high": 255.0}).high == 255.0
+
+
 def test_from_networkx_validates_too() -> None:
     h = nx.DiGraph()
     h.add_node("x", kind="real")
