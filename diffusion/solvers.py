@@ -109,14 +109,16 @@ def _run(sched: Any, eps_fn: EpsFn, x: Tensor, dtype: torch.dtype, solver: str, 
 
 
 def sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, *, solver: str = "ddim",
-           progress: bool = False) -> Tensor:
-    """Decode noise ``x_T`` with ``steps`` model evaluations of ``solver`` (see the module docstring).
+           progress: bool = False, power: float = 1.0) -> Tensor:
+    """Decode noise ``x_T`` with ``steps`` model evaluations of ``solver`` (see the module docstring). ``power``
+    is DDIM's grid exponent (:func:`~diffusion.ddim.ddim_timesteps`); the diffusers solvers keep their uniform
+    trailing grid.
 
     Returns ``x_0`` in ``x_T``'s dtype.
     """
     check_solver(solver)
     if solver == "ddim":
-        return ddim_sample(eps_fn, x_T, alphas_cumprod, steps, progress=progress)
+        return ddim_sample(eps_fn, x_T, alphas_cumprod, steps, progress=progress, power=power)
     abar = check_sampler_inputs(x_T, alphas_cumprod, "x_T")
     _check_steps(steps)
     sched = _scheduler(solver, abar, steps)
@@ -124,14 +126,15 @@ def sample(eps_fn: EpsFn, x_T: Tensor, alphas_cumprod: Tensor, steps: int, *, so
 
 
 def invert(eps_fn: EpsFn, x_0: Tensor, alphas_cumprod: Tensor, steps: int, *, solver: str = "ddim",
-           refine_steps: int = 0, predictor: str = "explicit", progress: bool = False) -> Tensor:
+           refine_steps: int = 0, predictor: str = "explicit", progress: bool = False, power: float = 1.0) -> Tensor:
     """Encode images ``x_0`` into noise at the last timestep with ``solver``'s inverter (``refine_steps`` and
-    ``predictor`` apply where that is DDIM, :func:`~diffusion.ddim.ddim_invert`). Returns ``x_T`` in ``x_0``'s
-    dtype."""
+    ``predictor`` apply where that is DDIM, :func:`~diffusion.ddim.ddim_invert`; ``power``, the DDIM grid's
+    exponent, where the solver is DDIM: UniPC's DDIM inversion keeps the uniform grid its decoder uses). Returns
+    ``x_T`` in ``x_0``'s dtype."""
     check_solver(solver)
     if INVERTERS[solver] == "ddim":
         return ddim_invert(eps_fn, x_0, alphas_cumprod, steps, refine_steps=refine_steps, predictor=predictor,
-                           progress=progress)
+                           progress=progress, power=power if solver == "ddim" else 1.0)
     abar = check_sampler_inputs(x_0, alphas_cumprod, "x_0")
     _check_steps(steps)
     sched = _scheduler(solver, abar, steps, inverse=True)

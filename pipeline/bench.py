@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .core import CounterfactualPipeline
-from .options import inversion_predictor
+from .options import grid_power, inversion_predictor
 
 #: The methods timed by default: the three guidances and each variant on CFG and DCFG.
 DEFAULT_METHODS = ("none", "cfg", "dcfg", "cfg+apg", "dcfg+apg", "cfg+cfgpp", "dcfg+cfgpp", "cfg+interval",
@@ -176,6 +176,7 @@ def bench_pipeline(pipe: CounterfactualPipeline, batch: int = 64, steps: Sequenc
     result = {"rows": rows, "forward_ms": {str(r): 1000 * v for r, v in sorted(fwd.items())},
               "solver": pipe.config.solver, "refine_steps": pipe.config.refine_steps,
               "invert_predictor": inversion_predictor(pipe.config, pipe.config.refine_steps),
+              "timestep_power": grid_power(pipe.config),
               "interval": list(interval),
               "threads": torch.get_num_threads(), "machine": cpu_facts(),
               **pipe.image_model.inference_settings,
@@ -196,7 +197,7 @@ def format_pipeline_table(result: dict) -> str:
     m = result["machine"]
     lines = [f"{m['cpu']} (avx512_bf16 {m['avx512_bf16']}, amx_bf16 {m['amx_bf16']}), {result['threads']} torch "
              f"threads, solver {result['solver']}, refine {result['refine_steps']} "
-             f"({result['invert_predictor']}); one forward: "
+             f"({result['invert_predictor']}), grid power {result['timestep_power']:g}; one forward: "
              + ", ".join(f"{r} rows {ms:.1f} ms" for r, ms in result["forward_ms"].items()),
              "",
              "| method | steps | image-NFEs / cf | ms / cf | floor ms / cf | wall / floor | wall / in-query network |",

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
-from diffusion.ddim import check_inversion
+from diffusion.ddim import check_inversion, check_power
 from diffusion.solvers import check_solver, uses_refinement
 
 
@@ -70,29 +70,34 @@ def _counted_nfe(pipe: Any, ev: Any, steps: int) -> float:
 def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "unipc"),
                   steps: Sequence[int] = (10, 15, 20, 30, 50), refines: Sequence[int] = (0, 1), n: int = 100,
                   cycle_n: int = 10, data: str | None = None, precision: str = "auto", seed: int = 0,
-                  predictors: Sequence[str] = ("explicit", "extrapolated"),
+                  predictors: Sequence[str] = ("explicit", "extrapolated"), powers: Sequence[float] | None = None,
                   log: Callable[[str], None] | None = None,
                   on_row: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     """One row per (solver, refine, predictor, steps) with the figures of the module docstring, in the order the
     arguments give them. A refinement count and inversion predictor are measured only for the solvers whose
     inversion is DDIM's (the others get refine 0 once), and without refinement only the explicit predictor (plain
-    DDIM inversion). ``on_row(rows so far)`` is called after each setting (to save partial results)."""
+    DDIM inversion). ``powers`` are DDIM's grid exponents (default: the pipeline's; the diffusers solvers keep
+    their uniform grid, so they run once at 1). ``on_row(rows so far)`` is called after each setting (to save partial
+    results)."""
     from pipeline.evaluation.runner import EvaluationConfig, evaluate, load_evaluation_data
 
     for s in solvers:
         check_solver(s)
     for p in predictors:
         check_inversion(1, p)
+    powers = [check_power(p) for p in (powers if powers is not None else (pipe.config.timestep_power,))]
     ev = load_evaluation_data(pipe, data, progress=False)
     base = pipe.config
     rows = []
     try:
         inversions = [(int(r), p) for r in refines for p in (predictors if r else ("explicit",))]
         for solver in solvers:
-            for refine, predictor in (inversions if uses_refinement(solver) else [(0, "explicit")]):
+            settings = [(r, p, w) for r, p in (inversions if uses_refinement(solver) else [(0, "explicit")])
+                        for w in (powers if solver == "ddim" else [1.0])]
+            for refine, predictor, power in settings:
                 for s in steps:
                     pipe.config = dataclasses.replace(base, solver=solver, refine_steps=refine,
-                                                      invert_predictor=predictor)
+                                                      invert_predictor=predictor, timestep_power=power)
                     eval_config = EvaluationConfig(n=n, steps=int(s), scales=(1.0,), scale=None,
                                                    cfg_scale=float(base.scale), sweep_n=1, per_attribute_n=0,
                                                    cycle_n=cycle_n, cycles=10, cycle_steps=int(s), grid_n=1,
@@ -101,7 +106,7 @@ def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "u
                                    reference_images=ev.images, progress=False)
                     m = res.metrics
                     per_cf = _counted_nfe(pipe, ev, int(s))
-                    row = {"solver": solver, "steps": int(s), "refine": refine, "predictor": predictor,
+                    row = {"solver": solver, "steps": int(s), "refine": refine, "predictor": predictor, "power": power,
                            **_summary(m, pipe.graph),
                            "nfe_per_counterfactual": per_cf, "ms_per_nfe": m["timing"]["ms_per_nfe"],
                            # the run's measured time per image-NFE times this query's count
@@ -111,7 +116,8 @@ def bench_solvers(pipe: Any, *, solvers: Sequence[str] = ("ddim", "dpmpp_2m", "u
                     if on_row:
                         on_row(rows)
                     if log:
-                        log(f"{solver} steps={s} refine={refine} {predictor}: {per_cf:.0f} NFE, composition "
+                        log(f"{solver} steps={s} power={power:g} refine={refine} {predictor}: {per_cf:.0f} NFE, "
+                            f"composition "
                             f"{row['composition_1']:.3f} / {row['composition_10']:.3f}, gt_l1 {row['gt_l1_mean']}")
     finally:
         pipe.config = base
@@ -123,12 +129,14 @@ def format_solver_table(rows: Sequence[dict[str, Any]]) -> str:
     def f(v: Any, digits: int = 3) -> str:
         return "–" if v is None else f"{v:.{digits}f}"
 
-    lines = ["| solver | steps | refine | predictor | NFE / cf | composition 1 / 10 | GT L1 | effectiveness | "
-             "total spurious (mean) | ms / NFE | s / cf |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| solver | steps | grid power | refine | predictor | NFE / cf | composition 1 / 10 | GT L1 | "
+             "effectiveness | total spurious (mean) | ms / NFE | s / cf |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         eff = ", ".join(f"{k.split(': ')[1]} {v:.3g}" for k, v in r["effectiveness"].items())
         sp = list(r["total_spurious"].values())
-        lines.append(f"| {r['solver']} | {r['steps']} | {r['refine']} | {r.get('predictor', 'explicit')} | "
+        lines.append(f"| {r['solver']} | {r['steps']} | {r.get('power', 1.0):g} | {r['refine']} | "
+                     f"{r.get('predictor', 'explicit')} | "
                      f"{r['nfe_per_counterfactual']:.0f} | "
                      f"{f(r['composition_1'], 2)} / {f(r['composition_10'], 2)} | {f(r['gt_l1_mean'], 4)} | {eff} | "
                      f"{f(sum(sp) / len(sp) if sp else None)} | {r['ms_per_nfe']:.2f} | "

@@ -75,7 +75,7 @@ def render_card(pipe: Any) -> str:
     params = sum(p.numel() for p in m.parameters())
     lines += [f"- image model: {params:,} parameters, channels {tuple(m.config.block_out_channels)}",
               f"- guidance defaults: {pipe.config.guidance}, scale {pipe.config.scale:g}, "
-              f"{pipe.config.steps} DDIM steps", ""]
+              f"{pipe.config.steps} {pipe.config.solver.upper()} steps{_grid(pipe.config)}", ""]
 
     lines += ["## Oracles", ""]
     predictors = getattr(pipe, "predictors", None)
@@ -133,3 +133,13 @@ def record_evaluation(pipeline_dir: Any, metrics: dict[str, Any], command: str |
     atomic_write_json(path / "config.json", cfg)
     pipe = CounterfactualPipeline.load(path)
     atomic_save(lambda p: Path(p).write_text(render_card(pipe)), path / "README.md")
+
+
+def _grid(config: Any) -> str:
+    """The grid and inversion of a config's default solver, where they are not the uniform, explicit ones."""
+    parts = []
+    if getattr(config, "solver", "ddim") == "ddim" and getattr(config, "timestep_power", 1.0) != 1.0:
+        parts.append(f"grid power {config.timestep_power:g}")
+    if getattr(config, "refine_steps", 0) and getattr(config, "invert_predictor", "explicit") != "explicit":
+        parts.append(f"inversion: {config.refine_steps} refinement(s) from the {config.invert_predictor} guess")
+    return f" ({'; '.join(parts)})" if parts else ""

@@ -769,6 +769,8 @@ def _csv_ints(text: str, flag: str, low: int = 0) -> list[int]:
 @click.option("--predictors", "predictors_text", default="explicit,extrapolated", show_default=True,
               help="First guesses of a refined DDIM inversion: 'explicit' (a network call per step) and/or "
                    "'extrapolated' (from the previous steps, no call).")
+@click.option("--powers", "powers_text", default=None,
+              help="Exponents of the DDIM grid, tau_i = round(T (i/S)^p) - 1 (1: uniform). Default: the pipeline's.")
 @click.option("--n", type=click.IntRange(1, 1000), default=100, show_default=True, help="Test rows per setting.")
 @click.option("--cycle-n", type=click.IntRange(1, 1000), default=10, show_default=True,
               help="Rows of composition (1 and 10 cycles).")
@@ -777,17 +779,23 @@ def _csv_ints(text: str, flag: str, low: int = 0) -> list[int]:
               help="JSON file for the results.")
 @_THREADS_OPT
 @click.option("--quiet", is_flag=True, help="No log lines.")
-def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, predictors_text, n, cycle_n,
-                          precision, out, threads, quiet):
+def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, predictors_text, powers_text, n,
+                          cycle_n, precision, out, threads, quiet):
     """Quality and cost of each solver x steps x refinement (composition, ground-truth L1, effectiveness,
     spurious change, image-NFEs and wall time per counterfactual), at the pipeline's DCFG defaults."""
-    from diffusion.ddim import PREDICTORS
+    from diffusion.ddim import PREDICTORS, check_power
     from diffusion.solvers import SOLVERS
 
     _check_out(out)
     predictors = [v.strip() for v in predictors_text.split(",") if v.strip()]
     if not predictors or any(v not in PREDICTORS for v in predictors):
         _fail(f"--predictors {predictors_text!r}: choose from {list(PREDICTORS)}")
+    powers = None
+    if powers_text is not None:
+        try:
+            powers = [check_power(float(v)) for v in powers_text.split(",")]
+        except ValueError as e:
+            _fail(f"--powers {powers_text!r}: {e}")
     solvers = [v.strip() for v in solvers_text.split(",") if v.strip()]
     bad = [v for v in solvers if v not in SOLVERS]
     if bad or not solvers:
@@ -807,7 +815,7 @@ def bench_solvers_command(pipeline_dir, solvers_text, steps_text, refine_text, p
             "torch_threads": torch.get_num_threads()}
     try:
         rows = bench_solvers(pipe, solvers=solvers, steps=steps, refines=refines, n=n, cycle_n=cycle_n,
-                             precision=precision, predictors=predictors, log=log,
+                             precision=precision, predictors=predictors, powers=powers, log=log,
                              on_row=lambda done: atomic_write_json(out, {**head, "rows": done}))
     except (ValueError, TypeError) as e:
         _fail(str(e))

@@ -25,7 +25,8 @@ from dcfg_io.checks import is_number
 
 __all__ = ["DCFG_FORMS", "FROM_CONFIG", "check_dcfg_form", "diffusion_anchor", "check_descendant_weight",
            "warn_deprecated", "renamed_arguments", "anchor_renamed",
-           "former_anchor", "form_from_former", "inversion_predictor"]
+           "former_anchor", "form_from_former", "inversion_predictor",
+           "grid_power"]
 
 #: DCFG's formulations: the paper's equation, or each group amplified given the others
 DCFG_FORMS = ("paper", "conditional")
@@ -154,3 +155,10 @@ def inversion_predictor(config: Any, refine_steps: int, predictor: str | None = 
     if not refine_steps:
         return "explicit"
     return getattr(config, "invert_predictor", "explicit") if predictor is None else predictor
+
+
+def grid_power(config: Any, solver: str | None = None) -> float:
+    """The DDIM grid exponent a pipeline with ``config`` uses with ``solver`` (default: the config's): its
+    ``timestep_power`` for DDIM, 1 (the uniform grid of diffusers' schedulers) for the others."""
+    solver = getattr(config, "solver", "ddim") if solver is None else solver
+    return float(getattr(config, "timestep_power", 1.0)) if solver == "ddim" else 1.0

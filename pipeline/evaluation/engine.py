@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from pipeline.options import anchor_renamed, check_dcfg_form, diffusion_anchor, inversion_predictor
+from pipeline.options import anchor_renamed, check_dcfg_form, diffusion_anchor, grid_power, inversion_predictor
 
 __all__ = ["QueryEngine", "nfe_per_step", "decode_nfe", "invert_nfe", "num_timesteps"]
 
@@ -63,9 +63,10 @@ def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None,
 @anchor_renamed
 def decode_nfe(guidance: str, groups: Sequence[Sequence[str]] | None = None, weights: Sequence[float] | None = None,
                dcfg_form: str = "paper", steps: int = 1, interval: Sequence[float] | None = None,
-               num_timesteps: int = 1000) -> int:
+               num_timesteps: int = 1000, power: float = 1.0) -> int:
     """Network evaluations per row of one DDIM decoding of ``steps`` steps (:func:`nfe_per_step` at every step
-    inside ``interval``, 1 outside it). APG and CFG++ cost what their base costs.
+    inside ``interval``, 1 outside it; ``power`` is the grid's exponent). APG and CFG++ cost what their base
+    costs.
 
     Example:
         >>> decode_nfe("cfg", steps=10), decode_nfe("cfg", steps=10, interval=(300, 700))
@@ -77,13 +78,13 @@ def decode_nfe(guidance: str, groups: Sequence[Sequence[str]] | None = None, wei
     if interval is None or k == 1:
         return k * int(steps)
     lo, hi = float(interval[0]), float(interval[1])
-    return sum(k if lo <= t <= hi else 1 for t in ddim_eval_timesteps(num_timesteps, int(steps)))
+    return sum(k if lo <= t <= hi else 1 for t in ddim_eval_timesteps(num_timesteps, int(steps), power=power))
 
 
 @anchor_renamed
 def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, dcfg_form: str = "paper",
                interval: Sequence[float] | None = None, num_timesteps: int = 1000,
-               predictor: str = "explicit") -> int:
+               predictor: str = "explicit", power: float = 1.0) -> int:
     """Network evaluations per row of one DDIM inversion: ``(1 + refine_steps) steps`` (``1 + refine_steps
     steps`` with the extrapolated ``predictor``), and with CFG++ anchored at null (CFG, or DCFG's
     ``dcfg_form="paper"``: its pair ``eps(c)``, ``eps(null)``) 2 rows at every evaluation inside ``interval``.
@@ -99,7 +100,7 @@ def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, dc
     if variant != "cfgpp" or check_dcfg_form(dcfg_form) != "paper":
         return ddim_invert_nfe(int(steps), int(refine_steps), predictor)
     ts = ddim_eval_timesteps(num_timesteps, int(steps), invert=True, refine_steps=int(refine_steps),
-                             predictor=predictor)
+                             predictor=predictor, power=power)
     if interval is None:
         return 2 * len(ts)
     return sum(2 if interval[0] <= t <= interval[1] else 1 for t in ts)
@@ -133,6 +134,7 @@ class QueryEngine:
         # refinement is a DDIM inversion's: DPM-Solver++'s inverse scheduler takes one evaluation per step
         self.refine_steps = int(getattr(pipe.config, "refine_steps", 0) or 0) if uses_refinement(self.solver) else 0
         self.predictor = inversion_predictor(pipe.config, self.refine_steps)
+        self.power = grid_power(pipe.config, self.solver)
         self.num_timesteps = num_timesteps(pipe)
         try:
             self.device = next(pipe.image_model.parameters()).device
@@ -159,7 +161,7 @@ class QueryEngine:
         pair = variant == "cfgpp" and check_dcfg_form(dcfg_form) == "paper"
         kw = {"variant": "cfgpp", "dcfg_form": "paper", "interval": interval} if pair else {}
         per_row = invert_nfe(steps, self.refine_steps, variant, dcfg_form, interval, self.num_timesteps,
-                             self.predictor)
+                             self.predictor, self.power)
         out = []
         for start in range(0, len(images), self.chunk_size):
             sl = slice(start, start + self.chunk_size)
@@ -184,7 +186,7 @@ class QueryEngine:
         names = list(self.pipe.graph.image_parents())
         if dcfg_form is None:
             dcfg_form = getattr(self.pipe.config, "dcfg_form", "paper")
-        per_row = decode_nfe(guidance, groups, weights, dcfg_form, steps, interval, self.num_timesteps)
+        per_row = decode_nfe(guidance, groups, weights, dcfg_form, steps, interval, self.num_timesteps, self.power)
         extra: dict[str, Any] = {}
         if guidance != "none" and (variant is not None or interval is not None):
             extra = {"variant": variant, "interval": interval, **(apg or {})}

@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 from diffusion.ddim import ddim_invert_nfe
 from pipeline.evaluation.config import METHODS, EvaluationConfig, parse_method
 from pipeline.evaluation.engine import decode_nfe, invert_nfe, nfe_per_step
-from pipeline.options import anchor_renamed, check_dcfg_form, inversion_predictor
+from pipeline.options import anchor_renamed, check_dcfg_form, grid_power, inversion_predictor
 
-__all__ = ["groups_for", "query_for", "query_key", "refine_steps_of", "predictor_of", "estimate_nfe"]
+__all__ = ["groups_for", "query_for", "query_key", "refine_steps_of", "predictor_of", "power_of", "estimate_nfe"]
 
 
 @anchor_renamed
@@ -101,14 +101,19 @@ def predictor_of(pipe: Any) -> str:
     return inversion_predictor(pipe.config, refine_steps_of(pipe))
 
 
+def power_of(pipe: Any) -> float:
+    """The exponent of ``pipe``'s DDIM grid (1 for the diffusers solvers)."""
+    return grid_power(pipe.config)
+
+
 def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0,
-                 pipeline_config: Any = None, num_timesteps: int = 1000, predictor: str = "explicit"
-                 ) -> dict[str, int]:
+                 pipeline_config: Any = None, num_timesteps: int = 1000, predictor: str = "explicit",
+                 power: float = 1.0) -> dict[str, int]:
     """Image-NFEs an evaluation with a *resolved* ``config`` will spend, by phase.
 
     ``pipelines`` identical pipelines are counted; ``refine_steps`` and ``predictor`` are the pipelines'
     fixed-point refinement of DDIM inversion and its first guess (an inversion of S steps then costs
-    :func:`diffusion.ddim.ddim_invert_nfe` forwards);
+    :func:`diffusion.ddim.ddim_invert_nfe` forwards), ``power`` their grid's exponent;
     ``pipeline_config`` (a :class:`~pipeline.core.PipelineConfig`) resolves a ``"pipeline"`` DCFG scale
     (otherwise, like ``"best"``, it is counted as a scale other than 1); ``num_timesteps`` is the image model's T
     (a guidance interval's steps are counted on its DDIM grid: 1 row block outside the interval).
@@ -142,14 +147,14 @@ def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refin
             if m > have_inv:
                 inverted[ikey] = m
                 total += invert_nfe(steps, refine_steps, "cfgpp", "paper", q["interval"], T,
-                                    predictor) * (m - have_inv)
+                                    predictor, power) * (m - have_inv)
         key = query_key(node, q, steps)
         have = done.get(key, 0)
         if m <= have:
             return total
         done[key] = m
         return total + decode_nfe(q["guidance"], q["groups"], q["weights"], q["dcfg_form"], steps, q["interval"],
-                                  T) * (m - have)
+                                  T, power) * (m - have)
 
     def k(node: str, method: str, scale: float) -> int:
         guidance, groups, weights, a = groups_for(graph, node, method, scale, c.invariant_weight,

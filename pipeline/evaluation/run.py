@@ -72,7 +72,15 @@ from pipeline.evaluation.engine import QueryEngine, num_timesteps
 from pipeline.evaluation.headline import headline_rows, primary_metric, recommend_scales, targets_of, tradeoff_ratios
 from pipeline.evaluation.metrics import frechet_distance
 from pipeline.evaluation.oracles import Oracles
-from pipeline.evaluation.plan import estimate_nfe, groups_for, predictor_of, query_for, query_key, refine_steps_of
+from pipeline.evaluation.plan import (
+    estimate_nfe,
+    groups_for,
+    power_of,
+    predictor_of,
+    query_for,
+    query_key,
+    refine_steps_of,
+)
 from pipeline.evaluation.scores import effectiveness, ground_truth_error, roles, spurious_change
 from pipeline.machine import cpu_facts
 
@@ -447,7 +455,7 @@ def evaluate(pipe: Any, images: Tensor, parents: Mapping[str, Tensor], oracles: 
                          f"{pipe.graph.image_parents()}; both must answer the same queries")
     pipelines = {"main": pipe} if ablation is None else {"main": pipe, "ablation": ablation}
     plans = [estimate_nfe(c, p.graph, refine_steps=refine_steps_of(p), predictor=predictor_of(p),
-                          num_timesteps=num_timesteps(p),
+                          power=power_of(p), num_timesteps=num_timesteps(p),
                           pipeline_config=p.config) for p in pipelines.values()]
     plan = {k: sum(pl[k] for pl in plans) for k in plans[0]}
     log(f"plan: {plan['total']:,} image-NFEs ({', '.join(f'{k} {v:,}' for k, v in plan.items() if k != 'total')})")

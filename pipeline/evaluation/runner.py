@@ -39,14 +39,22 @@ from pipeline.evaluation.headline import (
     tradeoff_ratios,
 )
 from pipeline.evaluation.oracles import Oracles
-from pipeline.evaluation.plan import estimate_nfe, groups_for, predictor_of, query_for, query_key, refine_steps_of
+from pipeline.evaluation.plan import (
+    estimate_nfe,
+    groups_for,
+    power_of,
+    predictor_of,
+    query_for,
+    query_key,
+    refine_steps_of,
+)
 from pipeline.evaluation.run import EvaluationResult, RunData, evaluate, prepare_rows, total_spurious
 
 __all__ = ["EvaluationConfig", "EvaluationResult", "EvaluationData", "METHODS", "METHOD_VARIANTS", "BENCHMARK_TARGETS",
            "COLOUR_TARGETS", "TARGETS", "COMPILE_AUTO_NFE", "MAX_EVALUATION_ROWS", "evaluate", "run_evaluation",
            "load_evaluation_data", "estimate_nfe", "resolve_config", "parse_method", "groups_for", "query_for",
-           "query_key", "refine_steps_of", "predictor_of", "headline_rows", "primary_metric", "recommend_scales",
-           "targets_of", "tradeoff_ratios", "RunData", "prepare_rows", "total_spurious"]
+           "query_key", "refine_steps_of", "predictor_of", "power_of", "headline_rows", "primary_metric",
+           "recommend_scales", "targets_of", "tradeoff_ratios", "RunData", "prepare_rows", "total_spurious"]
 
 #: at most this many test rows are read for an evaluation of data that is not a Morpho benchmark: the candidates
 #: of the main table and the real images of the realism reference (a seeded subsample of larger splits)

@@ -302,7 +302,7 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
     if interval is not None:
         query["interval"] = list(interval)
     from diffusion.solvers import check_solver, uses_refinement
-    from pipeline.options import inversion_predictor
+    from pipeline.options import grid_power, inversion_predictor
 
     solver = check_solver(config.solver if solver is None else solver)
     if solver != "ddim":  # recorded only when not DDIM: a DDIM run's manifest stays as it was
@@ -312,6 +312,8 @@ def _plan_run(pipe: Any, pipe_hash: dict[str, str], rows: Rows, do: Any, guidanc
     predictor = inversion_predictor(config, config.refine_steps)
     if uses_refinement(solver) and predictor != "explicit":  # recorded only when extrapolated: an explicit
         query["inversion"] = {"refine_steps": int(config.refine_steps), "predictor": predictor}  # run's stays as it was
+    if grid_power(config, solver) != 1.0:  # likewise only a non-uniform grid
+        query["timestep_power"] = grid_power(config, solver)
     manifest = Manifest(FORMAT_VERSION, pipe_hash, query, {**rows.spec, "length": len(rows)},
                         plan_shards(len(rows), shard_size), contents=shard_contents(graph, image_dtype))
     return manifest, interventions

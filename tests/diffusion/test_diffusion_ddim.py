@@ -192,3 +192,41 @@ def test_bad_predictors_are_refused(kwargs, match):
         ddim_invert(lambda x, t: x, torch.zeros(1, 1, 2, 2), ABAR, 10, **kwargs)
     with pytest.raises(ValueError, match=match):
         ddim_invert_nfe(10, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- grid power
+@pytest.mark.parametrize("steps", [1, 4, 28, 200, 1000])
+@pytest.mark.parametrize("power", [1.0, 1.5, 2.0, 3.0])
+def test_a_powered_grid_is_strictly_increasing_and_ends_at_pure_noise(steps, power):
+    ts = ddim_timesteps(1000, steps, power=power)
+    assert len(ts) == steps and bool((ts[1:] > ts[:-1]).all()) and ts[0] >= 0 and ts[-1] == 999
+    if power == 1.0:
+        assert torch.equal(ts, ddim_timesteps(1000, steps))
+
+
+def test_a_larger_power_puts_more_steps_at_low_noise():
+    below = {p: int((ddim_timesteps(1000, 28, power=p) < 300).sum()) for p in (1.0, 1.5, 2.0)}
+    assert below[1.0] < below[1.5] < below[2.0]
+    assert ddim_timesteps(1000, 4, power=2.0).tolist() == [62 - 1, 250 - 1, 562 - 1, 999]  # round(1000 (i/4)^2) - 1
+
+
+def test_invert_then_sample_on_a_powered_grid_is_exact_at_the_fixed_point():
+    x0 = 0.3 + 0.2 * torch.randn(16, 1, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fn = gaussian_eps(0.3, 0.2)
+    seen = []
+    xT = ddim_invert(lambda x, t: seen.append(int(t[0])) or fn(x, t), x0, ABAR, 12, refine_steps=32, power=1.5)
+    assert sorted(set(seen)) == ddim_timesteps(1000, 12, power=1.5).tolist()
+    assert (ddim_sample(fn, xT, ABAR, 12, power=1.5) - x0).abs().max() < 1e-10
+    # decoding on another grid than the inversion's is not the inverse
+    assert (ddim_sample(fn, xT, ABAR, 12) - x0).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(power=0.5), r"power=0.5 must be a number in \[1, 4\]"),
+    (dict(power=float("nan")), r"power=nan must be a number in \[1, 4\]"),
+    (dict(power="2"), r"power='2' must be a number in \[1, 4\]"),
+    (dict(power=2.0, spacing="leading"), "power=2.0 needs spacing='trailing'"),
+])
+def test_bad_grid_powers_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ddim_timesteps(1000, 10, **kwargs)

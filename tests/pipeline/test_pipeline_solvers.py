@@ -99,3 +99,30 @@ def test_a_config_saved_without_a_predictor_loads_as_the_explicit_one():
     assert PipelineConfig().invert_predictor == "extrapolated"
     assert PipelineConfig.from_saved({"steps": 50, "refine_steps": 1}).invert_predictor == "explicit"
     assert PipelineConfig.from_saved({"invert_predictor": "extrapolated"}).invert_predictor == "extrapolated"
+
+
+def test_the_grid_power_is_a_config_choice_that_round_trips(tiny_pipeline, tiny_batch, tmp_path):
+    images, attrs = tiny_batch
+    images, attrs = images[:2], {k: v[:2] for k, v in attrs.items()}
+    assert tiny_pipeline.config.timestep_power == 1.5
+    uniform = CounterfactualPipeline(tiny_pipeline.graph, tiny_pipeline.scm, tiny_pipeline.image_model,
+                                     dataclasses.replace(tiny_pipeline.config, timestep_power=1.0))
+    seen = {}
+    for name, pipe in (("uniform", uniform), ("powered", tiny_pipeline)):
+        ts = []
+        handle = pipe.image_model.unet.register_forward_pre_hook(
+            lambda m, args, ts=ts: ts.append(int(args[1].flatten()[0])))
+        try:
+            pipe.decode(torch.zeros_like(images), attrs, steps=4)
+        finally:
+            handle.remove()
+        seen[name] = ts
+    assert seen == {"uniform": [999, 749, 499, 249], "powered": [999, 649, 353, 124]}
+    # the diffusers solvers keep their uniform grid: the power changes nothing there
+    a = tiny_pipeline.counterfactual(images, attrs, do={"thickness": 3.0}, steps=4, seed=0, solver="dpmpp_2m")
+    b = uniform.counterfactual(images, attrs, do={"thickness": 3.0}, steps=4, seed=0, solver="dpmpp_2m")
+    assert torch.equal(a.image, b.image)
+    assert CounterfactualPipeline.load(uniform.save(tmp_path / "pipe")).config.timestep_power == 1.0
+    assert PipelineConfig.from_saved({"steps": 50}).timestep_power == 1.0  # saved before the power existed
+    with pytest.raises(ValueError, match=r"pipeline config timestep_power=0.5 must be a number in \[1, 4\]"):
+        PipelineConfig(timestep_power=0.5)

@@ -218,6 +218,7 @@ def test_manifest_and_shards(setup, reference, tiny_pipeline):
     assert m["query"]["groups"] == [["thickness", "intensity"], ["digit"]]
     # the pipeline's inversion (extrapolated, one refinement) is part of the query: a resume checks it
     assert m["query"]["inversion"] == {"refine_steps": 1, "predictor": "extrapolated"}
+    assert m["query"]["timestep_power"] == 1.5
     assert m["data"]["spec"] == "csv" and m["data"]["length"] == N_ROWS
     assert [(s["start"], s["stop"], s["status"]) for s in m["shards"]] == [
         (0, 4, "complete"), (4, 8, "complete"), (8, 12, "complete")]
