@@ -32,7 +32,7 @@ from dcfg_io.atomic import atomic_write_bytes
 from dcfg_io.reads import open_checked, read_checked
 
 __all__ = ["MAX_HEADER_BYTES", "canonical_header", "check_weight_shapes", "data_digest", "load_tensors",
-           "read_safetensors_header", "save_tensors"]
+           "read_safetensors_header", "save_tensors", "state_mismatch"]
 
 #: Largest safetensors JSON header a loader reads.
 MAX_HEADER_BYTES = 16 * 2 ** 20
@@ -164,17 +164,29 @@ def check_weight_shapes(build: Callable[[], Any], weights: str | os.PathLike, co
         module = build()
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     del module
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append("mis-shaped " + ", ".join(f"{k}: file {shapes[k]} vs config {expected[k]}"
-                                                    for k in wrong[:5]))
-        raise ValueError(f"the weights in {weights} do not match the config {config_file} ({'; '.join(parts)}); "
+    mismatch = state_mismatch(expected, shapes)
+    if mismatch:
+        raise ValueError(f"the weights in {weights} do not match the config {config_file} ({mismatch}); "
                          f"the config and the weights must come from the same save")
+
+
+def state_mismatch(expected: Mapping[str, tuple], found: Mapping[str, tuple]) -> str | None:
+    """How the tensor names and shapes ``found`` (in a file) differ from those a module ``expected``: missing,
+    unexpected and mis-shaped names (five of each at most); ``None`` when they agree.
+
+    Example:
+        >>> state_mismatch({"w": (2, 3), "b": (2,)}, {"w": (3, 3), "x": (1,)})
+        "missing ['b']; unexpected ['x']; mis-shaped w: file (3, 3) vs config (2, 3)"
+    """
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    parts = []
+    if missing:
+        parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        parts.append("mis-shaped " + ", ".join(f"{k}: file {tuple(found[k])} vs config {tuple(expected[k])}"
+                                                for k in wrong[:5]))
+    return "; ".join(parts) or None

@@ -31,7 +31,7 @@ from torch import nn
 from dcfg_io.atomic import atomic_write_json
 from dcfg_io.folders import SavedKind, find_saved_dir, save_dir
 from dcfg_io.reads import read_json
-from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors
+from dcfg_io.tensors import check_weight_shapes, load_tensors, save_tensors, state_mismatch
 from diffusion.config import CONFIG_FORMAT, ImageModelConfig
 from diffusion.embedding import AttributeSplitEmbedding
 from diffusion.schedule import alphas_cumprod as _alphas_cumprod
@@ -352,19 +352,9 @@ class ConditionalUNet(nn.Module):
 
 def load_state_checked(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
     """``module.load_state_dict(tensors)`` with a clear ``ValueError`` when config and weights disagree."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if shapes:
-            parts.append("mis-shaped " + ", ".join(
-                f"{k}: file {tuple(tensors[k].shape)} vs config {tuple(expected[k].shape)}" for k in shapes[:5]))
-        raise ValueError(f"the weights in {source} do not match the config ({'; '.join(parts)}); the config.json "
+    mismatch = state_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()},
+                              {k: tuple(v.shape) for k, v in tensors.items()})
+    if mismatch:
+        raise ValueError(f"the weights in {source} do not match the config ({mismatch}); the config.json "
                          f"and the weights must come from the same save_pretrained call")
     module.load_state_dict(dict(tensors), strict=True)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from hardening_helpers import small_pipeline
+from PIL import Image
 
 from pipeline.cli import main
 from pipeline.images import save_image
@@ -282,6 +283,16 @@ OTHER_CASES = {
                                       "not a writable directory"),
     "bench app: --example -1": (["bench", "app", "--pipeline", "{F}/pipe", "--example", "-1", "--out",
                                  "{OUT}/b.json"], "--example"),
+    "bench solvers: unknown --predictors": (["bench", "solvers", "--pipeline", "{F}/pipe", "--predictors", "guess",
+                                             "--out", "{OUT}/b.json"], "--predictors 'guess'"),
+    "bench solvers: --powers below 1": (["bench", "solvers", "--pipeline", "{F}/pipe", "--powers", "0.5",
+                                         "--out", "{OUT}/b.json"], r"--powers '0.5': power=0.5 must be a number"),
+    "bench solvers: --out under a file": (["bench", "solvers", "--pipeline", "{F}/pipe", "--out",
+                                           "{F}/a_file/b.json"], "not a writable directory"),
+    "bench inference: unknown --settings": (["bench", "inference", "--pipeline", "{F}/pipe", "--settings", "warp",
+                                             "--out", "{OUT}/b.json"], "warp"),
+    "bench inference: --out under a file": (["bench", "inference", "--pipeline", "{F}/pipe", "--out",
+                                             "{F}/a_file/b.json"], "not a writable directory"),
 }
 
 
@@ -344,6 +355,21 @@ def test_the_good_command_line_works(files, tmp_path):
         res = CliRunner().invoke(main, args)
         assert res.exit_code == 0, res.output
     assert sorted(p.name for p in out.iterdir()) == ["cf.png", "g.png"]
+
+
+def test_an_rgb_file_with_equal_channels_is_a_grey_image(files, tmp_path):
+    """An RGB PNG given to a grey pipeline is refused (see the catalogue), unless its three channels are equal:
+    then it is the grey image it shows, and the answer is the grey file's."""
+    save_image(torch.zeros(1, 3, 8, 8), tmp_path / "grey_rgb.png")
+    assert Image.open(tmp_path / "grey_rgb.png").mode == "RGB"
+    outs = {}
+    for name, image in (("grey", str(files / "in.png")), ("rgb", str(tmp_path / "grey_rgb.png"))):
+        out = tmp_path / f"{name}.png"
+        args = [a.replace("{F}", str(files)) for a in _cf(image=image, out=str(out))]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, res.output
+        outs[name] = out.read_bytes()
+    assert outs["grey"] == outs["rgb"]
 
 
 @pytest.mark.parametrize("args", [["train", "--steps", "-3"], ["counterfactual", "--image", "/nonexistent.png",

@@ -43,21 +43,13 @@ def nfe_per_step(guidance: str, groups: Sequence[Sequence[str]] | None = None,
         >>> nfe_per_step("dcfg", [["t"], ["i"], ["y"]], [3.0, 1.0, 1.0], dcfg_form="conditional")
         2
     """
-    from diffusion import dcfg_rows
+    from diffusion import guided_rows
 
-    if guidance == "none":
-        return 1
-    if guidance == "cfg":
-        return 2
-    if guidance == "dcfg":
-        if not groups:
-            raise ValueError("guidance='dcfg' needs its groups to count its network evaluations")
-        anchor = diffusion_anchor(dcfg_form)
-        if anchor == "full" and weights is None:
-            raise ValueError("guidance='dcfg' with dcfg_form='conditional' needs its weights to count its network "
-                             "evaluations")
-        return dcfg_rows(groups, weights if weights is not None else [1.0] * len(groups), anchor)
-    raise ValueError(f"guidance={guidance!r} is not one of 'none', 'cfg', 'dcfg'")
+    anchor = diffusion_anchor(dcfg_form)
+    if guidance == "dcfg" and groups and anchor == "full" and weights is None:
+        raise ValueError("guidance='dcfg' with dcfg_form='conditional' needs its weights to count its network "
+                         "evaluations")
+    return guided_rows(guidance, groups, weights, anchor)
 
 
 @anchor_renamed

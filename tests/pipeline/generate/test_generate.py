@@ -27,6 +27,7 @@ from pipeline_helpers import draw_attributes, render
 from safetensors.torch import load_file
 
 from pipeline.cli import main
+from pipeline.core import CounterfactualPipeline
 from pipeline.generate import (
     ChoiceDraw,
     Manifest,
@@ -275,6 +276,27 @@ def test_resume_skips_verified_shards_and_rewrites_broken_ones(setup, reference,
     written.clear()
     _generate(setup, out, on_shard=lambda rec, dt: written.append(rec.index))
     assert written == []  # a complete run is only verified
+
+
+def test_a_run_resumes_after_the_pipeline_is_saved_again_in_another_process(setup, tmp_path):
+    """Before: the safetensors metadata keys came out in varying order, so a re-saved pipeline had another sha256
+    and dcfg generate refused to resume. Now: the pipeline re-saved by a fresh process (same weights) has the same
+    bytes, and the interrupted run resumes where it stopped."""
+    root, data = setup
+    pipe = tmp_path / "pipe"
+    CounterfactualPipeline.load(root / "pipe").save(pipe)
+    out = tmp_path / "out"
+    generate(str(pipe), data, DO, out=out, steps=3, shard_size=4, progress=False, limit=8)  # shards 0 and 1
+    (out / "shard-00001.safetensors").unlink()  # as if killed before the second shard
+    before = pipeline_sha256(pipe)
+    code = ("import sys; from pipeline.core import CounterfactualPipeline as P; "
+            "P.load(sys.argv[1]).save(sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(pipe)], check=True, cwd=Path(__file__).resolve().parents[3])
+    assert pipeline_sha256(pipe) == before
+    written = []
+    generate(str(pipe), data, DO, out=out, steps=3, shard_size=4, progress=False, limit=8,
+             on_shard=lambda rec, dt: written.append(rec.index))
+    assert written == [1]
 
 
 @pytest.mark.parametrize("change, match", [
