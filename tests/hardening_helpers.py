@@ -8,6 +8,10 @@ Untrained weights are enough: these tests check loading, validation and file han
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
 import torch
 from tiny_unet import tiny_unet_config
 
@@ -43,3 +47,14 @@ def query_batch(n: int = 2, seed: int = 0) -> tuple[torch.Tensor, dict[str, torc
     x = torch.rand(n, 1, 8, 8, generator=g) * 2 - 1
     t = 0.5 + 2 * torch.rand(n, generator=g)
     return x, {"t": t, "i": 40 + 60 * t, "d": torch.randint(0, 3, (n,), generator=g)}
+
+
+def set_json_field(path: Path, keys: Sequence[str], value: Any) -> None:
+    """Rewrite the JSON file ``path`` with ``value`` at the nested key path ``keys`` (e.g. a saved config's
+    ``("image_model", "layers_per_block")``)."""
+    cfg = json.loads(path.read_text())
+    node = cfg
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    path.write_text(json.dumps(cfg))

@@ -9,14 +9,13 @@ empty and the pipeline directory unchanged.
 from __future__ import annotations
 
 import errno
-import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from hardening_helpers import small_pipeline
+from hardening_helpers import set_json_field, small_pipeline
 from PIL import Image
 
 from pipeline.cli import main
@@ -58,12 +57,7 @@ def files(tmp_path_factory) -> Path:
     for name, (file, keys, value) in OVERSIZED.items():  # saved pipelines with one oversized config field
         folder = root / f"oversized_{name.replace(' ', '_')}"
         pipe.save(folder)
-        cfg = json.loads((folder / file).read_text())
-        node = cfg
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-        (folder / file).write_text(json.dumps(cfg))
+        set_json_field(folder / file, keys, value)
     binary = root / "binary_config_pipe"
     pipe.save(binary)
     (binary / "scm" / "config.json").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff binary, not JSON")

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import torch
-from hardening_helpers import query_batch, small_pipeline
+from hardening_helpers import query_batch, set_json_field, small_pipeline
 from tiny_unet import tiny_unet_config
 
 from diffusion import AttributeSpec, ConditionalUNet, TrainConfig, train
@@ -692,12 +692,7 @@ def test_oversized_fields_are_refused_before_any_large_allocation(saved, tmp_pat
     for name, (file, keys, value) in OVERSIZED.items():
         copy = tmp_path / name.replace(" ", "_") / "pipe"
         shutil.copytree(src, copy)
-        cfg = json.loads((copy / file).read_text())
-        node = cfg
-        for k in keys[:-1]:
-            node = node[k]
-        node[keys[-1]] = value
-        (copy / file).write_text(json.dumps(cfg))
+        set_json_field(copy / file, keys, value)
         cases[name] = str(copy)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(cases)], cwd=ROOT, env=env,
