@@ -20,7 +20,7 @@ images, parents = test.images[:4], {k: v[:4] for k, v in test.attributes.items()
 # Abduction (SCM noise + DDIM inversion), action do(thickness=4), prediction (SCM, then DDIM decoding
 # with DCFG: thickness is amplified given the other attributes; its descendant intensity takes its
 # counterfactual value without amplification; the digit is anchored).
-res = pipe.counterfactual(images, parents, do={"thickness": 4.0}, guidance="dcfg", scale=2.0, steps=50)
+res = pipe.counterfactual(images, parents, do={"thickness": 4.0}, guidance="dcfg", scale=2.0)  # 28 steps
 
 print("groups:", res.groups, "weights:", res.weights, "dcfg_form:", res.dcfg_form)
 print("factual thickness:       ", parents["thickness"].numpy().round(2))

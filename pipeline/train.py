@@ -336,9 +336,9 @@ def train_morphomnist(
     # group amplified given the others); thickness (scale 2) and the digit (scale 3)
     # need amplification; intensity overshoots when amplified, so it keeps weight 1 both when intervened on
     # and as thickness's descendant (descendant_weight).
-    pcfg = PipelineConfig(scale=2.0, steps=50, attribute_scales={"thickness": 2.0, "intensity": 1.0,
-                                                                 "digit": 3.0}, descendant_weight=1.0,
-                          dcfg_form="conditional")
+    # 28 steps on the p = 1.5 grid with the extrapolated inversion guess (PipelineConfig's defaults; docs/solvers.md)
+    pcfg = PipelineConfig(scale=2.0, attribute_scales={"thickness": 2.0, "intensity": 1.0, "digit": 3.0},
+                          descendant_weight=1.0, dcfg_form="conditional")
     tcfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                        dropout_mode=dropout_mode, p_attr=p_attr, p_all=p_all, ckpt_every=ckpt_every)
     return train_pipeline(graph, scm_data, image_data, out, train_config=tcfg,
@@ -538,7 +538,7 @@ def train_from_data(
                 "steps": result.step, "batch_size": batch_size, "precision": precision, "preset": preset,
                 "world_size": ctx.world_size, "final_loss": float(np.mean(losses[-100:])) if losses else None,
                 "wall_s": round(time.perf_counter() - t0, 1)}
-        pcfg = PipelineConfig(scale=2.0, steps=50, dcfg_form="conditional")
+        pcfg = PipelineConfig(scale=2.0, dcfg_form="conditional")  # the default solver settings (docs/solvers.md)
         pipe = CounterfactualPipeline(graph, scm, image_model, pcfg, predictors=predictors, oracles="predictors",
                                       card=card)
         pipe.save(out / "pipeline")
