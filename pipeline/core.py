@@ -724,7 +724,7 @@ class CounterfactualPipeline:
                 others are sampled from the SCM given them (by intervention).
             guidance: ``"none"`` or ``"cfg"`` (one global scale).
             scale: CFG scale.
-            steps: DDIM steps.
+            steps: DDIM steps (on the config's grid, ``timestep_power``).
             seed: seed of the SCM draw and the image noise.
 
         Returns:
@@ -747,7 +747,7 @@ class CounterfactualPipeline:
         # Generation from pure noise clamps each step's x_0 prediction to [-1, 1] (decoding abducted
         # noise does not: it must retrace the inversion).
         x = ddim_sample(eps_fn, x_T, self._alphas(x_T.device), steps, clip_denoised=True,
-                        progress=progress)
+                        progress=progress, power=grid_power(self.config, "ddim"))
         return x.clamp(-1.0, 1.0), attrs
 
     # ------------------------------------------------------------------ persistence
