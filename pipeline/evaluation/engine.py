@@ -98,6 +98,17 @@ def invert_nfe(steps: int, refine_steps: int = 0, variant: str | None = None, dc
     return sum(2 if interval[0] <= t <= interval[1] else 1 for t in ts)
 
 
+def inversion_settings(config: Any) -> tuple[int, str, float]:
+    """``(refine_steps, predictor, grid power)`` of the inversion a pipeline ``config`` runs: refinement and the
+    predictor are a DDIM inversion's (DPM-Solver++'s inverse scheduler takes one evaluation per step), the grid
+    power DDIM's own (:func:`pipeline.options.grid_power`)."""
+    from diffusion.solvers import uses_refinement
+
+    solver = getattr(config, "solver", "ddim")
+    refine = int(getattr(config, "refine_steps", 0) or 0) if uses_refinement(solver) else 0
+    return refine, inversion_predictor(config, refine), grid_power(config, solver)
+
+
 def num_timesteps(pipe: Any) -> int:
     """T of a pipeline's image model (1000 for test doubles without a config)."""
     model_config = getattr(getattr(pipe, "image_model", None), "config", None)
@@ -120,13 +131,8 @@ class QueryEngine:
             raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
         self.bar = bar
         self.nfe = 0
-        from diffusion.solvers import uses_refinement
-
         self.solver = getattr(pipe.config, "solver", "ddim")
-        # refinement is a DDIM inversion's: DPM-Solver++'s inverse scheduler takes one evaluation per step
-        self.refine_steps = int(getattr(pipe.config, "refine_steps", 0) or 0) if uses_refinement(self.solver) else 0
-        self.predictor = inversion_predictor(pipe.config, self.refine_steps)
-        self.power = grid_power(pipe.config, self.solver)
+        self.refine_steps, self.predictor, self.power = inversion_settings(pipe.config)
         self.num_timesteps = num_timesteps(pipe)
         try:
             self.device = next(pipe.image_model.parameters()).device

@@ -13,8 +13,8 @@ from typing import Any, Mapping, Sequence
 
 from diffusion.ddim import ddim_invert_nfe
 from pipeline.evaluation.config import METHODS, EvaluationConfig, parse_method
-from pipeline.evaluation.engine import decode_nfe, invert_nfe, nfe_per_step
-from pipeline.options import anchor_renamed, check_dcfg_form, grid_power, inversion_predictor
+from pipeline.evaluation.engine import decode_nfe, inversion_settings, invert_nfe, nfe_per_step
+from pipeline.options import anchor_renamed, check_dcfg_form
 
 __all__ = ["groups_for", "query_for", "query_key", "refine_steps_of", "predictor_of", "power_of", "estimate_nfe"]
 
@@ -89,21 +89,17 @@ def _decode_key(node: str, guidance: str, groups: Sequence[Sequence[str]], weigh
 
 def refine_steps_of(pipe: Any) -> int:
     """The fixed-point refinements of ``pipe``'s inversion (none where its solver does not invert with DDIM)."""
-    from diffusion.solvers import uses_refinement
-
-    if not uses_refinement(getattr(pipe.config, "solver", "ddim")):
-        return 0
-    return int(getattr(pipe.config, "refine_steps", 0) or 0)
+    return inversion_settings(pipe.config)[0]
 
 
 def predictor_of(pipe: Any) -> str:
     """The predictor of ``pipe``'s DDIM inversion (``"explicit"`` without refinement)."""
-    return inversion_predictor(pipe.config, refine_steps_of(pipe))
+    return inversion_settings(pipe.config)[1]
 
 
 def power_of(pipe: Any) -> float:
     """The exponent of ``pipe``'s DDIM grid (1 for the diffusers solvers)."""
-    return grid_power(pipe.config)
+    return inversion_settings(pipe.config)[2]
 
 
 def estimate_nfe(config: EvaluationConfig, graph: Any, pipelines: int = 1, refine_steps: int = 0,
